@@ -1,0 +1,595 @@
+# cython: language_level=3
+"""Compiled scanner core: walk a tree, read and hash files, GIL released.
+
+Same API and same results as the pure-Python twin `_pyscan` (the test oracle).
+
+walk() -- the order and its invariants
+    Depth-first pre-order; the children of each directory are sorted by their
+    name bytes (strcmp compares as unsigned char, which is Python's bytes
+    order). Every directory is therefore followed directly by its whole
+    subtree: the snapshot order, where paths compare by components as if b"/"
+    sorted before every other byte.
+
+    A directory is read in one go in C with the GIL released (a "listing"):
+    readdir() collects the names into one arena, qsort() orders them, then
+    each name is lstat'ed with fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) and
+    symlink targets are read with readlinkat(). Going relative to the open
+    directory saves resolving the whole path again for every entry, and means
+    a renamed parent cannot send the walk elsewhere. Python objects (the
+    relative path, the result tuple) are made only when an entry is handed
+    out, one per __next__ call; the exclude callback runs at that point, so an
+    excluded directory is never opened.
+
+    The walker keeps a stack of listings, one per directory level being
+    walked. Each keeps its directory fd open so subdirectories are opened
+    with openat(O_NOFOLLOW | O_DIRECTORY); below _MAX_OPEN_DEPTH levels a
+    listing closes its fd once read and its children are opened by full path,
+    so a pathological depth cannot exhaust file descriptors.
+
+    Errors are values: an entry that cannot be lstat'ed (vanished, EACCES) or
+    whose link cannot be read is yielded as ERROR with its errno; a directory
+    that cannot be opened or listed is yielded as DIR, then as ERROR, and the
+    walk goes on. Only a missing root raises (OSError), as in the twin.
+
+hash_file()
+    open(O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) so a FIFO swapped in cannot
+    block us, fstat, refuse anything not a regular file, then read into one
+    malloc'd buffer with the GIL released and feed it (wrapped in a
+    memoryview, no copy) to the `xxhash` package's XXH3-128 objects, whose
+    update() releases the GIL itself. A file under the buffer size is opened,
+    read, fstat'ed and closed in a single GIL-free section. Reads never cross
+    a chunk boundary, so per-chunk digests need no bookkeeping across reads.
+    The size and mtime from fstat before and after reading, and the number of
+    bytes read, must all agree; otherwise the result is CHANGED. Reading stops
+    as soon as more bytes than the first fstat reported have arrived, so a
+    file that keeps growing cannot hold a worker forever.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBUF_READ
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from libc cimport errno as c_errno
+from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, errno
+from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.string cimport memchr, memcpy, strcmp, strlen
+from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK,
+                          O_RDONLY, POSIX_FADV_SEQUENTIAL, fcntl, open, openat, posix_fadvise)
+from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fstat, fstatat, lstat, struct_stat
+from posix.unistd cimport close, read
+
+import os
+
+import xxhash
+
+from . import _kinds
+
+cdef extern from "<fcntl.h>" nogil:
+    enum: O_NOFOLLOW
+
+cdef extern from "<unistd.h>" nogil:
+    Py_ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+    struct dirent:
+        char d_name[256]
+    DIR* fdopendir(int fd)
+    dirent* readdir(DIR* d)
+    int closedir(DIR* d)
+    int dirfd(DIR* d)
+
+IMPLEMENTATION = "compiled"
+
+# Entry kinds, as plain C values; checked against _kinds at import below.
+cdef enum:
+    K_FILE = 1
+    K_DIR = 2
+    K_SYMLINK = 3
+    K_SPECIAL = 4
+    K_ERROR = 5
+    K_CHANGED = -1
+
+if (_kinds.FILE, _kinds.DIR, _kinds.SYMLINK, _kinds.SPECIAL, _kinds.ERROR, _kinds.CHANGED) != (
+    K_FILE, K_DIR, K_SYMLINK, K_SPECIAL, K_ERROR, K_CHANGED
+):
+    raise ImportError("btsoot._fastscan is out of step with btsoot._kinds; rebuild it")
+
+cdef enum:
+    _BUFSIZE = 1 << 20
+    _MAX_OPEN_DEPTH = 128
+    _DIR_FLAGS = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+
+
+# --------------------------------------------------------------------------
+# Directory listings (pure C, no GIL)
+
+cdef struct Entry:
+    char* name          # NUL-terminated, points into the listing's arena
+    size_t namelen
+    int stat_err        # errno of fstatat, 0 if the fields below are valid
+    int link_err        # errno of readlinkat (symlinks only)
+    unsigned int mode
+    long long size
+    long long mtime_ns
+    unsigned long long ino
+    unsigned long long dev
+    char* target        # malloc'd link target, symlinks only
+    size_t targetlen
+
+cdef struct Listing:
+    DIR* dir            # open while the level is walked, NULL once closed
+    int fd              # dirfd(dir), or -1 when closed
+    Entry* entries
+    size_t count
+    size_t pos          # next entry to hand out
+    char* arena
+
+
+cdef int _cmp_entries(const void* a, const void* b) noexcept nogil:
+    return strcmp((<const Entry*>a).name, (<const Entry*>b).name)
+
+
+cdef void _free_listing(Listing* l) noexcept nogil:
+    cdef size_t i
+    if l.entries != NULL:
+        for i in range(l.count):
+            free(l.entries[i].target)
+        free(l.entries)
+    free(l.arena)
+    if l.dir != NULL:
+        closedir(l.dir)
+    l.dir = NULL
+    l.fd = -1
+    l.entries = NULL
+    l.arena = NULL
+    l.count = 0
+    l.pos = 0
+
+
+cdef inline long long _mtime_ns(const struct_stat* st) noexcept nogil:
+    return <long long>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec
+
+
+cdef void _read_link(int fd, Entry* e) noexcept nogil:
+    # st_size is the target length on most filesystems, 0 on some (procfs).
+    cdef size_t cap = <size_t>e.size + 1 if e.size > 0 else 256
+    cdef char* buf = NULL
+    cdef char* grown
+    cdef Py_ssize_t n
+    while True:
+        grown = <char*>realloc(buf, cap)
+        if grown == NULL:
+            free(buf)
+            e.link_err = ENOMEM
+            return
+        buf = grown
+        n = readlinkat(fd, e.name, buf, cap)
+        if n < 0:
+            e.link_err = errno
+            free(buf)
+            return
+        if <size_t>n < cap:
+            e.target = buf
+            e.targetlen = <size_t>n
+            return
+        cap *= 2
+
+
+cdef void _stat_entry(int fd, Entry* e) noexcept nogil:
+    cdef struct_stat st
+    if fstatat(fd, e.name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+        e.stat_err = errno
+        return
+    e.mode = st.st_mode
+    e.size = st.st_size
+    e.mtime_ns = _mtime_ns(&st)
+    e.ino = st.st_ino
+    e.dev = st.st_dev
+    if S_ISLNK(st.st_mode):
+        _read_link(fd, e)
+
+
+cdef int _read_listing(int fd, Listing* l, bint keep_open) noexcept nogil:
+    """Take ownership of directory fd; fill l with its sorted, lstat'ed entries.
+
+    Returns 0, or an errno with l left empty and fd closed.
+    """
+    cdef dirent* d
+    cdef const char* name
+    cdef size_t n, i
+    cdef size_t used = 0, arena_cap = 4096, entries_cap = 64
+    cdef void* grown
+    cdef int err = 0
+    l.dir = NULL
+    l.fd = -1
+    l.count = 0
+    l.pos = 0
+    l.arena = NULL
+    l.entries = NULL
+    l.dir = fdopendir(fd)
+    if l.dir == NULL:
+        err = errno
+        close(fd)
+        return err
+    l.fd = fd
+    l.arena = <char*>malloc(arena_cap)
+    l.entries = <Entry*>malloc(entries_cap * sizeof(Entry))
+    if l.arena == NULL or l.entries == NULL:
+        _free_listing(l)
+        return ENOMEM
+    while True:
+        c_errno.errno = 0  # readdir() signals an error only through errno
+        d = readdir(l.dir)
+        if d == NULL:
+            err = errno
+            break
+        name = d.d_name
+        if name[0] == b'.' and (name[1] == 0 or (name[1] == b'.' and name[2] == 0)):
+            continue
+        n = strlen(name)
+        if used + n + 1 > arena_cap:
+            while used + n + 1 > arena_cap:
+                arena_cap *= 2
+            grown = realloc(l.arena, arena_cap)
+            if grown == NULL:
+                err = ENOMEM
+                break
+            l.arena = <char*>grown
+        if l.count == entries_cap:
+            entries_cap *= 2
+            grown = realloc(l.entries, entries_cap * sizeof(Entry))
+            if grown == NULL:
+                err = ENOMEM
+                break
+            l.entries = <Entry*>grown
+        memcpy(l.arena + used, name, n + 1)
+        # The arena may still move: keep the offset, make it a pointer below.
+        l.entries[l.count].name = <char*>used
+        l.entries[l.count].namelen = n
+        l.entries[l.count].stat_err = 0
+        l.entries[l.count].link_err = 0
+        l.entries[l.count].target = NULL
+        l.entries[l.count].targetlen = 0
+        l.count += 1
+        used += n + 1
+    if err != 0:
+        l.count = 0  # no target was allocated yet
+        _free_listing(l)
+        return err
+    for i in range(l.count):
+        l.entries[i].name = l.arena + <size_t>l.entries[i].name
+    qsort(l.entries, l.count, sizeof(Entry), _cmp_entries)
+    for i in range(l.count):
+        _stat_entry(fd, &l.entries[i])
+    if not keep_open:
+        closedir(l.dir)
+        l.dir = NULL
+        l.fd = -1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# walk()
+
+cdef inline bytes _join(bytes prefix, const char* name, size_t n):
+    cdef Py_ssize_t plen = len(prefix)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, plen + <Py_ssize_t>n)
+    cdef char* p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(prefix), plen)
+    memcpy(p + plen, name, n)
+    return out
+
+
+cdef inline tuple _error(bytes rel, int err):
+    return (rel, K_ERROR, 0, 0, 0, 0, 0, err)
+
+
+cdef bytes _as_path(object path):
+    cdef bytes b = os.fsencode(path)
+    if memchr(PyBytes_AS_STRING(b), 0, len(b)) != NULL:
+        raise ValueError("embedded null byte")
+    return b
+
+
+cdef class _Walk:
+    """Iterator returned by walk(); see the module docstring for the order."""
+
+    cdef bytes root
+    cdef object exclude
+    cdef bint one_file_system
+    cdef bint started
+    cdef unsigned long long root_dev
+    cdef Listing* levels
+    cdef Py_ssize_t depth          # number of live levels
+    cdef Py_ssize_t capacity
+    cdef list prefixes             # prefixes[i]: relative path of level i plus b"/"
+    cdef object pending            # an ERROR tuple due right after its DIR
+
+    def __cinit__(self, bytes root, bint one_file_system, object exclude):
+        self.root = root
+        self.one_file_system = one_file_system
+        self.exclude = exclude
+        self.levels = NULL
+        self.depth = 0
+        self.capacity = 0
+        self.prefixes = []
+        self.pending = None
+
+    def __dealloc__(self):
+        while self.depth > 0:
+            self.depth -= 1
+            _free_listing(&self.levels[self.depth])
+        free(self.levels)
+
+    def __iter__(self):
+        return self
+
+    cdef int _push(self, int fd, bytes prefix) except -1:
+        """Read directory fd (owned) as a new level; return 0 or an errno."""
+        cdef void* grown
+        cdef Listing* l
+        cdef int err
+        cdef bint keep_open = self.depth < _MAX_OPEN_DEPTH
+        if self.depth == self.capacity:
+            grown = realloc(self.levels, (self.capacity * 2 + 8) * sizeof(Listing))
+            if grown == NULL:
+                with nogil:
+                    close(fd)
+                return ENOMEM
+            self.levels = <Listing*>grown
+            self.capacity = self.capacity * 2 + 8
+        l = &self.levels[self.depth]
+        with nogil:
+            err = _read_listing(fd, l, keep_open)
+        if err == 0:
+            self.prefixes.append(prefix)
+            self.depth += 1
+        return err
+
+    cdef int _open_child(self, bytes rel, const char* name) except? -1:
+        """Open subdirectory name of the top level; return its fd or -errno."""
+        cdef int parent = self.levels[self.depth - 1].fd
+        cdef bytes full
+        cdef const char* path
+        cdef int fd
+        if parent >= 0:
+            with nogil:
+                fd = openat(parent, name, _DIR_FLAGS)
+                if fd < 0:
+                    fd = -errno
+        else:
+            full = self.root + b"/" + rel
+            path = full
+            with nogil:
+                fd = open(path, _DIR_FLAGS)
+                if fd < 0:
+                    fd = -errno
+        return fd
+
+    cdef _start(self):
+        cdef struct_stat st
+        cdef const char* path = self.root
+        cdef int fd, err
+        self.started = True
+        with nogil:
+            err = lstat(path, &st)
+        if err != 0:
+            err = errno
+            raise OSError(err, os.strerror(err), self.root)
+        self.root_dev = st.st_dev
+        with nogil:
+            fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            err = errno if fd < 0 else 0
+        if fd >= 0:
+            err = self._push(fd, b"")
+        if err != 0:
+            self.pending = _error(b"", err)
+
+    def __next__(self):
+        cdef Listing* top
+        cdef Entry* e
+        cdef bytes rel
+        cdef bint is_dir
+        cdef int fd, err
+        cdef tuple t
+        if not self.started:
+            self._start()
+        while True:
+            if self.pending is not None:
+                t = self.pending
+                self.pending = None
+                return t
+            if self.depth == 0:
+                raise StopIteration
+            top = &self.levels[self.depth - 1]
+            if top.pos == top.count:
+                self.depth -= 1
+                _free_listing(top)
+                self.prefixes.pop()
+                continue
+            e = &top.entries[top.pos]
+            top.pos += 1
+            rel = _join(<bytes>self.prefixes[self.depth - 1], e.name, e.namelen)
+            if e.stat_err != 0:
+                return _error(rel, e.stat_err)
+            is_dir = S_ISDIR(e.mode)
+            if self.exclude is not None and self.exclude(rel, is_dir):
+                continue
+            if S_ISREG(e.mode):
+                return (rel, K_FILE, e.size, e.mtime_ns, e.mode, e.ino, e.dev, None)
+            if is_dir:
+                t = (rel, K_DIR, 0, e.mtime_ns, e.mode, e.ino, e.dev, None)
+                if self.one_file_system and e.dev != self.root_dev:
+                    return t
+                # Pre-order: list the children now, hand them out next. `e` and
+                # `top` may move when the level stack grows: not used below.
+                fd = self._open_child(rel, e.name)
+                if fd < 0:
+                    err = -fd
+                else:
+                    err = self._push(fd, rel + b"/")
+                if err != 0:
+                    self.pending = _error(rel, err)
+                return t
+            if S_ISLNK(e.mode):
+                if e.link_err != 0:
+                    return _error(rel, e.link_err)
+                return (rel, K_SYMLINK, e.size, e.mtime_ns, e.mode, e.ino, e.dev,
+                        PyBytes_FromStringAndSize(e.target, e.targetlen))
+            return (rel, K_SPECIAL, 0, e.mtime_ns, e.mode, e.ino, e.dev, None)
+
+
+def walk(root, one_file_system=True, exclude=None):
+    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra) for every entry below root."""
+    if not isinstance(root, bytes):
+        raise TypeError(f"root must be bytes, not {type(root).__name__}")
+    return _Walk(_as_path(root), bool(one_file_system), exclude)
+
+
+# --------------------------------------------------------------------------
+# hash_file()
+
+cdef struct Reader:
+    int fd
+    int err             # 0 or the errno that ended reading
+    bint eof            # end of file reached; `after` is valid and fd closed
+    char* buf
+    size_t bufsize
+    size_t got          # bytes in buf after the last fill
+    struct_stat before
+    struct_stat after
+
+
+cdef void _reader_open(Reader* r, const char* path) noexcept nogil:
+    cdef long long size
+    r.fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+    if r.fd < 0:
+        r.err = errno
+        return
+    if fstat(r.fd, &r.before) != 0:
+        r.err = errno
+        return
+    if not S_ISREG(r.before.st_mode):
+        # Never read a FIFO or device: it may block or never end.
+        r.err = EISDIR if S_ISDIR(r.before.st_mode) else EINVAL
+        return
+    # O_NONBLOCK was only for the open; some FUSE filesystems honour it on reads.
+    if fcntl(r.fd, F_SETFL, 0) != 0:
+        r.err = errno
+        return
+    size = r.before.st_size
+    if size >= _BUFSIZE:
+        posix_fadvise(r.fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+        r.bufsize = _BUFSIZE
+    else:
+        # One spare byte so a small file is read, and its EOF seen, in one pass.
+        r.bufsize = <size_t>size + 1
+    r.buf = <char*>malloc(r.bufsize)
+    if r.buf == NULL:
+        r.err = ENOMEM
+
+
+cdef void _reader_fill(Reader* r, size_t want) noexcept nogil:
+    """Read up to want bytes into buf; at EOF also fstat and close."""
+    cdef Py_ssize_t n
+    r.got = 0
+    while r.got < want:
+        n = read(r.fd, r.buf + r.got, want - r.got)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            r.err = errno
+            return
+        if n == 0:
+            r.eof = True
+            if fstat(r.fd, &r.after) != 0:
+                r.err = errno
+            close(r.fd)
+            r.fd = -1
+            return
+        r.got += <size_t>n
+
+
+cdef void _reader_close(Reader* r) noexcept nogil:
+    if r.fd >= 0:
+        close(r.fd)
+        r.fd = -1
+    free(r.buf)
+    r.buf = NULL
+
+
+def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
+    """Hash one file: (digest, chunks, size, mtime_ns, ino, err)."""
+    cdef bytes bpath = _as_path(path)
+    cdef const char* cpath = bpath
+    cdef Reader r
+    cdef bint chunked = False
+    cdef size_t want
+    cdef long long total = 0, size, in_part = 0
+    cdef object whole, part = None, view
+    cdef list chunks = None
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    r.fd = -1
+    r.err = 0
+    r.eof = False
+    r.buf = NULL
+    r.bufsize = 0
+    r.got = 0
+    try:
+        _reader_open(&r, cpath)
+        if r.err == 0:
+            chunked = r.before.st_size >= chunk_threshold
+            want = r.bufsize
+            if chunked and <size_t>chunk_size < want:
+                want = <size_t>chunk_size
+            if r.before.st_size < 65536:
+                _reader_fill(&r, want)
+            else:
+                with nogil:
+                    _reader_fill(&r, want)
+        if r.err != 0:
+            return (None, None, 0, 0, 0, r.err)
+        size = r.before.st_size
+        whole = xxhash.xxh3_128()
+        if chunked:
+            chunks = []
+            part = xxhash.xxh3_128()
+        while True:
+            if r.got:
+                view = PyMemoryView_FromMemory(r.buf, <Py_ssize_t>r.got, PyBUF_READ)
+                whole.update(view)
+                if chunked:
+                    part.update(view)
+                    in_part += <long long>r.got
+                    if in_part == chunk_size:
+                        chunks.append(part.hexdigest())
+                        part.reset()
+                        in_part = 0
+                view = None
+                total += <long long>r.got
+            if r.eof or total > size:
+                break
+            want = r.bufsize
+            if chunked and <size_t>(chunk_size - in_part) < want:
+                want = <size_t>(chunk_size - in_part)
+            with nogil:
+                _reader_fill(&r, want)
+            if r.err != 0:
+                return (None, None, 0, 0, 0, r.err)
+    finally:
+        view = None  # never outlive the buffer it points into
+        with nogil:
+            _reader_close(&r)
+    if (
+        not r.eof
+        or total != size
+        or r.after.st_size != size
+        or r.after.st_mtim.tv_sec != r.before.st_mtim.tv_sec
+        or r.after.st_mtim.tv_nsec != r.before.st_mtim.tv_nsec
+    ):
+        return (None, None, size, _mtime_ns(&r.before), r.before.st_ino, K_CHANGED)
+    if chunked and in_part:
+        chunks.append(part.hexdigest())
+    return (whole.hexdigest(), chunks, size, _mtime_ns(&r.before), r.before.st_ino, 0)

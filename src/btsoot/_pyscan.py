@@ -1,0 +1,156 @@
+"""Pure-Python twin of `_fastscan`: the same API, the same results.
+
+It is the reference the compiled core is tested against (golden digests pin
+both), and the fallback where the extension is not built. Select it with
+BTSOOT_PUREPYTHON=1.
+
+walk() order: depth-first pre-order with the children of each directory
+sorted by their name bytes. That is the snapshot order: paths compared by
+their components, as if b"/" sorted before every other byte, so a directory's
+whole subtree is contiguous and directly follows the directory itself.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+
+import xxhash
+
+from ._kinds import CHANGED, DIR, ERROR, FILE, SPECIAL, SYMLINK
+
+IMPLEMENTATION = "python"
+_BUFSIZE = 1 << 20
+
+
+def walk(
+    root: bytes,
+    one_file_system: bool = True,
+    exclude: Callable[[bytes, bool], bool] | None = None,
+) -> Iterator[tuple]:
+    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra) for every entry below root.
+
+    path is relative to root (bytes). extra is the link target for SYMLINK,
+    the errno for ERROR, else None. The root itself is not yielded. A
+    directory that cannot be listed is yielded as DIR and then as ERROR.
+    """
+    root_dev = os.lstat(root).st_dev
+    # Stack of (relative dir path, iterator over its sorted names).
+    stack: list[tuple[bytes, Iterator[bytes]]] = []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as e:
+        yield (b"", ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+        return
+    stack.append((b"", iter(names)))
+    while stack:
+        prefix, it = stack[-1]
+        name = next(it, None)
+        if name is None:
+            stack.pop()
+            continue
+        rel = prefix + name
+        full = root + b"/" + rel
+        try:
+            st = os.lstat(full)
+        except OSError as e:
+            yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+            continue
+        m = st.st_mode
+        is_dir = stat.S_ISDIR(m)
+        if exclude is not None and exclude(rel, is_dir):
+            continue
+        if stat.S_ISREG(m):
+            yield (rel, FILE, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+        elif is_dir:
+            yield (rel, DIR, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+            if one_file_system and st.st_dev != root_dev:
+                continue
+            try:
+                children = _list_subdir(full)
+            except OSError as e:
+                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+                continue
+            stack.append((rel + b"/", iter(children)))
+        elif stat.S_ISLNK(m):
+            try:
+                target = os.readlink(full)
+            except OSError as e:
+                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+                continue
+            yield (rel, SYMLINK, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, target)
+        else:
+            yield (rel, SPECIAL, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+
+
+def _list_subdir(path: bytes) -> list[bytes]:
+    """Sorted names in directory path; O_NOFOLLOW: a dir swapped for a symlink is not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        # listdir(fd) gives str names; fsencode restores the exact bytes (surrogateescape).
+        return sorted(os.fsencode(n) for n in os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: bytes, chunk_size: int, chunk_threshold: int) -> tuple:
+    """Hash one file: (digest, chunks, size, mtime_ns, ino, err).
+
+    digest is the XXH3-128 hex digest of the whole content; chunks is the list
+    of per-chunk hex digests when size >= chunk_threshold, else None. err is 0
+    on success, an errno on failure, or CHANGED when the file's size or mtime
+    differed before and after reading (then digest and chunks are None).
+    size/mtime_ns/ino are from the fstat taken before reading. A path that is
+    not a regular file is not read: err is EISDIR for a directory, else EINVAL.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    try:
+        # O_NONBLOCK: opening a FIFO swapped in for the file must not block.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        return (None, None, 0, 0, 0, e.errno or _errno.EIO)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            # Never read a FIFO or device: it may block or never end.
+            err = _errno.EISDIR if stat.S_ISDIR(before.st_mode) else _errno.EINVAL
+            return (None, None, 0, 0, 0, err)
+        os.set_blocking(fd, True)
+        whole = xxhash.xxh3_128()
+        chunks: list[str] | None = [] if before.st_size >= chunk_threshold else None
+        part = xxhash.xxh3_128() if chunks is not None else None
+        in_part = 0
+        total = 0
+        while True:
+            want = _BUFSIZE if part is None else min(_BUFSIZE, chunk_size - in_part)
+            buf = os.read(fd, want)
+            if not buf:
+                break
+            total += len(buf)
+            if total > before.st_size:
+                break  # it grew: CHANGED; a file that keeps growing cannot hold us
+            whole.update(buf)
+            if part is not None:
+                part.update(buf)
+                in_part += len(buf)
+                if in_part == chunk_size:
+                    chunks.append(part.hexdigest())  # type: ignore[union-attr]
+                    part.reset()
+                    in_part = 0
+        if part is not None and in_part:
+            chunks.append(part.hexdigest())  # type: ignore[union-attr]
+        after = os.fstat(fd)
+    except OSError as e:
+        return (None, None, 0, 0, 0, e.errno or _errno.EIO)
+    finally:
+        os.close(fd)
+    if (
+        total != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+    ):
+        return (None, None, before.st_size, before.st_mtime_ns, before.st_ino, CHANGED)
+    return (whole.hexdigest(), chunks, before.st_size, before.st_mtime_ns, before.st_ino, 0)

@@ -1,0 +1,317 @@
+"""The backup pipeline: walk -> snapshot -> plan -> execute -> commit.
+
+`backup(block)` is the library entry point; the CLI is a thin shell over it.
+Guards run before anything on the remote changes. The journal makes every
+step after that resumable; the snapshot describing the new state is
+committed only after the remote holds that state and it has been made durable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import remote as rmt
+from .config import Block, Lock
+from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
+from .execute import Executor, ExecStats
+from .journal import Journal, replay
+from .plan import Plan, make_plan, op_name
+from .scan import ScanStats, scan
+from .snapshot import Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
+from .state import BlockState, Head
+from .transfer import syncfs
+
+
+@dataclass(slots=True)
+class BackupResult:
+    block: str
+    result: str = "ok"  # ok | nothing | partial | dry-run
+    exit_code: int = EXIT_OK
+    snapshot: str | None = None
+    resumed: bool = False
+    plan: Plan | None = None
+    scan: ScanStats | None = None
+    execution: ExecStats | None = None
+    remote_meta_bytes: int = 0
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.scan or ScanStats()
+        ex = self.execution or ExecStats()
+        errors = list(s.errors) + list(ex.errors)
+        return {
+            "block": self.block,
+            "result": self.result,
+            "exit_code": self.exit_code,
+            "snapshot": self.snapshot,
+            "resumed": self.resumed,
+            "files": s.files,
+            "bytes": s.bytes,
+            "hashed_files": s.hashed_files,
+            "hashed_bytes": s.hashed_bytes,
+            "operations": dict(self.plan.count()) if self.plan else {},
+            "bytes_sent": ex.bytes_sent,
+            "bytes_remote_copied": ex.bytes_remote_copied,
+            "remote_snapshot_bytes": self.remote_meta_bytes,
+            "errors": [{"path": os.fsdecode(p), "error": w} for p, w in errors],
+            "skipped": [os.fsdecode(p) for p in s.skipped],
+            "durations": {k: round(v, 3) for k, v in self.durations.items()},
+        }
+
+
+Progress = Callable[[str, Any], None]
+
+
+def _read(path: str | None) -> Callable[[], Iterator[Entry]]:
+    def opener() -> Iterator[Entry]:
+        if path is None:
+            return
+        with SnapshotReader(path) as r:
+            yield from r
+    return opener
+
+
+def check_source(block: Block, previous: Header | None, override: bool) -> None:
+    src = block.source
+    if not os.path.exists(src):
+        raise GuardError(f"source {src} does not exist (is the disk mounted?)")
+    if not os.path.isdir(src):
+        raise GuardError(f"source {src} is not a folder")
+    try:
+        empty = not os.listdir(src)
+    except OSError as e:
+        raise GuardError(f"source {src} cannot be read: {e.strerror}") from None
+    if override or previous is None:
+        return
+    if previous.source_dev and os.stat(src).st_dev != previous.source_dev:
+        raise GuardError(
+            f"source {src} is on a different file system than at the last backup "
+            "(an unmounted disk?); use --override if this is intended"
+        )
+    if empty:
+        raise GuardError(
+            f"source {src} is empty but the last backup was not (an unmounted disk?); "
+            "use --override to empty the backup"
+        )
+
+
+def backup(
+    block: Block,
+    *,
+    dry_run: bool = False,
+    checksum: bool = False,
+    override: bool = False,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> BackupResult:
+    st = BlockState(block.state)
+    st.ensure()
+    with Lock(st.lock, f"block {block.name!r}"):
+        started = time.time()
+        try:
+            res = _backup(block, st, dry_run, checksum, override, jobs, progress)
+        except BtsootError as e:
+            if not dry_run:
+                st.log_run({"started": started, "result": "failed", "exit_code": e.exit_code,
+                            "error": e.message})
+            raise
+        if not dry_run:
+            s = res.summary()
+            st.log_run({"started": started, "result": res.result, "exit_code": res.exit_code,
+                        "snapshot": res.snapshot, "files": s["files"], "bytes": s["bytes"],
+                        "bytes_sent": s["bytes_sent"], "errors": len(s["errors"]),
+                        "seconds": s["durations"].get("total", 0.0)})
+        return res
+
+
+def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, override: bool,
+            jobs: int | None, progress: Progress | None) -> BackupResult:
+    res = BackupResult(block.name)
+    t0 = time.monotonic()
+    head = st.load_head()
+    committed = st.snapshot_path(head.head) if head.head else None
+    if committed and not os.path.exists(committed):
+        raise StateError(f"{committed}: committed snapshot is missing")
+    prev_header = None
+    if committed:
+        with SnapshotReader(committed) as r:
+            prev_header = r.header
+    check_source(block, prev_header, override)
+    rmt.check_remote(block.remote, block.name, head.head is not None)
+    run_id = new_id()
+
+    # A crashed run left a journal: rebuild what the remote holds now.
+    base = committed
+    if os.path.exists(st.journal):
+        res.resumed = True
+        base = _recover(st, committed, block.remote)
+    res.durations["prepare"] = time.monotonic() - t0
+
+    t = time.monotonic()
+    if progress:
+        progress("phase", "scan")
+    prev_reader = SnapshotReader(committed) if committed else None
+    try:
+        sres = scan(
+            block=block.name,
+            source=block.source,
+            out_path=st.scan,
+            previous=prev_reader,
+            exclude=block.exclude,
+            one_file_system=block.one_file_system,
+            checksum=checksum,
+            on_progress=(lambda s: progress("scan", s)) if progress else None,
+        )
+    finally:
+        if prev_reader:
+            prev_reader.close()
+    res.scan = sres.stats
+    res.durations["scan"] = time.monotonic() - t
+    if any(p == b"" for p, _ in sres.stats.errors):
+        raise GuardError(f"source {block.source} cannot be listed; nothing was changed")
+
+    t = time.monotonic()
+    if progress:
+        progress("phase", "plan")
+    plan = make_plan(_read(base), _read(st.scan), run_id=run_id)
+    res.plan = plan
+    res.durations["plan"] = time.monotonic() - t
+    limit = block.delete_limit(plan.old_files)
+    if plan.deleted_files > limit and not override and plan.old_files:
+        raise GuardError(
+            f"backup would delete {plan.deleted_files} of {plan.old_files} files on the remote, "
+            f"more than the block's limit ({block.max_delete}); use --override if this is intended"
+        )
+    if dry_run:
+        res.result = "dry-run"
+        return res
+
+    ex = ExecStats()
+    if not plan.empty or res.resumed:
+        if head.head is None:
+            rmt.init_remote(block.remote, block.name)
+        t = time.monotonic()
+        if progress:
+            progress("phase", "transfer")
+        journal = Journal(st.journal, run_id, base, head.head)
+        try:
+            ex = Executor(block.source, block.remote, journal, run_id,
+                          jobs or block.jobs or 4,
+                          (lambda s: progress("transfer", s)) if progress else None).run(plan)
+            _cleanup_stash(block.remote)
+            try:
+                syncfs(block.remote)
+            except OSError as e:
+                raise FatalIOError(f"remote {block.remote}: cannot sync: {e.strerror}") from None
+        finally:
+            journal.close()
+        res.durations["transfer"] = time.monotonic() - t
+    res.execution = ex
+
+    t = time.monotonic()
+    if progress:
+        progress("phase", "commit")
+    res.snapshot, res.remote_meta_bytes = _commit(
+        block, st, sres.header, committed, head, ex, plan.empty and not res.resumed)
+    res.durations["commit"] = time.monotonic() - t
+    if sres.stats.errors or ex.errors:
+        res.result, res.exit_code = "partial", EXIT_PARTIAL
+    elif plan.empty and not res.resumed:
+        res.result = "nothing"
+    res.durations["total"] = time.monotonic() - t0
+    return res
+
+
+def _recover(st: BlockState, committed: str | None, remote: str) -> str:
+    from .journal import read_journal
+
+    header, _ = read_journal(st.journal)
+    base_path = header.get("base") or committed
+    model: dict[bytes, Entry] = {}
+    if base_path:
+        if not os.path.exists(base_path):
+            raise StateError(f"{st.journal}: its base snapshot {base_path} is missing")
+        with SnapshotReader(base_path) as r:
+            model = {e.path: e for e in r}
+    model = replay(st.journal, os.fsencode(remote), model)
+    out = st.base + ".new"
+    w = SnapshotWriter(out, Header(block="", source="", id="base", created_ns=time.time_ns(),
+                                   scan_started_ns=0))
+    w.write_all(model[k] for k in sorted(model, key=sort_key))
+    w.commit()
+    os.replace(out, st.base)
+    return st.base
+
+
+def _cleanup_stash(remote: str) -> None:
+    stash = rmt.meta(remote, "stash")
+    try:
+        runs = os.listdir(stash)
+    except FileNotFoundError:
+        return
+    for r in runs:
+        try:
+            os.rmdir(os.path.join(stash, r))
+        except OSError:
+            pass
+
+
+def _commit(block: Block, st: BlockState, header: Header, committed: str | None, head: Head,
+            ex: ExecStats, unchanged: bool) -> tuple[str, int]:
+    """Write the snapshot of what the remote now holds; then point head at it."""
+    snap_id = new_id()
+    hdr = replace(header, id=snap_id, created_ns=time.time_ns())
+    out = st.snapshot_path(snap_id)
+    w = SnapshotWriter(out, hdr)
+    patch = ex.failed
+    try:
+        with SnapshotReader(st.scan) as r:
+            for e in r:
+                if e.path in patch:
+                    keep = patch[e.path]
+                    if keep is not None:
+                        w.write(keep)
+                    continue
+                w.write(ex.updated.get(e.path, e))
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+    meta_bytes = 0
+    if not unchanged or head.remote_head is None:
+        full = (
+            head.remote_head is None
+            or committed is None
+            or head.deltas >= rmt.MAX_DELTAS
+            or head.delta_bytes > head.full_bytes // 2
+        )
+        try:
+            if full:
+                meta_bytes = rmt.write_full(block.remote, hdr, _read(out)())
+                head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
+            else:
+                meta_bytes, _ = rmt.write_delta(block.remote, hdr, head.remote_head,
+                                                _read(committed)(), _read(out)())
+                head.deltas += 1
+                head.delta_bytes += meta_bytes
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot write snapshot: {e.strerror}") from None
+        head.remote_head = snap_id
+    head.head = snap_id
+    st.save_head(head)
+    for p in (st.journal, st.base, st.scan):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    kept = st.prune(block.keep_snapshots, {snap_id})
+    if meta_bytes:
+        try:
+            rmt.prune(block.remote, set(kept) | {head.remote_head})
+        except OSError:
+            pass
+    return snap_id, meta_bytes

@@ -1,0 +1,229 @@
+"""The command line: a thin shell over the library (config, backup, restore, verify).
+
+Every failure a user can meet is a `BtsootError`; `main()` prints it as one line
+on stderr and exits with its code (see README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import orjson
+
+from . import __version__
+from .config import Block, Config, parse_max_delete, validate_name
+from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="btsoot")
+@click.option("--config", "config_path", metavar="FILE", envvar="BTSOOT_CONFIG",
+              help="Config file (default: the platform config dir; env BTSOOT_CONFIG).")
+@click.pass_context
+def main_group(ctx: click.Context, config_path: str | None) -> None:
+    """btsoot: incremental offsite backups that send only what changed."""
+    ctx.obj = {"config": config_path}
+
+
+def load_config(ctx: click.Context) -> Config:
+    return Config.load(ctx.obj["config"])
+
+
+@main_group.command()
+@click.argument("name")
+@click.argument("source", type=click.Path())
+@click.argument("remote", type=click.Path())
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="gitignore-style pattern, relative to SOURCE (repeatable).")
+@click.option("--max-delete", default="50%", show_default=True, metavar="N|P%",
+              help="Stop a backup that would delete more files than this.")
+@click.option("--one-file-system/--cross-file-systems", default=True, show_default=True,
+              help="Stay on SOURCE's file system (mount points are kept as empty folders).")
+@click.option("--keep", "keep_snapshots", default=30, show_default=True, type=click.IntRange(1),
+              help="How many snapshots to keep.")
+@click.pass_context
+def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
+        max_delete: str, one_file_system: bool, keep_snapshots: int) -> None:
+    """Add a block: a SOURCE folder backed up to a REMOTE folder."""
+    validate_name(name)
+    parse_max_delete(max_delete)
+    cfg = load_config(ctx)
+    if name in cfg.blocks:
+        raise ConfigError(f"a block named {name!r} exists already")
+    src, dst = os.path.abspath(source), os.path.abspath(remote)
+    if not os.path.isdir(src):
+        raise ConfigError(f"source {src} is not an existing folder")
+    if not os.path.isdir(dst):
+        raise ConfigError(f"remote {dst} is not an existing folder (is the share mounted?)")
+    rs, rd = os.path.realpath(src), os.path.realpath(dst)
+    if rs == rd or rd.startswith(rs + os.sep) or rs.startswith(rd + os.sep):
+        raise ConfigError("source and remote must not contain one another")
+    cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
+                             keep_snapshots)
+    cfg.save()
+    click.echo(f"added block {name}: {src} -> {dst}")
+
+
+@main_group.command()
+@click.argument("name")
+@click.pass_context
+def rm(ctx: click.Context, name: str) -> None:
+    """Forget a block. Its source, remote and snapshots are left untouched."""
+    cfg = load_config(ctx)
+    cfg.get(name)
+    del cfg.blocks[name]
+    cfg.save()
+    click.echo(f"removed block {name} from the config (no data was touched)")
+
+
+@main_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List blocks with their last run."""
+    from .state import BlockState
+
+    cfg = load_config(ctx)
+    rows = []
+    for b in sorted(cfg.blocks.values(), key=lambda b: b.name):
+        last = BlockState(b.state).last_run() or {}
+        rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last})
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    if not rows:
+        click.echo("no blocks; add one with 'btsoot add NAME SOURCE REMOTE'")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None)
+    for col in ("name", "source", "remote", "last run", "result", "files", "bytes"):
+        t.add_column(col)
+    for r in rows:
+        last = r["last_run"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["started"])) if last else "never"
+        t.add_row(r["name"], r["source"], r["remote"], when, last.get("result", "-"),
+                  str(last.get("files", "-")),
+                  _human(last["bytes"]) if "bytes" in last else "-")
+    Console(width=200 if not sys.stdout.isatty() else None).print(t)
+
+
+def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Block]:
+    cfg = load_config(ctx)
+    if all_ == bool(names):
+        raise ConfigError("name one or more blocks, or give --all")
+    return sorted(cfg.blocks.values(), key=lambda b: b.name) if all_ else [cfg.get(n) for n in names]
+
+
+@main_group.command("backup")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Back up every block.")
+@click.option("--dry-run", "-n", is_flag=True, help="Print what would be done; change nothing.")
+@click.option("--checksum", "-c", is_flag=True, help="Re-read and hash every file.")
+@click.option("--override", is_flag=True, help="Pass the safety guards deliberately.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel transfers.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No output unless something fails.")
+@click.pass_context
+def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: bool,
+               checksum: bool, override: bool, jobs: int | None, as_json: bool,
+               quiet: bool) -> None:
+    """Back up blocks: send only what changed to the remote."""
+    from .backup import backup
+    from .errors import EXIT_OK
+    from .itemize import itemize
+    from .progress import Reporter
+
+    worst = EXIT_OK
+    summaries = []
+    for block in _blocks(ctx, names, all_):
+        reporter = Reporter(block.name, enabled=not (quiet or as_json or dry_run))
+        try:
+            with reporter:
+                res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
+                             jobs=jobs, progress=reporter.update)
+        except BtsootError as e:
+            if len(names) == 1 and not all_:
+                raise
+            click.echo(f"btsoot: {block.name}: {e.message}", err=True)
+            worst = max(worst, e.exit_code)
+            summaries.append({"block": block.name, "result": "failed", "exit_code": e.exit_code,
+                              "error": e.message})
+            continue
+        worst = max(worst, res.exit_code)
+        s = res.summary()
+        summaries.append(s)
+        if dry_run and res.plan is not None and not as_json:
+            for line in itemize(res.plan):
+                click.echo(line)
+        for path, why in (res.scan.errors if res.scan else []) + (
+                res.execution.errors if res.execution else []):
+            click.echo(f"btsoot: {block.name}: cannot back up {os.fsdecode(path)}: {why}",
+                       err=True)
+        if not quiet and not as_json:
+            click.echo(_summary_line(s, dry_run))
+    if as_json:
+        click.echo(orjson.dumps(summaries if len(summaries) != 1 else summaries[0],
+                                option=orjson.OPT_INDENT_2).decode())
+    ctx.exit(worst)
+
+
+def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
+    ops = s["operations"]
+    parts = [f"{k} {v}" for k, v in sorted(ops.items()) if k != "stash"]
+    what = ", ".join(parts) if parts else "no changes"
+    head = "would do" if dry_run else s["result"]
+    extra = "" if dry_run else (
+        f"; sent {_human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
+    return (f"{s['block']}: {head}: {what}; {s['files']} files, {_human(s['bytes'])}{extra}"
+            + (f"; {len(s['errors'])} unreadable" if s["errors"] else ""))
+
+
+@main_group.command("diff")
+@click.argument("name")
+@click.option("--checksum", "-c", is_flag=True, help="Re-read and hash every file.")
+@click.pass_context
+def diff_cmd(ctx: click.Context, name: str, checksum: bool) -> None:
+    """Show what the next backup would do (changes nothing)."""
+    ctx.invoke(backup_cmd, names=(name,), all_=False, dry_run=True, checksum=checksum,
+               override=True, jobs=None, as_json=False, quiet=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = main_group.main(args=argv, prog_name="btsoot", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo("btsoot: aborted", err=True)
+        code = 130
+    except BtsootError as e:
+        click.echo(f"btsoot: error: {e.message}", err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        click.echo("btsoot: interrupted", err=True)
+        code = 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if os.environ.get("BTSOOT_DEBUG"):
+            raise
+        click.echo(f"btsoot: internal error: {type(e).__name__}: {e} "
+                   "(set BTSOOT_DEBUG=1 for a traceback)", err=True)
+        code = EXIT_INTERNAL
+    sys.exit(code)

@@ -1,0 +1,56 @@
+"""Exceptions, each carrying the process exit code the CLI turns it into.
+
+Every error a user can cause or meet has a class here; the CLI catches
+`BtsootError` once, prints its message on one line and exits with its code.
+Classes that describe an OS-level failure also subclass `OSError`, so library
+callers can catch either.
+"""
+
+from __future__ import annotations
+
+# Exit codes: documented in README.md ("Exit codes"). Keep the two in step.
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: unexpected exception (message + log, no traceback)
+EXIT_USAGE = 2  # bad command line or config (click also uses 2)
+EXIT_PARTIAL = 3  # finished, but some source files could not be read
+EXIT_GUARD = 4  # stopped by a safety guard before touching the remote
+EXIT_LOCKED = 5  # another run holds the block's lock
+EXIT_FATAL = 6  # fatal I/O error (remote unreachable, disk full, ...)
+EXIT_DAMAGE = 7  # verify found damage, or a restored file did not match its digest
+EXIT_STATE = 8  # local or remote state (snapshot, journal) is corrupt or too new
+
+
+class BtsootError(Exception):
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(BtsootError, ValueError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class GuardError(BtsootError):
+    exit_code = EXIT_GUARD
+
+
+class LockedError(BtsootError):
+    exit_code = EXIT_LOCKED
+
+
+class FatalIOError(BtsootError, OSError):
+    exit_code = EXIT_FATAL
+
+
+class DamageError(BtsootError):
+    exit_code = EXIT_DAMAGE
+
+
+class StateError(BtsootError):
+    exit_code = EXIT_STATE

@@ -1,0 +1,194 @@
+"""Execute a plan against the remote, journalling every operation.
+
+Operations run in plan order; consecutive transfers (copies from the source
+and remote-side copies) run in parallel on `jobs` threads. A source file that
+fails its before/after check is re-hashed and copied again; if it keeps
+changing or cannot be read, it is reported and its path keeps what the remote
+already held. Any error writing the remote stops the run (FatalIOError): the
+journal lets the next run pick up from there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from . import scanner
+from .errors import FatalIOError
+from .journal import Journal, op_record
+from .plan import STASH, Copy, Delete, Mkdir, Move, Op, Plan, RemoteCopy, Rmdir, SetAttr, Symlink
+from .snapshot import Entry
+from .transfer import SourceChanged, make_symlink, set_attrs, temp_name, write_file
+
+COPY_RETRIES = 3
+
+
+@dataclass(slots=True)
+class ExecStats:
+    ops: int = 0
+    bytes_sent: int = 0  # from the source across the link
+    bytes_remote_copied: int = 0
+    # path -> entry the remote now holds there instead of the planned one (None: nothing)
+    failed: dict[bytes, Entry | None] = field(default_factory=dict)
+    # path -> corrected entry (a file re-hashed after it changed during the copy)
+    updated: dict[bytes, Entry] = field(default_factory=dict)
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self,
+        source: str,
+        remote: str,
+        journal: Journal,
+        run_id: str,
+        jobs: int = 4,
+        on_progress: Callable[[ExecStats], None] | None = None,
+    ) -> None:
+        self.src = os.fsencode(source)
+        self.dst = os.fsencode(remote)
+        self.journal = journal
+        self.run_id = run_id
+        self.jobs = max(1, jobs)
+        self.stats = ExecStats()
+        self.on_progress = on_progress
+        self._stash_ready = False
+
+    def r(self, rel: bytes) -> bytes:
+        return self.dst + b"/" + rel
+
+    def run(self, plan: Plan) -> ExecStats:
+        ops = plan.ops
+        i = 0
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="btsoot-copy") as pool:
+            while i < len(ops):
+                if isinstance(ops[i], (Copy, RemoteCopy)):
+                    j = i
+                    while j < len(ops) and isinstance(ops[j], (Copy, RemoteCopy)):
+                        j += 1
+                    for fut in [pool.submit(self._transfer, op) for op in ops[i:j]]:
+                        fut.result()
+                        self._progress()
+                    i = j
+                else:
+                    self._one(ops[i])
+                    self._progress()
+                    i += 1
+        self.journal.sync()
+        return self.stats
+
+    def _progress(self) -> None:
+        self.stats.ops += 1
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+
+    def _fatal(self, e: OSError, what: str, path: bytes) -> FatalIOError:
+        why = e.strerror or str(e)
+        if e.errno == errno.ENOSPC:
+            why = "no space left on the remote"
+        return FatalIOError(f"remote: {what} {os.fsdecode(path)}: {why}")
+
+    # --- single operations ---------------------------------------------------
+
+    def _one(self, op: Op) -> None:
+        try:
+            if isinstance(op, Mkdir):
+                i = self.journal.begin(op_record("mkdir", entry=op.entry))
+                try:
+                    os.mkdir(self.r(op.path), 0o700)
+                except FileExistsError:
+                    if not os.path.isdir(self.r(op.path)):
+                        raise
+                self.journal.done(i)
+            elif isinstance(op, Move):
+                if op.dst.startswith(STASH + b"/") and not self._stash_ready:
+                    os.makedirs(self.r(op.dst.rpartition(b"/")[0]), exist_ok=True)
+                    self._stash_ready = True
+                i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
+                os.rename(self.r(op.src), self.r(op.dst))
+                if op.entry is not None and op.entry.kind == "file":
+                    set_attrs(self.r(op.dst), op.entry)
+                self.journal.done(i)
+            elif isinstance(op, Symlink):
+                tmp = temp_name(op.path, f"{self.run_id}-l")
+                i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
+                make_symlink(self.r(tmp), self.r(op.path), op.entry)
+                self.journal.done(i)
+            elif isinstance(op, Delete):
+                i = self.journal.begin(op_record("del", path=op.path))
+                try:
+                    os.unlink(self.r(op.path))
+                except FileNotFoundError:
+                    pass
+                self.journal.done(i)
+            elif isinstance(op, Rmdir):
+                i = self.journal.begin(op_record("del", path=op.path))
+                try:
+                    os.rmdir(self.r(op.path))
+                except FileNotFoundError:
+                    pass
+                self.journal.done(i)
+            elif isinstance(op, SetAttr):
+                i = self.journal.begin(op_record("attr", entry=op.entry))
+                set_attrs(self.r(op.path), op.entry)
+                self.journal.done(i)
+        except OSError as e:
+            raise self._fatal(e, type(op).__name__.lower(), getattr(op, "path", b"")) from None
+
+    def _transfer(self, op: Copy | RemoteCopy) -> None:
+        entry = op.entry
+        for attempt in range(COPY_RETRIES + 1):
+            tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}")
+            i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
+            try:
+                if isinstance(op, RemoteCopy):
+                    n = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry, False)
+                    self.stats.bytes_remote_copied += n
+                else:
+                    n = write_file(self.src + b"/" + op.path, self.r(tmp), self.r(op.path),
+                                   entry, True)
+                    self.stats.bytes_sent += n
+                self.journal.done(i)
+                if entry is not op.entry:
+                    self.stats.updated[op.path] = entry
+                return
+            except SourceChanged:
+                pass
+            except OSError as e:
+                if isinstance(op, Copy) and _is_source_error(e, self.src):
+                    self._source_failed(op, os.strerror(e.errno or errno.EIO))
+                    return
+                raise self._fatal(e, "write", op.path) from None
+            # The source changed under us: hash it again and retry with the new state.
+            r = scanner.hash_file(self.src + b"/" + op.path, scanner.CHUNK_SIZE,
+                                  scanner.CHUNK_THRESHOLD)
+            digest, chunks, size, mtime, ino, err = r
+            if err != 0:
+                if err in (errno.ENOENT, errno.ENOTDIR):
+                    self._source_failed(op, "vanished during backup")
+                    return
+                if err != scanner.CHANGED:
+                    self._source_failed(op, os.strerror(err))
+                    return
+                continue
+            entry = replace(entry, digest=digest, chunks=tuple(chunks) if chunks else None,
+                            size=size, mtime_ns=mtime, ino=ino)
+        self._source_failed(op, "kept changing while being copied")
+
+    def _source_failed(self, op: Copy, why: str) -> None:
+        self.stats.errors.append((op.path, why))
+        # The remote keeps what it held at this path, if anything.
+        from .transfer import matches
+
+        keep = op.old if op.old is not None and matches(self.r(op.path), op.old) else None
+        self.stats.failed[op.path] = keep
+
+
+def _is_source_error(e: OSError, src_root: bytes) -> bool:
+    fn = e.filename
+    if isinstance(fn, str):
+        fn = os.fsencode(fn)
+    return isinstance(fn, bytes) and fn.startswith(src_root + b"/")

@@ -1,0 +1,46 @@
+"""Human-readable lines for a plan, one per operation (for diff and --dry-run)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from .plan import STASH, Copy, Delete, Mkdir, Move, Plan, RemoteCopy, Rmdir, SetAttr, Symlink
+
+
+def _s(p: bytes) -> str:
+    return os.fsdecode(p).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def itemize(plan: Plan) -> Iterator[str]:
+    """Lines like `copy    photos/a.jpg`; stash round trips are shown as one move."""
+    origin: dict[bytes, bytes] = {}
+
+    def orig(p: bytes) -> bytes:
+        for stash, o in origin.items():
+            if p == stash or p.startswith(stash + b"/"):
+                return o + p[len(stash):]
+        return p
+
+    for op in plan.ops:
+        if isinstance(op, Move):
+            if op.dst.startswith(STASH + b"/"):
+                origin[op.dst] = orig(op.src)
+                continue
+            kind = "move-dir" if op.entry is not None and op.entry.kind == "dir" else "move"
+            yield f"{kind:<9} {_s(orig(op.src))} -> {_s(op.dst)}"
+        elif isinstance(op, Copy):
+            verb = "update" if op.old is not None else "copy"
+            yield f"{verb:<9} {_s(op.path)}  ({op.entry.size} bytes)"
+        elif isinstance(op, RemoteCopy):
+            yield f"{'rcopy':<9} {_s(op.path)}  (from {_s(orig(op.src))})"
+        elif isinstance(op, Mkdir):
+            yield f"{'mkdir':<9} {_s(op.path)}/"
+        elif isinstance(op, Symlink):
+            yield f"{'symlink':<9} {_s(op.path)} -> {_s(op.entry.target or b'')}"
+        elif isinstance(op, Delete):
+            yield f"{'delete':<9} {_s(orig(op.path))}"
+        elif isinstance(op, Rmdir):
+            yield f"{'rmdir':<9} {_s(orig(op.path))}/"
+        elif isinstance(op, SetAttr):
+            yield f"{'attrs':<9} {_s(op.path)}{'/' if op.entry.kind == 'dir' else ''}"

@@ -1,0 +1,202 @@
+"""The journal: a write-ahead record of a run's remote operations.
+
+Before an operation touches the remote, a "begin" record is appended; after
+it completes, a "done" record. Records go straight to the kernel (O_APPEND, no
+user-space buffer), so they survive kill -9; they are fsynced in batches and
+at the end of each phase, not per operation.
+
+Recovery rebuilds what the remote holds: the run's base snapshot, plus every
+completed operation, plus each begun-but-unfinished one that a look at its own
+one or two remote paths shows did happen. Leftover temp files are removed.
+Nothing else on the remote is listed or read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from .errors import StateError
+from .snapshot import Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
+
+FORMAT = "btsoot-journal"
+VERSION = 1
+_SYNC_EVERY_S = 2.0
+
+
+def encode_path(d: dict[str, Any], key: str, p: bytes) -> None:
+    _put_bytes(d, key, p)
+
+
+def decode_path(d: dict[str, Any], key: str) -> bytes:
+    p = _get_bytes(d, key)
+    if p is None:
+        raise StateError(f"journal record without {key!r}")
+    return p
+
+
+class Journal:
+    def __init__(self, path: str, run_id: str, base: str | None, committed: str | None) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._last_sync = time.monotonic()
+        self._n = 0
+        self._write({"format": FORMAT, "version": VERSION, "run": run_id, "base": base,
+                     "committed": committed})
+        self.sync()
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        os.write(self.fd, orjson.dumps(rec) + b"\n")
+
+    def begin(self, rec: dict[str, Any]) -> int:
+        self._n += 1
+        rec = dict(rec, i=self._n, s="b")
+        self._write(rec)
+        return self._n
+
+    def done(self, i: int) -> None:
+        self._write({"i": i, "s": "d"})
+        if time.monotonic() - self._last_sync > _SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_journal(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bool]]]:
+    """(header, [(record, completed)]) in begin order. A torn last line is ignored."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise StateError(f"{path}: cannot read journal ({e.strerror})") from None
+    try:
+        header = orjson.loads(lines[0])
+    except (orjson.JSONDecodeError, IndexError):
+        raise StateError(f"{path}: journal is corrupt (bad header); "
+                         "remove it and run 'btsoot verify' before the next backup") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise StateError(f"{path}: not a btsoot journal")
+    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
+        raise StateError(f"{path}: journal version {header.get('version')!r} is newer than "
+                         "this btsoot understands; upgrade btsoot")
+    recs: dict[int, dict[str, Any]] = {}
+    done: set[int] = set()
+    last = len(lines) - 1
+    for k, line in enumerate(lines[1:], start=1):
+        if not line:
+            continue
+        try:
+            r = orjson.loads(line)
+            i = int(r["i"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            if k >= last - 1:
+                break  # torn tail from a crash mid-write
+            raise StateError(f"{path}:{k + 1}: journal is corrupt") from None
+        if r.get("s") == "d":
+            done.add(i)
+        else:
+            recs[i] = r
+    return header, [(recs[i], i in done) for i in sorted(recs)]
+
+
+def op_record(kind: str, **fields: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {"t": kind}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, Entry):
+            rec[k] = entry_to_dict(v)
+        elif isinstance(v, bytes):
+            encode_path(rec, k, v)
+        else:
+            rec[k] = v
+    return rec
+
+
+def record_entry(rec: dict[str, Any], key: str = "entry") -> Entry | None:
+    d = rec.get(key)
+    return entry_from_dict(d, "journal") if d is not None else None
+
+
+def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, Entry]:
+    """Apply a crashed run's journal to `base` (what the remote held before it).
+
+    Completed operations are applied as recorded. An operation that began but
+    did not finish is checked on the remote, on its own paths only, and
+    applied if it happened; its temp file, if any, is removed.
+    """
+    from .transfer import matches  # late: transfer imports snapshot only
+
+    header, recs = read_journal(path)
+    model = base
+
+    def r(p: bytes) -> bytes:
+        return remote + b"/" + p
+
+    def exists(p: bytes) -> bool:
+        try:
+            os.lstat(r(p))
+            return True
+        except FileNotFoundError:
+            return False
+
+    for rec, completed in recs:
+        t = rec.get("t")
+        if t == "put":
+            tmp = _get_bytes(rec, "tmp")
+            if tmp is not None and not completed:
+                try:
+                    os.unlink(r(tmp))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise StateError(f"cannot remove temp file {os.fsdecode(r(tmp))}: "
+                                     f"{e.strerror}") from None
+            e = record_entry(rec)
+            assert e is not None
+            if completed or matches(r(e.path), e):
+                model[e.path] = e
+        elif t == "mkdir":
+            e = record_entry(rec)
+            assert e is not None
+            if completed or os.path.isdir(r(e.path)):
+                model[e.path] = e
+        elif t == "attr":
+            e = record_entry(rec)
+            assert e is not None
+            if completed and e.path in model:
+                model[e.path] = e
+        elif t == "del":
+            p = decode_path(rec, "path")
+            if completed or not exists(p):
+                model.pop(p, None)
+        elif t == "move":
+            src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
+            if completed or (not exists(src) and exists(dst)):
+                e = record_entry(rec)
+                top = model.get(src)
+                if top is not None and top.kind == "dir":
+                    moved = [k for k in model if k == src or k.startswith(src + b"/")]
+                else:
+                    moved = [src] if top is not None else []
+                for k in moved:
+                    old = model.pop(k)
+                    nk = dst + k[len(src):]
+                    model[nk] = old.with_path(nk)
+                # A move also sets the final attributes; if that did not happen, the
+                # remote holds the moved entry as it was.
+                if e is not None and (completed or matches(r(dst), e)):
+                    model[dst] = e
+        else:
+            raise StateError(f"{path}: unknown journal record {t!r}")
+    return model

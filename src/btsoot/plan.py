@@ -1,0 +1,402 @@
+"""Plan: the remote operations that turn the old snapshot into the new one.
+
+Pass 1 merges the two sorted snapshots and keeps only what differs (memory is
+O(changes)). Then, in memory over those differences:
+
+1. Folder moves. Every added file whose content is also among the removed
+   files votes for the top-most (removed folder, added folder) pair that its
+   two paths share a suffix below. Winning pairs become one rename each,
+   whatever the folder's size; the moved subtree is then compared entry by
+   entry at its new place, so a renamed folder with a few edited files costs
+   one rename plus those files.
+2. Content sourcing. A file that needs new content takes it, in this order of
+   preference, from: content leaving the remote anyway (a removed file, or the
+   old content of an updated one) by rename; content staying on the remote by
+   a remote-side copy; else the source, by transfer. Leaving content is first
+   moved aside into the run's stash (`.btsoot/stash/RUN/`), which makes swaps
+   and chains of renames (a->b, b->a) safe with no ordering puzzle.
+3. Obstacles. Where the new tree creates a path that the old one holds with
+   another kind (a file became a folder), the old entry is moved to the stash
+   first; its content can still serve as a source.
+
+Execution order (see `Plan.ops`): structure (stash obstacles, mkdir, folder
+moves, top-down), stash sources, transfers, renames out of the stash,
+symlinks, deletions (files, then folders deepest first), attributes (folders
+deepest first, after everything inside them changed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .snapshot import DIR, FILE, SYMLINK, Entry, sort_key
+
+STASH = b".btsoot/stash"
+
+
+# --- operations -------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class Mkdir:
+    path: bytes
+    entry: Entry
+
+
+@dataclass(slots=True, frozen=True)
+class Move:
+    """Rename src to dst on the remote: a folder move, a stash, or an unstash."""
+
+    src: bytes
+    dst: bytes
+    entry: Entry | None = None  # the final entry at dst (None when stashing)
+
+
+@dataclass(slots=True, frozen=True)
+class Copy:
+    """New content from the source, written to a temp name and renamed into place."""
+
+    path: bytes
+    entry: Entry
+    old: Entry | None  # what the remote held at path before (kept on failure)
+
+
+@dataclass(slots=True, frozen=True)
+class RemoteCopy:
+    """Content already on the remote at src, copied remote-side to path."""
+
+    path: bytes
+    entry: Entry
+    src: bytes
+    old: Entry | None
+
+
+@dataclass(slots=True, frozen=True)
+class Symlink:
+    path: bytes
+    entry: Entry
+
+
+@dataclass(slots=True, frozen=True)
+class Delete:
+    path: bytes
+    entry: Entry
+
+
+@dataclass(slots=True, frozen=True)
+class Rmdir:
+    path: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class SetAttr:
+    path: bytes
+    entry: Entry
+
+
+Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr
+
+
+@dataclass(slots=True)
+class Plan:
+    ops: list[Op] = field(default_factory=list)
+    old_files: int = 0
+    new_files: int = 0
+    deleted_files: int = 0  # content that leaves the remote for good
+    copy_bytes: int = 0
+    folder_moves: int = 0
+    file_moves: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.ops
+
+    def count(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for op in self.ops:
+            c[op_name(op)] += 1
+        return c
+
+
+def op_name(op: Op) -> str:
+    if isinstance(op, Move):
+        if op.dst.startswith(STASH + b"/"):
+            return "stash"
+        if op.src.startswith(STASH + b"/"):
+            return "move"
+        return "move-dir" if op.entry is not None and op.entry.kind == DIR else "move"
+    return {
+        Mkdir: "mkdir", Copy: "copy", RemoteCopy: "remote-copy", Symlink: "symlink",
+        Delete: "delete", Rmdir: "rmdir", SetAttr: "set-attributes",
+    }[type(op)]
+
+
+# --- helpers ----------------------------------------------------------------
+
+def merge(old: Iterable[Entry], new: Iterable[Entry]) -> Iterator[tuple[Entry | None, Entry | None]]:
+    """Merge-join two snapshot-ordered streams by path."""
+    oi, ni = iter(old), iter(new)
+    o, n = next(oi, None), next(ni, None)
+    while o is not None or n is not None:
+        if n is None or (o is not None and sort_key(o.path) < sort_key(n.path)):
+            yield o, None
+            o = next(oi, None)
+        elif o is None or sort_key(n.path) < sort_key(o.path):
+            yield None, n
+            n = next(ni, None)
+        else:
+            yield o, n
+            o, n = next(oi, None), next(ni, None)
+
+
+def parent(path: bytes) -> bytes:
+    i = path.rfind(b"/")
+    return path[:i] if i >= 0 else b""
+
+
+def is_under(path: bytes, top: bytes) -> bool:
+    return path == top or path.startswith(top + b"/")
+
+
+def _rebase(path: bytes, top: bytes, new_top: bytes) -> bytes:
+    return new_top + path[len(top):]
+
+
+def _vote(old: bytes, new: bytes, rdirs: set[bytes], adirs: set[bytes]) -> tuple[bytes, bytes] | None:
+    """The top-most (removed dir, added dir) pair under which old and new share their tail."""
+    oc, nc = old.split(b"/"), new.split(b"/")
+    k = 0
+    while k < min(len(oc), len(nc)) - 1 and oc[-1 - k] == nc[-1 - k]:
+        k += 1
+    # k components of tail are shared; try the highest split point first.
+    for j in range(k, 0, -1):
+        x, y = b"/".join(oc[:-j]), b"/".join(nc[:-j])
+        if x in rdirs and y in adirs:
+            return x, y
+    return None
+
+
+# --- the planner ------------------------------------------------------------
+
+def make_plan(
+    open_old: Callable[[], Iterable[Entry]],
+    open_new: Callable[[], Iterable[Entry]],
+    run_id: str = "run",
+) -> Plan:
+    """Plan the operations from old (what the remote holds) to new.
+
+    open_old/open_new return fresh snapshot-ordered streams. Pass 1 reads both;
+    a second, streaming pass runs only when needed: to find content that stays
+    on the remote (for remote-side copies) and the entries of unchanged folders
+    whose mtime must be set again because something inside them changed.
+    """
+    plan = Plan()
+    removed: dict[bytes, Entry] = {}
+    added: dict[bytes, Entry] = {}
+    changed: list[tuple[Entry, Entry]] = []
+    unchanged_files = 0
+    for o, n in merge(open_old(), open_new()):
+        if o is not None and o.kind == FILE:
+            plan.old_files += 1
+        if n is not None and n.kind == FILE:
+            plan.new_files += 1
+        if o is None:
+            added[n.path] = n  # type: ignore[union-attr]
+        elif n is None:
+            removed[o.path] = o
+        elif o.kind != n.kind:
+            removed[o.path] = o
+            added[n.path] = n
+        elif not (o.same_content(n) and o.same_attrs(n)):
+            changed.append((o, n))
+        elif o.kind == FILE:
+            unchanged_files += 1
+
+    dir_moves = _folder_moves(removed, added)
+    move_entries = {y: added[y] for _, y in dir_moves}
+    for x, y in dir_moves:
+        # Re-home the moved subtree: compare it entry by entry at its new place.
+        for p in [p for p in removed if is_under(p, x)]:
+            e = removed.pop(p)
+            q = _rebase(p, x, y)
+            n = added.get(q)
+            if n is not None and n.kind == e.kind:
+                del added[q]
+                if not (e.same_content(n) and e.same_attrs(n)):
+                    changed.append((e.with_path(q), n))
+            else:
+                removed[q] = e.with_path(q)
+    plan.folder_moves = len(dir_moves)
+
+    # Content sourcing ----------------------------------------------------------
+    updates = [(o, n) for o, n in changed if n.kind == FILE and not o.same_content(n)]
+    targets: list[tuple[Entry, Entry | None]] = [
+        (n, None) for n in added.values() if n.kind == FILE
+    ] + [(n, o) for o, n in updates]
+    targets.sort(key=lambda t: sort_key(t[0].path))
+    leaving: dict[str, list[bytes]] = defaultdict(list)
+    for p, e in sorted(removed.items(), key=lambda kv: sort_key(kv[0])):
+        if e.kind == FILE and e.digest:
+            leaving[e.digest].append(p)
+    for o, _ in updates:
+        if o.digest:
+            leaving[o.digest].append(o.path)
+    missing = {n.digest for n, _ in targets if n.digest and n.digest not in leaving}
+    staying = _find_staying(open_old, open_new, missing) if missing and unchanged_files else {}
+
+    stash_of: dict[bytes, bytes] = {}  # original path -> its place in the stash
+
+    def stash(path: bytes) -> Move:
+        s = STASH + b"/" + run_id.encode() + b"/" + str(len(stash_of) + 1).encode()
+        stash_of[path] = s
+        return Move(path, s)
+
+    def loc(path: bytes) -> bytes:
+        """Where an old entry is once the obstacles above it went to the stash."""
+        p = path
+        while p:
+            s = stash_of.get(p)
+            if s is not None:
+                return s + path[len(p):]
+            p = parent(p)
+        return path
+
+    # Structure, top-down: stash what blocks a path right before it is created.
+    created = set(added) | set(move_entries)
+    structure: dict[bytes, Op | None] = {p: None for p in removed if p in created}
+    for x, y in dir_moves:
+        structure[y] = Move(x, y, move_entries[y])
+    for p, e in added.items():
+        if e.kind == DIR:
+            structure[p] = Mkdir(p, e)
+    ops: list[Op] = []
+    for p in sorted(structure, key=sort_key):
+        if p in removed and p in created and loc(p) == p:
+            ops.append(stash(p))
+        op = structure[p]
+        if op is not None:
+            ops.append(op)
+
+    # Sources: leaving content goes through the stash to the targets using it.
+    uses: dict[bytes, list[Entry]] = defaultdict(list)
+    transfers: list[Op] = []
+    for n, o in targets:
+        srcs = leaving.get(n.digest or "")
+        if srcs:
+            uses[srcs[0]].append(n)
+            continue
+        st = staying.get(n.digest or "")
+        if st is not None:
+            transfers.append(RemoteCopy(n.path, n, st, o))
+        else:
+            transfers.append(Copy(n.path, n, o))
+            plan.copy_bytes += n.size
+    finals: list[Op] = []
+    for src, users in sorted(uses.items(), key=lambda kv: sort_key(kv[0])):
+        cur = loc(src)
+        if not cur.startswith(STASH + b"/"):
+            ops.append(stash(src))
+            cur = stash_of[src]
+        for n in users[:-1]:
+            transfers.append(RemoteCopy(n.path, n, cur, None))
+        finals.append(Move(cur, users[-1].path, users[-1]))
+        plan.file_moves += 1
+    ops.extend(transfers)
+    ops.extend(finals)
+
+    for p, e in sorted(added.items(), key=lambda kv: sort_key(kv[0])):
+        if e.kind == SYMLINK:
+            ops.append(Symlink(p, e))
+    for o, n in changed:
+        if n.kind == SYMLINK and not o.same_content(n):
+            ops.append(Symlink(n.path, n))
+
+    # Deletions: what leaves for good. Files first, then folders deepest first.
+    rmdirs: list[bytes] = []
+    for p, e in sorted(removed.items(), key=lambda kv: sort_key(kv[0])):
+        if p in uses:
+            continue
+        if e.kind == DIR:
+            rmdirs.append(loc(p))
+        else:
+            ops.append(Delete(loc(p), e))
+            if e.kind == FILE:
+                plan.deleted_files += 1
+    ops.extend(Rmdir(p) for p in sorted(rmdirs, key=sort_key, reverse=True))
+
+    # Attributes: files and links whose metadata alone changed; then every
+    # folder that changed or had something change inside it, deepest first.
+    written = {n.path for n, _ in targets}
+    for o, n in changed:
+        if n.kind != DIR and n.path not in written and o.same_content(n):
+            ops.append(SetAttr(n.path, n))
+    dirs: dict[bytes, Entry] = {p: e for p, e in added.items() if e.kind == DIR}
+    dirs.update((n.path, n) for _, n in changed if n.kind == DIR)
+    dirs.update(move_entries)
+    touched = set(dirs)
+    for op in ops:
+        for p in _paths(op):
+            if not is_under(p, STASH):
+                touched.add(parent(p))
+    touched.discard(b"")
+    lookup = touched - set(dirs)
+    if lookup:
+        dirs.update(_find_entries(open_new, lookup))
+    for p in sorted(touched, key=sort_key, reverse=True):
+        if p in dirs and dirs[p].kind == DIR:
+            ops.append(SetAttr(p, dirs[p]))
+    plan.ops = ops
+    return plan
+
+
+def _folder_moves(removed: dict[bytes, Entry], added: dict[bytes, Entry]) -> list[tuple[bytes, bytes]]:
+    """Pick (old folder, new folder) renames by the votes of the files they share."""
+    rdirs = {p for p, e in removed.items() if e.kind == DIR}
+    adirs = {p for p, e in added.items() if e.kind == DIR}
+    if not rdirs or not adirs:
+        return []
+    removed_by_digest: dict[str, list[bytes]] = defaultdict(list)
+    for p, e in removed.items():
+        if e.kind == FILE and e.digest:
+            removed_by_digest[e.digest].append(p)
+    votes: Counter[tuple[bytes, bytes]] = Counter()
+    for p, e in added.items():
+        if e.kind == FILE and e.digest in removed_by_digest:
+            for src in removed_by_digest[e.digest][:4]:
+                pair = _vote(src, p, rdirs, adirs)
+                if pair is not None:
+                    votes[pair] += 1
+    moves: list[tuple[bytes, bytes]] = []
+    for (x, y), _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0][0].count(b"/"), kv[0])):
+        if any(is_under(x, s) or is_under(s, x) or is_under(y, d) or is_under(d, y)
+               for s, d in moves):
+            continue
+        moves.append((x, y))
+    return moves
+
+
+def _find_staying(
+    open_old: Callable[[], Iterable[Entry]],
+    open_new: Callable[[], Iterable[Entry]],
+    digests: set[str],
+) -> dict[str, bytes]:
+    """Paths of files holding these contents that stay unchanged on the remote."""
+    found: dict[str, bytes] = {}
+    for o, n in merge(open_old(), open_new()):
+        if (
+            o is not None and n is not None and o.kind == FILE and o.digest in digests
+            and o.same_content(n) and o.digest not in found
+        ):
+            found[o.digest] = o.path  # type: ignore[index]
+    return found
+
+
+def _find_entries(open_new: Callable[[], Iterable[Entry]], paths: set[bytes]) -> dict[bytes, Entry]:
+    return {e.path: e for e in open_new() if e.path in paths}
+
+
+def _paths(op: Op) -> tuple[bytes, ...]:
+    if isinstance(op, Move):
+        return (op.src, op.dst)
+    return (op.path,)

@@ -1,0 +1,239 @@
+"""What btsoot keeps on the remote itself, in `REMOTE/.btsoot/`.
+
+- `block.json`: which block this remote holds (a guard against backing up into
+  the wrong folder, or an unmounted share's empty mount point).
+- `snapshots/ID.full.jsonl.gz`: a whole snapshot, gzip-compressed.
+- `snapshots/ID.delta.jsonl.gz`: the changes from snapshot `base` to ID
+  ("put" an entry, "del" a path). Deltas keep what a daily run writes to the
+  link small; a full snapshot is written again when the chain grows long.
+
+So the remote describes itself: a restore on a fresh machine needs only it.
+Inode and device numbers are machine-local and are not stored here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from .errors import FatalIOError, GuardError, StateError
+from .plan import merge
+from .snapshot import (
+    Entry,
+    Header,
+    SnapshotReader,
+    SnapshotWriter,
+    _get_bytes,
+    _put_bytes,
+    entry_from_dict,
+    entry_to_dict,
+    fsync_dir,
+    sort_key,
+)
+
+META = ".btsoot"
+MAX_DELTAS = 20
+
+
+def meta(remote: str, *parts: str) -> str:
+    return os.path.join(remote, META, *parts)
+
+
+def read_block_id(remote: str) -> dict[str, Any] | None:
+    try:
+        with open(meta(remote, "block.json"), "rb") as f:
+            d = orjson.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise StateError(f"{meta(remote, 'block.json')}: unreadable ({e})") from None
+    return d if isinstance(d, dict) else None
+
+
+def check_remote(remote: str, block: str, has_committed: bool) -> None:
+    """Refuse a remote that is missing, foreign, or (on a first run) not empty."""
+    if not os.path.isdir(remote):
+        raise GuardError(f"remote {remote} does not exist or is not a folder (is the share mounted?)")
+    ident = read_block_id(remote)
+    if has_committed:
+        if ident is None:
+            raise GuardError(
+                f"remote {remote} has no {META}/block.json: it does not look like this block's "
+                "backup (is the share mounted?); nothing was changed"
+            )
+    if ident is not None and ident.get("block") != block:
+        raise GuardError(f"remote {remote} holds block {ident.get('block')!r}, not {block!r}")
+    if not has_committed and ident is None:
+        try:
+            names = [n for n in os.listdir(remote) if n != META]
+        except OSError as e:
+            raise FatalIOError(f"remote {remote}: {e.strerror}") from None
+        if names:
+            raise GuardError(
+                f"remote {remote} is not empty and holds no btsoot backup: refusing to mix "
+                "trees on a first backup; give an empty folder"
+            )
+
+
+def init_remote(remote: str, block: str) -> None:
+    os.makedirs(meta(remote, "snapshots"), exist_ok=True)
+    if read_block_id(remote) is None:
+        path = meta(remote, "block.json")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"format": "btsoot-remote", "version": 1, "block": block,
+                                  "created_ns": time.time_ns()}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _strip(e: Entry) -> Entry:
+    return replace(e, ino=0, dev=0) if e.ino or e.dev else e
+
+
+def _same(a: Entry, b: Entry) -> bool:
+    return _strip(a) == _strip(b)
+
+
+def write_full(remote: str, header: Header, entries: Iterable[Entry]) -> int:
+    path = meta(remote, "snapshots", f"{header.id}.full.jsonl.gz")
+    w = SnapshotWriter(path, replace(header, kind="full", base=None), compress=True)
+    try:
+        for e in entries:
+            w.write(_strip(e))
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+    return os.path.getsize(path)
+
+
+def write_delta(remote: str, header: Header, base_id: str,
+                old: Iterable[Entry], new: Iterable[Entry]) -> tuple[int, int]:
+    """Write the delta old -> new; returns (bytes, records)."""
+    path = meta(remote, "snapshots", f"{header.id}.delta.jsonl.gz")
+    w = SnapshotWriter(path, replace(header, kind="delta", base=base_id), compress=True)
+    try:
+        for o, n in merge(old, new):
+            if n is None:
+                rec: dict[str, Any] = {"op": "del"}
+                _put_bytes(rec, "path", o.path)  # type: ignore[union-attr]
+                w.write_record(rec)
+            elif o is None or not _same(o, n):
+                w.write_record({"op": "put", "entry": entry_to_dict(_strip(n))})
+    except BaseException:
+        w.abort()
+        raise
+    records = w.count
+    w.commit()
+    return os.path.getsize(path), records
+
+
+def list_snapshots(remote: str) -> dict[str, tuple[str, str]]:
+    """id -> (kind, file path) of every snapshot the remote holds."""
+    d = meta(remote, "snapshots")
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise FatalIOError(f"{d}: {e.strerror}") from None
+    out: dict[str, tuple[str, str]] = {}
+    for n in names:
+        for kind in ("full", "delta"):
+            suffix = f".{kind}.jsonl.gz"
+            if n.endswith(suffix):
+                out[n[: -len(suffix)]] = (kind, os.path.join(d, n))
+    return out
+
+
+def chain(remote: str, snap_id: str | None = None) -> list[str]:
+    """File paths from the full snapshot up to snap_id (default: newest resolvable)."""
+    snaps = list_snapshots(remote)
+    if not snaps:
+        raise StateError(f"{remote}: no btsoot snapshots in {META}/snapshots")
+    candidates = [snap_id] if snap_id else sorted(snaps, reverse=True)
+    last_err: StateError | None = None
+    for cand in candidates:
+        if cand not in snaps:
+            raise StateError(f"{remote}: no snapshot {cand!r}")
+        files: list[str] = []
+        cur: str | None = cand
+        try:
+            while cur is not None:
+                if cur not in snaps:
+                    raise StateError(f"{remote}: snapshot chain broken at {cur!r}")
+                kind, path = snaps[cur]
+                files.append(path)
+                if kind == "full":
+                    cur = None
+                else:
+                    with SnapshotReader(path) as r:
+                        cur = r.header.base
+                        if cur is None:
+                            raise StateError(f"{path}: delta without base")
+            return files[::-1]
+        except StateError as e:
+            last_err = e
+    assert last_err is not None
+    raise last_err
+
+
+def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
+    """Resolve a snapshot from the remote's chain into a sorted entry list."""
+    files = chain(remote, snap_id)
+    table: dict[bytes, Entry] = {}
+    header: Header | None = None
+    for path in files:
+        with SnapshotReader(path) as r:
+            header = r.header
+            if r.header.kind == "full":
+                table = {e.path: e for e in r}
+            else:
+                for rec in r.records():
+                    if rec.get("op") == "del":
+                        p = _get_bytes(rec, "path")
+                        if p is None:
+                            raise StateError(f"{path}: bad delta record")
+                        table.pop(p, None)
+                    elif rec.get("op") == "put":
+                        e = entry_from_dict(rec.get("entry"), path)
+                        table[e.path] = e
+                    else:
+                        raise StateError(f"{path}: bad delta record")
+    assert header is not None
+    return header, [table[k] for k in sorted(table, key=sort_key)]
+
+
+def prune(remote: str, keep_ids: set[str]) -> None:
+    """Remove remote snapshot files that no kept snapshot's chain needs."""
+    snaps = list_snapshots(remote)
+    needed: set[str] = set()
+    for sid in keep_ids:
+        if sid in snaps:
+            try:
+                needed.update(os.path.basename(p) for p in chain(remote, sid))
+            except StateError:
+                continue
+    if not needed:
+        return
+    removed = False
+    for _sid, (_, path) in snaps.items():
+        if os.path.basename(path) not in needed:
+            try:
+                os.unlink(path)
+                removed = True
+            except OSError:
+                pass
+    if removed:
+        fsync_dir(meta(remote, "snapshots"))
+
+
+def iter_list(entries: list[Entry]) -> Iterator[Entry]:
+    return iter(entries)

@@ -1,0 +1,72 @@
+"""The scanner API: walk a tree, hash files in parallel.
+
+Picks the compiled core (`_fastscan`) unless BTSOOT_PUREPYTHON=1 asks for the
+pure-Python twin (`_pyscan`), or the extension is not built. Set
+BTSOOT_REQUIRE_COMPILED=1 to make a missing extension an error instead of a
+silent fallback (CI does, so a broken build cannot hide).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from ._kinds import CHANGED, DIR, ERROR, FILE, KIND_NAMES, SPECIAL, SYMLINK
+
+if os.environ.get("BTSOOT_PUREPYTHON") == "1":
+    from . import _pyscan as _impl
+else:
+    try:
+        from . import _fastscan as _impl  # type: ignore[no-redef]
+    except ImportError:
+        if os.environ.get("BTSOOT_REQUIRE_COMPILED") == "1":
+            raise
+        from . import _pyscan as _impl  # type: ignore[no-redef]
+
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
+walk = _impl.walk
+hash_file = _impl.hash_file
+
+#: Files at or above CHUNK_THRESHOLD bytes also get one digest per CHUNK_SIZE
+#: bytes, recorded in the snapshot, so a later version can send only changed chunks.
+CHUNK_SIZE = 4 << 20
+CHUNK_THRESHOLD = 16 << 20
+
+__all__ = [
+    "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FILE", "IMPLEMENTATION",
+    "KIND_NAMES", "SPECIAL", "SYMLINK", "default_threads", "hash_file", "hash_files", "walk",
+]
+
+
+def default_threads() -> int:
+    """Hashing is I/O-bound on spinning disks and CPU-bound on page cache: a few per core."""
+    return max(2, min(8, (os.cpu_count() or 2) * 2))
+
+
+def hash_files(
+    paths: Iterable[bytes],
+    threads: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    chunk_threshold: int = CHUNK_THRESHOLD,
+) -> Iterator[tuple]:
+    """hash_file() over many paths on a thread pool; results in input order.
+
+    The input is consumed lazily with a bounded window, so a generator of
+    millions of paths keeps memory flat.
+    """
+    threads = threads or default_threads()
+    if threads <= 1:
+        for p in paths:
+            yield hash_file(p, chunk_size, chunk_threshold)
+        return
+    window = threads * 4
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-hash") as pool:
+        pending: deque = deque()
+        for p in paths:
+            pending.append(pool.submit(hash_file, p, chunk_size, chunk_threshold))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

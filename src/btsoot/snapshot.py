@@ -1,0 +1,354 @@
+"""Snapshots: one scan of a block's source, as sorted orjson lines.
+
+Line 1 is a header object; every further line is one entry. Entries are sorted
+by `sort_key(path)`: paths compared by their components, as if b"/" sorted
+before every other byte, so a directory's subtree is contiguous and directly
+follows the directory. Both the reader and the writer stream, so memory does
+not grow with the tree.
+
+Paths are bytes. A path (or link target) that is valid UTF-8 is stored as text
+under "path" ("target"); any other is stored as base64 of the raw bytes under
+"path_b64" ("target_b64"), so every name round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import IO, Any
+
+import orjson
+
+from .errors import StateError
+
+FORMAT = "btsoot-snapshot"
+VERSION = 1
+HASH = "xxh3-128"
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+_KINDS = (FILE, DIR, SYMLINK)
+
+
+def sort_key(path: bytes) -> bytes:
+    # NUL cannot occur in a name, so mapping "/" to it makes "/" sort first.
+    return path.replace(b"/", b"\x00")
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    path: bytes
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    ino: int = 0
+    dev: int = 0
+    digest: str | None = None
+    chunks: tuple[str, ...] | None = None
+    target: bytes | None = None
+
+    def with_path(self, path: bytes) -> Entry:
+        return replace(self, path=path)
+
+    def same_content(self, other: Entry) -> bool:
+        """Same kind and payload: file digest, link target; dirs always match."""
+        if self.kind != other.kind:
+            return False
+        if self.kind == FILE:
+            return self.digest == other.digest and self.size == other.size
+        if self.kind == SYMLINK:
+            return self.target == other.target
+        return True
+
+    def same_attrs(self, other: Entry) -> bool:
+        if self.kind == SYMLINK:
+            return self.mtime_ns == other.mtime_ns
+        return self.mode == other.mode and self.mtime_ns == other.mtime_ns
+
+
+@dataclass(slots=True, frozen=True)
+class Header:
+    block: str
+    source: str
+    id: str
+    created_ns: int
+    scan_started_ns: int
+    source_dev: int = 0
+    chunk_size: int = 0
+    chunk_threshold: int = 0
+    base: str | None = None  # for remote deltas: the snapshot id this applies to
+    kind: str = "full"  # "full" or "delta"
+    tool: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "id": self.id,
+            "base": self.base,
+            "block": self.block,
+            "source": self.source,
+            "created_ns": self.created_ns,
+            "scan_started_ns": self.scan_started_ns,
+            "source_dev": self.source_dev,
+            "hash": HASH,
+            "chunk_size": self.chunk_size,
+            "chunk_threshold": self.chunk_threshold,
+            "tool": self.tool,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Header:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise StateError(f"{where}: not a btsoot snapshot")
+        version = d.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise StateError(
+                f"{where}: snapshot format version {version!r} is newer than this btsoot "
+                f"understands ({VERSION}); upgrade btsoot"
+            )
+        if d.get("hash") != HASH:
+            raise StateError(f"{where}: unknown hash algorithm {d.get('hash')!r}")
+        try:
+            return cls(
+                block=str(d["block"]),
+                source=str(d["source"]),
+                id=str(d["id"]),
+                created_ns=int(d["created_ns"]),
+                scan_started_ns=int(d["scan_started_ns"]),
+                source_dev=int(d.get("source_dev", 0)),
+                chunk_size=int(d.get("chunk_size", 0)),
+                chunk_threshold=int(d.get("chunk_threshold", 0)),
+                base=d.get("base"),
+                kind=str(d.get("kind", "full")),
+                tool=str(d.get("tool", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"{where}: bad snapshot header ({e})") from None
+
+
+def new_id(now_ns: int | None = None) -> str:
+    """Sortable, unique-enough snapshot id: UTC time to the microsecond."""
+    ns = time.time_ns() if now_ns is None else now_ns
+    secs, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs)) + f".{rest // 1000:06d}Z"
+
+
+def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
+    try:
+        d[key] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        d[key + "_b64"] = base64.b64encode(value).decode("ascii")
+
+
+def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
+    v = d.get(key)
+    if v is not None:
+        return v.encode("utf-8")  # type: ignore[no-any-return]
+    v = d.get(key + "_b64")
+    if v is not None:
+        return base64.b64decode(v, validate=True)
+    return None
+
+
+def entry_to_dict(e: Entry) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    _put_bytes(d, "path", e.path)
+    d["type"] = e.kind
+    if e.kind == FILE:
+        d["size"] = e.size
+    d["mtime"] = e.mtime_ns
+    d["mode"] = e.mode
+    d["ino"] = e.ino
+    d["dev"] = e.dev
+    if e.digest is not None:
+        d["digest"] = e.digest
+    if e.chunks is not None:
+        d["chunks"] = list(e.chunks)
+    if e.target is not None:
+        _put_bytes(d, "target", e.target)
+    return d
+
+
+def entry_from_dict(d: Any, where: str) -> Entry:
+    try:
+        path = _get_bytes(d, "path")
+        kind = d["type"]
+        if path is None or kind not in _KINDS:
+            raise ValueError("missing path or unknown type")
+        chunks = d.get("chunks")
+        return Entry(
+            path=path,
+            kind=kind,
+            size=int(d.get("size", 0)),
+            mtime_ns=int(d["mtime"]),
+            mode=int(d["mode"]),
+            ino=int(d.get("ino", 0)),
+            dev=int(d.get("dev", 0)),
+            digest=d.get("digest"),
+            chunks=tuple(chunks) if chunks is not None else None,
+            target=_get_bytes(d, "target"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateError(f"{where}: bad snapshot entry ({e})") from None
+
+
+def encode_entry(e: Entry) -> bytes:
+    return orjson.dumps(entry_to_dict(e)) + b"\n"
+
+
+def _open_read(path: str) -> IO[bytes]:
+    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+class SnapshotReader:
+    """Streams a snapshot file: `.header`, then iterate for entries in order.
+
+    Any damage (truncation, bad JSON, entries out of order) raises StateError
+    naming the file and line: a damaged snapshot must never be mistaken for a
+    smaller tree.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._f = _open_read(path)
+            first = self._f.readline()
+        except OSError as e:
+            raise StateError(f"{path}: cannot read snapshot ({e.strerror})") from None
+        try:
+            self.header = Header.from_dict(orjson.loads(first), path)
+        except orjson.JSONDecodeError:
+            raise StateError(f"{path}: not a btsoot snapshot (bad header line)") from None
+        self.records_seen = 0
+
+    def __enter__(self) -> SnapshotReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Raw JSON objects after the header (deltas use these)."""
+        lineno = 1
+        try:
+            for line in self._f:
+                lineno += 1
+                if not line.endswith(b"\n"):
+                    raise StateError(f"{self.path}:{lineno}: snapshot is truncated")
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
+                if obj.get("end"):
+                    self.records_seen = int(obj.get("count", -1))
+                    if self.records_seen != lineno - 2:
+                        raise StateError(f"{self.path}: entry count does not match trailer")
+                    return
+                yield obj
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
+        raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
+
+    def __iter__(self) -> Iterator[Entry]:
+        prev: bytes | None = None
+        for obj in self.records():
+            e = entry_from_dict(obj, self.path)
+            k = sort_key(e.path)
+            if prev is not None and k <= prev:
+                raise StateError(f"{self.path}: entries out of order at {e.path!r}")
+            prev = k
+            yield e
+
+
+class SnapshotWriter:
+    """Writes a snapshot atomically: temp name, fsync, rename on commit().
+
+    A trailer line with the entry count ends the file, so a truncated copy is
+    always detected. `compress=True` writes gzip (for the remote copy).
+    """
+
+    def __init__(self, path: str, header: Header, compress: bool = False) -> None:
+        self.path = path
+        self.tmp = f"{path}.tmp.{os.getpid()}"
+        self._raw = open(self.tmp, "wb")  # noqa: SIM115
+        self._f: IO[bytes] = (
+            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
+            if compress
+            else self._raw
+        )
+        self._f.write(orjson.dumps(header.to_dict()) + b"\n")
+        self.count = 0
+        self._prev: bytes | None = None
+        self._buf: list[bytes] = []
+
+    def write(self, e: Entry) -> None:
+        k = sort_key(e.path)
+        if self._prev is not None and k <= self._prev:
+            raise ValueError(f"snapshot entries out of order at {e.path!r}")
+        self._prev = k
+        self.write_record(entry_to_dict(e))
+
+    def write_record(self, obj: dict[str, Any]) -> None:
+        self._buf.append(orjson.dumps(obj))
+        self.count += 1
+        if len(self._buf) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._buf.append(b"")
+            self._f.write(b"\n".join(self._buf))
+            self._buf = []
+
+    def write_all(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self.write(e)
+
+    def commit(self, sync: bool = True) -> str:
+        self._flush()
+        self._f.write(orjson.dumps({"end": True, "count": self.count}) + b"\n")
+        if self._f is not self._raw:
+            self._f.close()
+        self._raw.flush()
+        if sync:
+            os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+        if sync:
+            fsync_dir(os.path.dirname(self.path) or ".")
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            if self._f is not self._raw:
+                self._f.close()
+            self._raw.close()
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,104 @@
+"""A block's local state: committed snapshots, the head pointer, run log, journal.
+
+    STATE/blocks/NAME/
+        state.json            head id, the remote's newest snapshot id, delta chain size
+        snapshots/ID.jsonl    committed snapshots (the newest describes the remote)
+        journal.jsonl         present only while a run is in progress or crashed
+        base.jsonl            a crashed run's recovered view of the remote
+        scan.jsonl            the running scan (uncommitted)
+        runs.jsonl            one summary line per run (read by `btsoot list`)
+        damaged.jsonl         paths `btsoot verify` found damaged (re-sent next run)
+        lock
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from .errors import StateError
+
+
+@dataclass(slots=True)
+class Head:
+    head: str | None = None  # newest committed snapshot id
+    remote_head: str | None = None  # newest snapshot the remote holds
+    deltas: int = 0  # remote deltas since the last full snapshot
+    delta_bytes: int = 0
+    full_bytes: int = 0
+
+
+class BlockState:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.snapshots = os.path.join(root, "snapshots")
+        self.journal = os.path.join(root, "journal.jsonl")
+        self.base = os.path.join(root, "base.jsonl")
+        self.scan = os.path.join(root, "scan.jsonl")
+        self.runs = os.path.join(root, "runs.jsonl")
+        self.damaged = os.path.join(root, "damaged.jsonl")
+        self.lock = os.path.join(root, "lock")
+        self._head_path = os.path.join(root, "state.json")
+
+    def ensure(self) -> None:
+        os.makedirs(self.snapshots, exist_ok=True)
+
+    def snapshot_path(self, snap_id: str) -> str:
+        return os.path.join(self.snapshots, f"{snap_id}.jsonl")
+
+    def load_head(self) -> Head:
+        try:
+            with open(self._head_path, "rb") as f:
+                d = orjson.loads(f.read())
+            return Head(**d)
+        except FileNotFoundError:
+            return Head()
+        except (OSError, orjson.JSONDecodeError, TypeError) as e:
+            raise StateError(f"{self._head_path}: corrupt block state ({e})") from None
+
+    def save_head(self, h: Head) -> None:
+        tmp = self._head_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(asdict(h)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._head_path)
+
+    def committed_ids(self) -> list[str]:
+        return sorted(os.path.basename(p)[:-6] for p in glob.glob(os.path.join(self.snapshots, "*.jsonl")))
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        ids = self.committed_ids()
+        drop = [i for i in ids[:-keep] if i not in protect] if keep > 0 else []
+        for i in drop:
+            try:
+                os.unlink(self.snapshot_path(i))
+            except FileNotFoundError:
+                pass
+        return [i for i in ids if i not in drop]
+
+    def log_run(self, record: dict[str, Any]) -> None:
+        with open(self.runs, "ab") as f:
+            f.write(orjson.dumps(record) + b"\n")
+
+    def last_run(self) -> dict[str, Any] | None:
+        try:
+            with open(self.runs, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 65536))
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            try:
+                rec = orjson.loads(line)
+                if isinstance(rec, dict):
+                    return rec
+            except orjson.JSONDecodeError:
+                continue
+        return None

@@ -1,0 +1,177 @@
+"""Moving bytes: the kernel copy path, temp-name writes, remote durability.
+
+`copy_fd` tries copy_file_range (server-side or reflink copies where the file
+systems allow), then sendfile, then a plain read/write loop, remembering per
+process which of them the kernel refused so the fallback costs one failed call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+from .snapshot import FILE, Entry
+
+_BUF = 1 << 20
+_CHUNK = 1 << 30
+_no_cfr = False
+_no_sendfile = False
+
+# Errors that mean "this copy method does not work between these two files".
+_FALLBACK = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EIO}
+
+
+def copy_fd(src: int, dst: int, size: int) -> int:
+    """Copy size bytes (or until EOF) from src to dst from offset 0; returns bytes copied."""
+    global _no_cfr, _no_sendfile
+    done = 0
+    if not _no_cfr and size > 0:
+        try:
+            while done < size:
+                n = os.copy_file_range(src, dst, min(_CHUNK, size - done))
+                if n == 0:
+                    return done
+                done += n
+            return done
+        except OSError as e:
+            if e.errno not in _FALLBACK or done:
+                raise
+            if e.errno != errno.EIO:
+                _no_cfr = True
+    if not _no_sendfile and size > 0:
+        try:
+            while done < size:
+                n = os.sendfile(dst, src, done, min(_CHUNK, size - done))
+                if n == 0:
+                    return done
+                done += n
+            return done
+        except OSError as e:
+            if e.errno not in _FALLBACK or done:
+                raise
+            _no_sendfile = True
+    os.lseek(src, done, os.SEEK_SET)
+    os.lseek(dst, done, os.SEEK_SET)
+    while True:
+        buf = os.read(src, _BUF)
+        if not buf:
+            return done
+        view = memoryview(buf)
+        while view:
+            n = os.write(dst, view)
+            view = view[n:]
+            done += n
+
+
+def temp_name(path: bytes, tag: str) -> bytes:
+    """A name in the target's own folder (so the final rename is atomic)."""
+    d, _, _ = path.rpartition(b"/")
+    t = b".btsoot-tmp-" + tag.encode()
+    return d + b"/" + t if d else t
+
+
+class SourceChanged(Exception):
+    """The source file's size or mtime moved while it was copied."""
+
+
+def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
+               check_source: bool) -> int:
+    """Copy src to dst_tmp, set mode and mtime, rename onto dst_final.
+
+    With check_source, the source's size and mtime must equal the entry's
+    before and after the copy (the entry's digest was computed at that state),
+    else SourceChanged is raised and nothing reaches dst_final.
+    """
+    sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(sfd)
+        if check_source and (st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns):
+            raise SourceChanged()
+        dfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            n = copy_fd(sfd, dfd, entry.size)
+            if n != entry.size:
+                raise SourceChanged()
+            if check_source:
+                st2 = os.fstat(sfd)
+                if st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns:
+                    raise SourceChanged()
+            os.fchmod(dfd, entry.mode & 0o7777)
+        except BaseException:
+            os.close(dfd)
+            _unlink_quiet(dst_tmp)
+            raise
+        os.close(dfd)
+    finally:
+        os.close(sfd)
+    try:
+        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        os.rename(dst_tmp, dst_final)
+    except BaseException:
+        _unlink_quiet(dst_tmp)
+        raise
+    return n
+
+
+def make_symlink(dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
+    assert entry.target is not None
+    _unlink_quiet(dst_tmp)
+    os.symlink(entry.target, dst_tmp)
+    try:
+        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    except OSError:
+        pass  # some file systems cannot set a link's time; the link itself is what matters
+    os.rename(dst_tmp, dst_final)
+
+
+def set_attrs(path: bytes, entry: Entry) -> None:
+    if entry.kind != "symlink":
+        os.chmod(path, entry.mode & 0o7777)
+    try:
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    except OSError:
+        if entry.kind != "symlink":
+            raise
+
+
+def matches(path: bytes, entry: Entry) -> bool:
+    """Does the remote path look like entry (size+mtime, or link target)? One lstat."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if entry.kind == FILE:
+        return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+    if entry.kind == "symlink":
+        try:
+            return os.readlink(path) == entry.target
+        except OSError:
+            return False
+    return os.path.isdir(path)
+
+
+def _unlink_quiet(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_libc = None
+
+
+def syncfs(path: str) -> None:
+    """Make everything written to path's file system durable, in one call."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+    finally:
+        os.close(fd)
