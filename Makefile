@@ -1,0 +1,39 @@
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install dev test test-pure bench compare stress wheel clean lint demo
+
+install:
+	$(PIP) install .
+
+# Editable install with the compiled core built in place, plus test tools.
+dev:
+	$(PIP) install -e '.[test]'
+
+test:
+	BTSOOT_REQUIRE_COMPILED=1 $(PYTHON) -m pytest -q
+	BTSOOT_PUREPYTHON=1 $(PYTHON) -m pytest -q -m 'not slow' tests/test_scanner.py tests/test_backup.py
+
+bench:
+	$(PYTHON) benchmarks/bench_core.py
+	$(PYTHON) -m pytest benchmarks -q --benchmark-only -p no:cacheprovider
+
+compare:
+	$(PYTHON) benchmarks/compare.py
+
+stress:
+	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py
+
+wheel:
+	$(PYTHON) -m build --wheel --outdir dist .
+
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks
+
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf build dist .pytest_cache .benchmarks src/*.egg-info
+	rm -f src/btsoot/_fastscan.c src/btsoot/*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
