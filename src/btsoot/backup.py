@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ class BackupResult:
     exit_code: int = EXIT_OK
     snapshot: str | None = None
     resumed: bool = False
+    repaired: int = 0  # damaged files (found by verify) this run set out to re-send
     plan: Plan | None = None
     scan: ScanStats | None = None
     execution: ExecStats | None = None
@@ -49,6 +50,7 @@ class BackupResult:
             "exit_code": self.exit_code,
             "snapshot": self.snapshot,
             "resumed": self.resumed,
+            "repaired": self.repaired,
             "files": s.files,
             "bytes": s.bytes,
             "hashed_files": s.hashed_files,
@@ -149,6 +151,11 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     if os.path.exists(st.journal):
         res.resumed = True
         base = _recover(st, committed, block.remote)
+    # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
+    damaged = st.load_damaged()
+    if damaged and base is not None:
+        base = _write_base(st, (e for e in _read(base)() if not _within(e.path, damaged)))
+    res.repaired = len(damaged)
     res.durations["prepare"] = time.monotonic() - t0
 
     t = time.monotonic()
@@ -238,10 +245,26 @@ def _recover(st: BlockState, committed: str | None, remote: str) -> str:
         with SnapshotReader(base_path) as r:
             model = {e.path: e for e in r}
     model = replay(st.journal, os.fsencode(remote), model)
+    return _write_base(st, (model[k] for k in sorted(model, key=sort_key)))
+
+
+def _within(path: bytes, paths: set[bytes]) -> bool:
+    """Is path, or a folder above it, in paths?"""
+    while True:
+        if path in paths:
+            return True
+        i = path.rfind(b"/")
+        if i < 0:
+            return False
+        path = path[:i]
+
+
+def _write_base(st: BlockState, entries: Iterable[Entry]) -> str:
+    """Write the view of the remote that this run plans against (st.base)."""
     out = st.base + ".new"
     w = SnapshotWriter(out, Header(block="", source="", id="base", created_ns=time.time_ns(),
                                    scan_started_ns=0))
-    w.write_all(model[k] for k in sorted(model, key=sort_key))
+    w.write_all(entries)
     w.commit()
     os.replace(out, st.base)
     return st.base
@@ -303,7 +326,7 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
         head.remote_head = snap_id
     head.head = snap_id
     st.save_head(head)
-    for p in (st.journal, st.base, st.scan):
+    for p in (st.journal, st.base, st.scan, st.damaged):
         try:
             os.unlink(p)
         except FileNotFoundError:

@@ -81,6 +81,40 @@ class BlockState:
                 pass
         return [i for i in ids if i not in drop]
 
+    def load_damaged(self) -> set[bytes]:
+        """Paths `btsoot verify` found missing or corrupt on the remote."""
+        from .snapshot import _get_bytes
+
+        try:
+            with open(self.damaged, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return set()
+        out: set[bytes] = set()
+        for line in lines:
+            try:
+                p = _get_bytes(orjson.loads(line), "path")
+            except (orjson.JSONDecodeError, AttributeError, ValueError):
+                raise StateError(f"{self.damaged}: corrupt list of damaged files") from None
+            if p is not None:
+                out.add(p)
+        return out
+
+    def save_damaged(self, paths: set[bytes]) -> None:
+        """Remember damaged paths (merged with those already known)."""
+        from .snapshot import _put_bytes
+
+        paths = paths | self.load_damaged()
+        tmp = self.damaged + ".tmp"
+        with open(tmp, "wb") as f:
+            for p in sorted(paths):
+                d: dict[str, Any] = {}
+                _put_bytes(d, "path", p)
+                f.write(orjson.dumps(d) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.damaged)
+
     def log_run(self, record: dict[str, Any]) -> None:
         with open(self.runs, "ab") as f:
             f.write(orjson.dumps(record) + b"\n")
