@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import remote as rmt
 from .config import Block, Lock
 from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
-from .execute import Executor, ExecStats
+from .execute import ExecStats, Executor
 from .journal import Journal, replay
-from .plan import Plan, make_plan, op_name
+from .plan import Plan, make_plan
 from .scan import ScanStats, scan
-from .snapshot import Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
+from .snapshot import Entry, Header, SnapshotReader, SnapshotWriter, fsync_dir, new_id, sort_key
 from .state import BlockState, Head
 from .transfer import syncfs
 
@@ -144,7 +144,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             prev_header = r.header
     check_source(block, prev_header, override)
     rmt.check_remote(block.remote, block.name, head.head is not None)
-    run_id = new_id()
+    run_id = new_id()  # also the id of the snapshot this run commits
 
     # A crashed run left a journal: rebuild what the remote holds now.
     base = committed
@@ -167,6 +167,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             block=block.name,
             source=block.source,
             out_path=st.scan,
+            snap_id=run_id,
             previous=prev_reader,
             exclude=block.exclude,
             one_file_system=block.one_file_system,
@@ -184,7 +185,8 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     t = time.monotonic()
     if progress:
         progress("phase", "plan")
-    plan = make_plan(_read(base), _read(st.scan), run_id=run_id)
+    plan = make_plan(_read(base), _read(st.scan), run_id=run_id,
+                     diff=sres.diff if base == committed else None)
     res.plan = plan
     res.durations["plan"] = time.monotonic() - t
     limit = block.delete_limit(plan.old_files)
@@ -222,8 +224,14 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     t = time.monotonic()
     if progress:
         progress("phase", "commit")
-    res.snapshot, res.remote_meta_bytes = _commit(
-        block, st, sres.header, committed, head, ex, plan.empty and not res.resumed)
+    unchanged = plan.empty and not res.resumed
+    if unchanged and not sres.rewritten and not sres.stats.hashed_files and head.head:
+        # Nothing differs in any field: the committed snapshot still says it all.
+        os.unlink(st.scan)
+        res.snapshot = head.head
+    else:
+        res.snapshot, res.remote_meta_bytes = _commit(
+            block, st, sres.header, committed, head, ex, unchanged)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -285,25 +293,34 @@ def _cleanup_stash(remote: str) -> None:
 
 def _commit(block: Block, st: BlockState, header: Header, committed: str | None, head: Head,
             ex: ExecStats, unchanged: bool) -> tuple[str, int]:
-    """Write the snapshot of what the remote now holds; then point head at it."""
-    snap_id = new_id()
-    hdr = replace(header, id=snap_id, created_ns=time.time_ns())
+    """Write the snapshot of what the remote now holds; then point head at it.
+
+    Usually that is the scan itself, renamed into place; entries whose transfer
+    failed (or whose file changed and was re-hashed) are patched first.
+    """
+    snap_id = header.id
     out = st.snapshot_path(snap_id)
-    w = SnapshotWriter(out, hdr)
-    patch = ex.failed
-    try:
-        with SnapshotReader(st.scan) as r:
-            for e in r:
-                if e.path in patch:
-                    keep = patch[e.path]
-                    if keep is not None:
-                        w.write(keep)
-                    continue
-                w.write(ex.updated.get(e.path, e))
-    except BaseException:
-        w.abort()
-        raise
-    w.commit()
+    if ex.failed or ex.updated:
+        w = SnapshotWriter(out, header)
+        try:
+            with SnapshotReader(st.scan) as r:
+                for e in r:
+                    if e.path in ex.failed:
+                        keep = ex.failed[e.path]
+                        if keep is not None:
+                            w.write(keep)
+                        continue
+                    w.write(ex.updated.get(e.path, e))
+        except BaseException:
+            w.abort()
+            raise
+        w.commit()
+    else:
+        with open(st.scan, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(st.scan, out)
+        fsync_dir(st.snapshots)
+    hdr = header
     meta_bytes = 0
     if not unchanged or head.remote_head is None:
         full = (

@@ -132,6 +132,44 @@ def op_name(op: Op) -> str:
     }[type(op)]
 
 
+@dataclass(slots=True)
+class Diff:
+    """What differs between two snapshots, by path (pass 1 of planning)."""
+
+    removed: dict[bytes, Entry] = field(default_factory=dict)
+    added: dict[bytes, Entry] = field(default_factory=dict)
+    changed: list[tuple[Entry, Entry]] = field(default_factory=list)  # same path and kind
+    old_files: int = 0
+    new_files: int = 0
+    unchanged_files: int = 0
+    dirs: dict[bytes, Entry] | None = None  # every folder of the new tree, when known
+
+    @property
+    def empty(self) -> bool:
+        return not (self.removed or self.added or self.changed)
+
+
+def diff_streams(old: Iterable[Entry], new: Iterable[Entry]) -> Diff:
+    d = Diff()
+    for o, n in merge(old, new):
+        if o is not None and o.kind == FILE:
+            d.old_files += 1
+        if n is not None and n.kind == FILE:
+            d.new_files += 1
+        if o is None:
+            d.added[n.path] = n  # type: ignore[union-attr]
+        elif n is None:
+            d.removed[o.path] = o
+        elif o.kind != n.kind:
+            d.removed[o.path] = o
+            d.added[n.path] = n
+        elif not (o.same_content(n) and o.same_attrs(n)):
+            d.changed.append((o, n))
+        elif o.kind == FILE:
+            d.unchanged_files += 1
+    return d
+
+
 # --- helpers ----------------------------------------------------------------
 
 def merge(old: Iterable[Entry], new: Iterable[Entry]) -> Iterator[tuple[Entry | None, Entry | None]]:
@@ -183,35 +221,25 @@ def make_plan(
     open_old: Callable[[], Iterable[Entry]],
     open_new: Callable[[], Iterable[Entry]],
     run_id: str = "run",
+    diff: Diff | None = None,
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
-    open_old/open_new return fresh snapshot-ordered streams. Pass 1 reads both;
-    a second, streaming pass runs only when needed: to find content that stays
-    on the remote (for remote-side copies) and the entries of unchanged folders
-    whose mtime must be set again because something inside them changed.
+    open_old/open_new return fresh snapshot-ordered streams. `diff` is pass 1
+    when the caller has it already (the scan collects it); otherwise both
+    streams are merged here. A second, streaming pass runs only when needed:
+    to find content that stays on the remote (for remote-side copies) and,
+    without `diff.dirs`, the entries of unchanged folders whose mtime must be
+    set again because something inside them changed.
     """
     plan = Plan()
-    removed: dict[bytes, Entry] = {}
-    added: dict[bytes, Entry] = {}
-    changed: list[tuple[Entry, Entry]] = []
-    unchanged_files = 0
-    for o, n in merge(open_old(), open_new()):
-        if o is not None and o.kind == FILE:
-            plan.old_files += 1
-        if n is not None and n.kind == FILE:
-            plan.new_files += 1
-        if o is None:
-            added[n.path] = n  # type: ignore[union-attr]
-        elif n is None:
-            removed[o.path] = o
-        elif o.kind != n.kind:
-            removed[o.path] = o
-            added[n.path] = n
-        elif not (o.same_content(n) and o.same_attrs(n)):
-            changed.append((o, n))
-        elif o.kind == FILE:
-            unchanged_files += 1
+    if diff is None:
+        diff = diff_streams(open_old(), open_new())
+    plan.old_files, plan.new_files = diff.old_files, diff.new_files
+    unchanged_files = diff.unchanged_files
+    removed = dict(diff.removed)
+    added = dict(diff.added)
+    changed = list(diff.changed)
 
     dir_moves = _folder_moves(removed, added)
     move_entries = {y: added[y] for _, y in dir_moves}
@@ -341,7 +369,9 @@ def make_plan(
                 touched.add(parent(p))
     touched.discard(b"")
     lookup = touched - set(dirs)
-    if lookup:
+    if lookup and diff.dirs is not None:
+        dirs.update((p, diff.dirs[p]) for p in lookup if p in diff.dirs)
+    elif lookup:
         dirs.update(_find_entries(open_new, lookup))
     for p in sorted(touched, key=sort_key, reverse=True):
         if p in dirs and dirs[p].kind == DIR:

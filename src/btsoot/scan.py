@@ -7,6 +7,11 @@ entry was "racy": modified so close to the previous scan's start that a later
 write within the same timestamp tick could have gone unseen. Everything else
 is hashed on a thread pool, results kept in order through a bounded window.
 
+An entry identical to its previous one is written back as the very line read
+(no re-encoding), and the differences found on the way are collected as the
+`Diff` the planner starts from — so a run where little changed costs one walk,
+one read and one write of the snapshot.
+
 A file or folder that cannot be read is never treated as deleted: its previous
 entries are carried forward unchanged, and the error is reported.
 """
@@ -17,20 +22,33 @@ import errno
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pathspec
 
 from . import __version__, scanner
-from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader, SnapshotWriter, sort_key
+from .plan import Diff
+from .snapshot import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Entry,
+    Header,
+    SnapshotReader,
+    SnapshotWriter,
+    entry_from_dict,
+    sort_key,
+)
 
 # A file modified less than this before the previous scan started is re-read:
 # covers coarse timestamps (FAT: 2 s) and writes racing the scan itself.
 RACY_NS = 2_000_000_000
 HASH_RETRIES = 3
 _WINDOW = 2048
+_KIND = {scanner.FILE: FILE, scanner.DIR: DIR, scanner.SYMLINK: SYMLINK}
 
 
 @dataclass(slots=True)
@@ -45,11 +63,13 @@ class ScanStats:
     skipped: list[bytes] = field(default_factory=list)  # fifos, sockets, devices
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ScanResult:
-    path: str  # the uncommitted snapshot file
+    path: str  # the snapshot file written (not yet committed)
     header: Header
     stats: ScanStats
+    diff: Diff  # against the previous snapshot
+    rewritten: bool  # some entry differs from the previous snapshot in any field
 
 
 def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
@@ -59,23 +79,40 @@ def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         p = rel.decode("utf-8", "surrogateescape")
-        return spec.match_file(p + "/" if is_dir else p)
+        return bool(spec.match_file(p + "/" if is_dir else p))
 
     return exclude
 
 
-def _entry(w: tuple, digest: str | None = None, chunks: list[str] | None = None) -> Entry:
-    path, kind, size, mtime, mode, ino, dev, extra = w
+class _Item:
+    """One output position in the ordered pipeline."""
+
+    __slots__ = ("path", "entry", "walk", "fut", "old", "raw")
+
+    def __init__(self, path: bytes, entry: Entry | None = None, walk: tuple | None = None,
+                 fut: Future | None = None, old: dict[str, Any] | None = None,
+                 raw: bytes | None = None) -> None:
+        self.path = path
+        self.entry = entry
+        self.walk = walk
+        self.fut = fut
+        self.old = old
+        self.raw = raw
+
+
+def _same_stat(d: dict[str, Any], w: tuple) -> bool:
+    """Does the walk tuple match the previous entry in every recorded field?"""
+    kind = w[1]
+    if d.get("type") != _KIND.get(kind):
+        return False
+    if d.get("mtime") != w[3] or d.get("mode") != w[4] or d.get("ino") != w[5] or d.get("dev") != w[6]:
+        return False
     if kind == scanner.FILE:
-        return Entry(path, FILE, size, mtime, mode, ino, dev, digest, tuple(chunks) if chunks else None)
-    if kind == scanner.DIR:
-        return Entry(path, DIR, 0, mtime, mode, ino, dev)
-    return Entry(path, SYMLINK, size, mtime, mode, ino, dev, target=extra)
-
-
-def _previous(prev: SnapshotReader | None) -> Iterator[Entry]:
-    if prev is not None:
-        yield from prev
+        return bool(d.get("size") == w[2] and "digest" in d)
+    if kind == scanner.SYMLINK:
+        t = d.get("target")
+        return t is not None and t.encode("utf-8") == w[7]
+    return True
 
 
 def scan(
@@ -83,6 +120,7 @@ def scan(
     block: str,
     source: str,
     out_path: str,
+    snap_id: str,
     previous: SnapshotReader | None,
     exclude: list[str],
     one_file_system: bool = True,
@@ -97,7 +135,7 @@ def scan(
     header = Header(
         block=block,
         source=source,
-        id="",  # set at commit
+        id=snap_id,
         created_ns=started,
         scan_started_ns=started,
         source_dev=st.st_dev,
@@ -107,10 +145,12 @@ def scan(
     )
     racy_before = (previous.header.scan_started_ns - RACY_NS) if previous else 0
     stats = ScanStats()
+    diff = Diff(dirs={})
+    rewritten = False
     writer = SnapshotWriter(out_path, header)
-    prev_iter = _previous(previous)
-    prev: Entry | None = next(prev_iter, None)
-    pending: deque[tuple[Entry | None, tuple | None, Future | None, Entry | None]] = deque()
+    prev_iter = previous.raw() if previous is not None else iter(())
+    prev = next(prev_iter, None)  # (path, obj, line)
+    pending: deque[_Item] = deque()
     threads = threads or scanner.default_threads()
 
     def hash_one(full: bytes) -> tuple:
@@ -120,101 +160,165 @@ def scan(
                 return r
         return r
 
-    def emit(item: tuple) -> None:
-        entry, w, fut, old = item
-        if fut is not None:
-            digest, chunks, size, mtime, ino, err = fut.result()
+    def count(kind: str, size: int) -> None:
+        if kind == FILE:
+            stats.files += 1
+            stats.bytes += size
+            diff.new_files += 1
+        elif kind == DIR:
+            stats.dirs += 1
+        else:
+            stats.symlinks += 1
+
+    def emit(it: _Item) -> None:
+        nonlocal rewritten
+        if it.raw is not None:  # identical to the previous entry, or carried forward
+            assert it.old is not None
+            writer.write_raw(it.path, it.raw)
+            kind = it.old["type"]
+            count(kind, it.old.get("size", 0))
+            if kind == FILE:
+                diff.unchanged_files += 1
+            elif kind == DIR:
+                diff.dirs[it.path] = entry_from_dict(it.old, out_path)  # type: ignore[index]
+            return
+        entry = it.entry
+        if it.fut is not None:
+            w = it.walk
+            assert w is not None
+            digest, chunks, size, mtime, ino, err = it.fut.result()
             if err == 0:
-                assert w is not None
                 entry = Entry(w[0], FILE, size, mtime, w[4], ino, w[6], digest,
                               tuple(chunks) if chunks else None)
                 stats.hashed_files += 1
                 stats.hashed_bytes += size
             elif err in (errno.ENOENT, errno.ENOTDIR):
-                return  # vanished since the walk: deleted, not an error
+                entry = None  # vanished since the walk: deleted, not an error
             else:
-                assert w is not None
                 why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
                 stats.errors.append((w[0], why))
-                entry = old if old is not None and old.kind == FILE else None
-                if entry is None:
+                if it.old is not None and it.old.get("type") == FILE:
+                    it.raw = it.old["\0line"]
+                    emit(it)
                     return
-        assert entry is not None
-        if entry.kind == FILE:
-            stats.files += 1
-            stats.bytes += entry.size
-        elif entry.kind == DIR:
-            stats.dirs += 1
-        else:
-            stats.symlinks += 1
+                entry = None
+        old = entry_from_dict(it.old, out_path) if it.old is not None else None
+        if entry is None:
+            if old is not None:
+                diff.removed[old.path] = old
+                rewritten = True
+            return
         writer.write(entry)
+        count(entry.kind, entry.size)
+        if entry.kind == DIR:
+            diff.dirs[entry.path] = entry  # type: ignore[index]
+        if old != entry:
+            rewritten = True
+        if old is None:
+            diff.added[entry.path] = entry
+        elif old.kind != entry.kind:
+            diff.removed[old.path] = old
+            diff.added[entry.path] = entry
+        elif not (old.same_content(entry) and old.same_attrs(entry)):
+            diff.changed.append((old, entry))
+        elif entry.kind == FILE:
+            diff.unchanged_files += 1
 
     def drain(force: bool) -> None:
         while pending:
             head = pending[0]
-            if head[2] is not None and not head[2].done() and not force and len(pending) < _WINDOW:
-                return
+            if head.fut is not None and not head.fut.done() and not force and len(pending) < _WINDOW:
+                break
             emit(pending.popleft())
         if on_progress is not None:
             on_progress(stats)
 
-    # Subtrees that could not be listed: previous entries below them carry forward.
+    def take_prev() -> dict[str, Any]:
+        """Consume the current previous entry; keep its line for verbatim reuse."""
+        nonlocal prev
+        assert prev is not None
+        obj = prev[1]
+        obj["\0line"] = prev[2]
+        if obj.get("type") == FILE:
+            diff.old_files += 1
+        prev = next(prev_iter, None)
+        return obj
+
+    def gone(obj: dict[str, Any], path: bytes) -> None:
+        nonlocal rewritten
+        if error_prefix is not None and (path.startswith(error_prefix) or error_prefix == b""):
+            pending.append(_Item(path, old=obj, raw=obj["\0line"]))  # unreadable: carry forward
+        else:
+            e = entry_from_dict(obj, out_path)
+            diff.removed[path] = e
+            rewritten = True
+
+    # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
-
-    def carry(old: Entry) -> None:
-        pending.append((old, None, None, None))
-
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-scan") as pool:
             for w in scanner.walk(root, one_file_system, make_exclude(exclude)):
                 path, kind = w[0], w[1]
                 key = sort_key(path)
-                # Previous entries that sort before this one are gone from the source,
-                # unless they lie under a folder we could not read.
-                while prev is not None and sort_key(prev.path) < key:
-                    if error_prefix is not None and prev.path.startswith(error_prefix):
-                        carry(prev)
-                    prev = next(prev_iter, None)
-                old = prev if prev is not None and prev.path == path else None
+                while prev is not None and sort_key(prev[0]) < key:
+                    p = prev[0]
+                    gone(take_prev(), p)
+                old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):
+                        if old is not None:
+                            gone(old, path)
                         continue
                     stats.errors.append((path, os.strerror(w[7])))
                     if old is not None:
-                        carry(old)
-                        prev = next(prev_iter, None)
-                    if old is None or old.kind == DIR:
+                        pending.append(_Item(path, old=old, raw=old["\0line"]))
+                    if old is None or old.get("type") == DIR:
                         error_prefix = path + b"/" if path else b""
                     continue
-                if old is not None:
-                    prev = next(prev_iter, None)
                 if kind == scanner.SPECIAL:
                     stats.skipped.append(path)
+                    if old is not None:
+                        gone(old, path)
                     continue
-                if kind != scanner.FILE:
-                    pending.append((_entry(w), None, None, None))
+                if old is not None and _same_stat(old, w) and (
+                    kind != scanner.FILE
+                    or (not checksum and old["mtime"] < racy_before)
+                ):
+                    pending.append(_Item(path, old=old, raw=old["\0line"]))
+                elif kind != scanner.FILE:
+                    pending.append(_Item(path, entry=_entry(w), old=old))
                 elif (
                     not checksum
                     and old is not None
-                    and old.kind == FILE
-                    and old.digest is not None
-                    and old.size == w[2]
-                    and old.mtime_ns == w[3]
-                    and (not trust_inode or old.ino == w[5])
-                    and old.mtime_ns < racy_before
+                    and old.get("type") == FILE
+                    and "digest" in old
+                    and old.get("size") == w[2]
+                    and old["mtime"] == w[3]
+                    and (not trust_inode or old.get("ino") == w[5])
+                    and old["mtime"] < racy_before
                 ):
-                    pending.append((_entry(w, old.digest, list(old.chunks or ())), None, None, None))
+                    chunks = old.get("chunks")
+                    pending.append(_Item(path, entry=Entry(
+                        path, FILE, w[2], w[3], w[4], w[5], w[6], old["digest"],
+                        tuple(chunks) if chunks else None), old=old))
                 else:
                     fut = pool.submit(hash_one, root + b"/" + path)
-                    pending.append((None, w, fut, old))
-                drain(False)
+                    pending.append(_Item(path, walk=w, fut=fut, old=old))
+                if len(pending) >= 64:
+                    drain(False)
             while prev is not None:
-                if error_prefix is not None and prev.path.startswith(error_prefix):
-                    carry(prev)
-                prev = next(prev_iter, None)
+                p = prev[0]
+                gone(take_prev(), p)
             drain(True)
     except BaseException:
         writer.abort()
         raise
     writer.commit(sync=False)
-    return ScanResult(out_path, header, stats)
+    return ScanResult(out_path, header, stats, diff, rewritten)
+
+
+def _entry(w: tuple) -> Entry:
+    path, kind, size, mtime, mode, ino, dev, extra = w
+    if kind == scanner.DIR:
+        return Entry(path, DIR, 0, mtime, mode, ino, dev)
+    return Entry(path, SYMLINK, size, mtime, mode, ino, dev, target=extra)

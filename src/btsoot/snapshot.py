@@ -265,6 +265,40 @@ class SnapshotReader:
             raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
         raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
 
+    def raw(self) -> Iterator[tuple[bytes, dict[str, Any], bytes]]:
+        """(path, decoded object, the line itself) per entry, in order.
+
+        For callers that mostly pass entries through unchanged: they can compare
+        fields on the decoded object and write the line back verbatim.
+        """
+        lineno = 1
+        prev: bytes | None = None
+        try:
+            for line in self._f:
+                lineno += 1
+                if not line.endswith(b"\n"):
+                    raise StateError(f"{self.path}:{lineno}: snapshot is truncated")
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
+                if obj.get("end"):
+                    if int(obj.get("count", -1)) != lineno - 2:
+                        raise StateError(f"{self.path}: entry count does not match trailer")
+                    return
+                path = obj.get("path")
+                p = path.encode("utf-8") if path is not None else _get_bytes(obj, "path")
+                if p is None or obj.get("type") not in _KINDS:
+                    raise StateError(f"{self.path}:{lineno}: bad snapshot entry")
+                k = sort_key(p)
+                if prev is not None and k <= prev:
+                    raise StateError(f"{self.path}: entries out of order at {p!r}")
+                prev = k
+                yield p, obj, line
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
+        raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
+
     def __iter__(self) -> Iterator[Entry]:
         prev: bytes | None = None
         for obj in self.records():
@@ -303,6 +337,17 @@ class SnapshotWriter:
             raise ValueError(f"snapshot entries out of order at {e.path!r}")
         self._prev = k
         self.write_record(entry_to_dict(e))
+
+    def write_raw(self, path: bytes, line: bytes) -> None:
+        """Write an entry line as it was read from another snapshot (ends in a newline)."""
+        k = sort_key(path)
+        if self._prev is not None and k <= self._prev:
+            raise ValueError(f"snapshot entries out of order at {path!r}")
+        self._prev = k
+        self._buf.append(line[:-1])
+        self.count += 1
+        if len(self._buf) >= 4096:
+            self._flush()
 
     def write_record(self, obj: dict[str, Any]) -> None:
         self._buf.append(orjson.dumps(obj))
