@@ -27,8 +27,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pathspec
-
 from . import __version__, scanner
 from .plan import Diff
 from .snapshot import (
@@ -75,6 +73,8 @@ class ScanResult:
 def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
     if not patterns:
         return None
+    import pathspec  # only blocks with excludes pay for its import
+
     spec = pathspec.GitIgnoreSpec.from_lines(patterns)
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
@@ -225,12 +225,14 @@ def scan(
             diff.unchanged_files += 1
 
     def drain(force: bool) -> None:
+        nonlocal last_progress
         while pending:
             head = pending[0]
             if head.fut is not None and not head.fut.done() and not force and len(pending) < _WINDOW:
                 break
             emit(pending.popleft())
-        if on_progress is not None:
+        if on_progress is not None and stats.files - last_progress >= 1000:
+            last_progress = stats.files
             on_progress(stats)
 
     def take_prev() -> dict[str, Any]:
@@ -255,14 +257,16 @@ def scan(
 
     # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
+    last_progress = 0
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-scan") as pool:
             for w in scanner.walk(root, one_file_system, make_exclude(exclude)):
                 path, kind = w[0], w[1]
-                key = sort_key(path)
-                while prev is not None and sort_key(prev[0]) < key:
-                    p = prev[0]
-                    gone(take_prev(), p)
+                if prev is not None and prev[0] != path:
+                    key = sort_key(path)
+                    while prev is not None and sort_key(prev[0]) < key:
+                        p = prev[0]
+                        gone(take_prev(), p)
                 old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):
@@ -284,7 +288,21 @@ def scan(
                     kind != scanner.FILE
                     or (not checksum and old["mtime"] < racy_before)
                 ):
-                    pending.append(_Item(path, old=old, raw=old["\0line"]))
+                    if pending:
+                        pending.append(_Item(path, old=old, raw=old["\0line"]))
+                    else:  # the common case, kept cheap: nothing to wait for
+                        writer.write_raw(path, old["\0line"])
+                        if kind == scanner.FILE:
+                            stats.files += 1
+                            stats.bytes += w[2]
+                            diff.new_files += 1
+                            diff.unchanged_files += 1
+                        elif kind == scanner.DIR:
+                            stats.dirs += 1
+                            diff.dirs[path] = entry_from_dict(old, out_path)  # type: ignore[index]
+                        else:
+                            stats.symlinks += 1
+                    continue
                 elif kind != scanner.FILE:
                     pending.append(_Item(path, entry=_entry(w), old=old))
                 elif (
@@ -304,8 +322,7 @@ def scan(
                 else:
                     fut = pool.submit(hash_one, root + b"/" + path)
                     pending.append(_Item(path, walk=w, fut=fut, old=old))
-                if len(pending) >= 64:
-                    drain(False)
+                drain(False)
             while prev is not None:
                 p = prev[0]
                 gone(take_prev(), p)

@@ -337,13 +337,15 @@ class SnapshotWriter:
             raise ValueError(f"snapshot entries out of order at {e.path!r}")
         self._prev = k
         self.write_record(entry_to_dict(e))
+        # (after a write_raw, _prev is None: order is then the caller's guarantee)
 
     def write_raw(self, path: bytes, line: bytes) -> None:
-        """Write an entry line as it was read from another snapshot (ends in a newline)."""
-        k = sort_key(path)
-        if self._prev is not None and k <= self._prev:
-            raise ValueError(f"snapshot entries out of order at {path!r}")
-        self._prev = k
+        """Write an entry line as it was read from another snapshot (ends in a newline).
+
+        The caller guarantees order (it merges sorted streams); the reader checks
+        it again on every read.
+        """
+        self._prev = None
         self._buf.append(line[:-1])
         self.count += 1
         if len(self._buf) >= 4096:
