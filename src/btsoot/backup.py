@@ -188,6 +188,8 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id,
                      diff=sres.diff if base == committed else None)
     res.plan = plan
+    if progress:
+        progress("plan_bytes", plan.copy_bytes)
     res.durations["plan"] = time.monotonic() - t
     limit = block.delete_limit(plan.old_files)
     if plan.deleted_files > limit and not override and plan.old_files:

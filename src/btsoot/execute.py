@@ -69,9 +69,14 @@ class Executor:
                     j = i
                     while j < len(ops) and isinstance(ops[j], (Copy, RemoteCopy)):
                         j += 1
-                    for fut in [pool.submit(self._transfer, op) for op in ops[i:j]]:
-                        fut.result()
-                        self._progress()
+                    if self.jobs == 1:
+                        for op in ops[i:j]:
+                            self._transfer(op)  # type: ignore[arg-type]
+                            self._progress()
+                    else:
+                        for fut in [pool.submit(self._transfer, op) for op in ops[i:j]]:
+                            fut.result()
+                            self._progress()
                     i = j
                 else:
                     self._one(ops[i])
