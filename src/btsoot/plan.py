@@ -123,8 +123,6 @@ def op_name(op: Op) -> str:
     if isinstance(op, Move):
         if op.dst.startswith(STASH + b"/"):
             return "stash"
-        if op.src.startswith(STASH + b"/"):
-            return "move"
         return "move-dir" if op.entry is not None and op.entry.kind == DIR else "move"
     return {
         Mkdir: "mkdir", Copy: "copy", RemoteCopy: "remote-copy", Symlink: "symlink",
@@ -303,6 +301,10 @@ def make_plan(
         if p in removed and p in created and loc(p) == p:
             ops.append(stash(p))
         op = structure[p]
+        if isinstance(op, Move):
+            # The folder may sit inside an obstacle stashed just before (a folder that
+            # became a file): move it from where it is now.
+            op = Move(loc(op.src), op.dst, op.entry)
         if op is not None:
             ops.append(op)
 
