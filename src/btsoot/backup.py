@@ -33,6 +33,7 @@ class BackupResult:
     exit_code: int = EXIT_OK
     snapshot: str | None = None
     resumed: bool = False
+    adopted: bool = False  # no local state: started from the remote's own snapshot
     repaired: int = 0  # damaged files (found by verify) this run set out to re-send
     plan: Plan | None = None
     scan: ScanStats | None = None
@@ -50,6 +51,7 @@ class BackupResult:
             "exit_code": self.exit_code,
             "snapshot": self.snapshot,
             "resumed": self.resumed,
+            "adopted": self.adopted,
             "repaired": self.repaired,
             "files": s.files,
             "bytes": s.bytes,
@@ -151,6 +153,12 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     if os.path.exists(st.journal):
         res.resumed = True
         base = _recover(st, committed, block.remote)
+    elif committed is None and rmt.list_snapshots(block.remote):
+        # The local state is gone but the remote carries this block's snapshots
+        # (a reinstalled machine): plan against what the remote says it holds.
+        _, entries = rmt.load(block.remote)
+        base = _write_base(st, entries)
+        res.adopted = True
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
     damaged = st.load_damaged()
     if damaged and base is not None:
@@ -203,7 +211,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
 
     ex = ExecStats()
     if not plan.empty or res.resumed:
-        if head.head is None:
+        if head.head is None and not res.adopted:
             rmt.init_remote(block.remote, block.name)
         t = time.monotonic()
         if progress:
@@ -226,7 +234,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     t = time.monotonic()
     if progress:
         progress("phase", "commit")
-    unchanged = plan.empty and not res.resumed
+    unchanged = plan.empty and not res.resumed and not res.adopted
     if unchanged and not sres.rewritten and not sres.stats.hashed_files and head.head:
         # Nothing differs in any field: the committed snapshot still says it all.
         os.unlink(st.scan)
