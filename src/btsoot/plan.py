@@ -234,7 +234,10 @@ def make_plan(
     if diff is None:
         diff = diff_streams(open_old(), open_new())
     plan.old_files, plan.new_files = diff.old_files, diff.new_files
-    unchanged_files = diff.unchanged_files
+    # Files whose content stays where it is (untouched, or only their attributes
+    # changed): sources for remote-side copies.
+    staying_files = diff.unchanged_files + sum(
+        1 for o, n in diff.changed if n.kind == FILE and o.same_content(n))
     removed = dict(diff.removed)
     added = dict(diff.added)
     changed = list(diff.changed)
@@ -269,7 +272,7 @@ def make_plan(
         if o.digest:
             leaving[o.digest].append(o.path)
     missing = {n.digest for n, _ in targets if n.digest and n.digest not in leaving}
-    staying = _find_staying(open_old, open_new, missing) if missing and unchanged_files else {}
+    staying = _find_staying(open_old, open_new, missing) if missing and staying_files else {}
 
     stash_of: dict[bytes, bytes] = {}  # original path -> its place in the stash
 
