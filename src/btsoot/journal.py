@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from .errors import StateError
-from .snapshot import Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
+from .snapshot import DIR, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
 
 FORMAT = "btsoot-journal"
 VERSION = 1
 _SYNC_EVERY_S = 2.0
+# The mtime replay gives a folder whose remote attributes it cannot know.
+UNKNOWN_MTIME = -1
 
 
 def encode_path(d: dict[str, Any], key: str, p: bytes) -> None:
@@ -143,6 +146,19 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
     def r(p: bytes) -> bytes:
         return remote + b"/" + p
 
+    def unsettle(p: bytes) -> None:
+        """Folder p's remote attributes are unknown now: creating, renaming or
+        removing anything in it (a temp file too) moved its mtime, and a folder
+        is created with mode 0700; the final attributes come from an "attr"
+        operation at the end of a run. An impossible mtime makes the next plan
+        set them again."""
+        e = model.get(p)
+        if e is not None and e.kind == DIR and e.mtime_ns != UNKNOWN_MTIME:
+            model[p] = replace(e, mtime_ns=UNKNOWN_MTIME)
+
+    def touch(p: bytes) -> None:
+        unsettle(p.rpartition(b"/")[0])
+
     def exists(p: bytes) -> bool:
         try:
             os.lstat(r(p))
@@ -164,13 +180,16 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                                      f"{e.strerror}") from None
             e = record_entry(rec)
             assert e is not None
+            touch(e.path)
             if completed or matches(r(e.path), e):
                 model[e.path] = e
         elif t == "mkdir":
             e = record_entry(rec)
             assert e is not None
+            touch(e.path)
             if completed or os.path.isdir(r(e.path)):
                 model[e.path] = e
+                unsettle(e.path)
         elif t == "attr":
             e = record_entry(rec)
             assert e is not None
@@ -178,10 +197,13 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                 model[e.path] = e
         elif t == "del":
             p = decode_path(rec, "path")
+            touch(p)
             if completed or not exists(p):
                 model.pop(p, None)
         elif t == "move":
             src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
+            touch(src)
+            touch(dst)
             if completed or (not exists(src) and exists(dst)):
                 e = record_entry(rec)
                 top = model.get(src)
@@ -193,9 +215,10 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                     old = model.pop(k)
                     nk = dst + k[len(src):]
                     model[nk] = old.with_path(nk)
-                # A move also sets the final attributes; if that did not happen, the
-                # remote holds the moved entry as it was.
-                if e is not None and (completed or matches(r(dst), e)):
+                # A file's move also sets its final attributes; if that did not happen,
+                # the remote holds the moved entry as it was. A folder's move sets
+                # none: it keeps the old folder's until its "attr" operation.
+                if e is not None and e.kind != DIR and (completed or matches(r(dst), e)):
                     model[dst] = e
         else:
             raise StateError(f"{path}: unknown journal record {t!r}")
