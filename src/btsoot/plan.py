@@ -244,6 +244,7 @@ def make_plan(
 
     dir_moves = _folder_moves(removed, added)
     move_entries = {y: added[y] for _, y in dir_moves}
+    moved_content: dict[str, bytes] = {}  # content that moved with its folder and stays
     for x, y in dir_moves:
         # Re-home the moved subtree: compare it entry by entry at its new place.
         for p in [p for p in removed if is_under(p, x)]:
@@ -254,6 +255,8 @@ def make_plan(
                 del added[q]
                 if not (e.same_content(n) and e.same_attrs(n)):
                     changed.append((e.with_path(q), n))
+                if e.kind == FILE and e.digest and e.same_content(n):
+                    moved_content.setdefault(e.digest, q)
             else:
                 removed[q] = e.with_path(q)
     plan.folder_moves = len(dir_moves)
@@ -273,6 +276,9 @@ def make_plan(
             leaving[o.digest].append(o.path)
     missing = {n.digest for n, _ in targets if n.digest and n.digest not in leaving}
     staying = _find_staying(open_old, open_new, missing) if missing and staying_files else {}
+    for digest, q in moved_content.items():  # in place once the folder moves ran
+        if digest in missing:
+            staying.setdefault(digest, q)
 
     stash_of: dict[bytes, bytes] = {}  # original path -> its place in the stash
 
