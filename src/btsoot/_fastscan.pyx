@@ -30,19 +30,32 @@ walk() -- the order and its invariants
     whose link cannot be read is yielded as ERROR with its errno; a directory
     that cannot be opened or listed is yielded as DIR, then as ERROR, and the
     walk goes on. Only a missing root raises (OSError), as in the twin.
+    A root that is a symlink to a directory is followed; nothing below it is.
 
 hash_file()
     open(O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) so a FIFO swapped in cannot
     block us, fstat, refuse anything not a regular file, then read into one
-    malloc'd buffer with the GIL released and feed it (wrapped in a
-    memoryview, no copy) to the `xxhash` package's XXH3-128 objects, whose
-    update() releases the GIL itself. A file under the buffer size is opened,
-    read, fstat'ed and closed in a single GIL-free section. Reads never cross
-    a chunk boundary, so per-chunk digests need no bookkeeping across reads.
+    malloc'd buffer (1 MiB, or size + 1 for a smaller file) with the GIL
+    released, and feed it, wrapped in a memoryview rather than copied, to the
+    `xxhash` package's XXH3-128 (its update() releases the GIL itself for
+    buffers over 64 KiB). Reads never cross a chunk boundary, so per-chunk
+    digests need no bookkeeping across reads.
+
+    Most files are small, and there the cost is the system calls, not the
+    hashing: a file that fits the buffer is opened, fstat'ed, read, fstat'ed
+    again and closed in one GIL-free section, then hashed with the one-shot
+    function. Handing the GIL back and forth costs more than the syscalls
+    when several threads hash at once, so each extra release shows.
+
     The size and mtime from fstat before and after reading, and the number of
-    bytes read, must all agree; otherwise the result is CHANGED. Reading stops
-    as soon as more bytes than the first fstat reported have arrived, so a
-    file that keeps growing cannot hold a worker forever.
+    bytes read, must all agree; otherwise the result is CHANGED. A short read
+    that reaches exactly the fstat size counts as end of file (the second
+    fstat still catches growth). Reading stops as soon as more bytes than the
+    first fstat reported have arrived, so a file that keeps growing cannot
+    hold a worker forever.
+
+Both functions are safe to call from many threads at once; one walk()
+iterator is not (like a generator, it refuses to be re-entered).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -54,7 +67,7 @@ from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memchr, memcpy, strcmp, strlen
 from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK,
                           O_RDONLY, POSIX_FADV_SEQUENTIAL, fcntl, open, openat, posix_fadvise)
-from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fstat, fstatat, lstat, struct_stat
+from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fstat, fstatat, stat, struct_stat
 from posix.unistd cimport close, read
 
 import os
@@ -62,6 +75,8 @@ import os
 import xxhash
 
 from . import _kinds
+
+_xxh3_128_hexdigest = xxhash.xxh3_128_hexdigest
 
 cdef extern from "<fcntl.h>" nogil:
     enum: O_NOFOLLOW
@@ -77,7 +92,6 @@ cdef extern from "<dirent.h>" nogil:
     DIR* fdopendir(int fd)
     dirent* readdir(DIR* d)
     int closedir(DIR* d)
-    int dirfd(DIR* d)
 
 IMPLEMENTATION = "compiled"
 
@@ -305,6 +319,7 @@ cdef class _Walk:
     cdef Py_ssize_t capacity
     cdef list prefixes             # prefixes[i]: relative path of level i plus b"/"
     cdef object pending            # an ERROR tuple due right after its DIR
+    cdef bint busy                 # inside __next__: refuse re-entry
 
     def __cinit__(self, bytes root, bint one_file_system, object exclude):
         self.root = root
@@ -373,9 +388,10 @@ cdef class _Walk:
         cdef int fd, err
         self.started = True
         with nogil:
-            err = lstat(path, &st)
+            # stat, not lstat: a root that is a symlink is listed through, so
+            # one_file_system compares against the device actually walked.
+            err = errno if stat(path, &st) != 0 else 0
         if err != 0:
-            err = errno
             raise OSError(err, os.strerror(err), self.root)
         self.root_dev = st.st_dev
         with nogil:
@@ -387,6 +403,19 @@ cdef class _Walk:
             self.pending = _error(b"", err)
 
     def __next__(self):
+        if self.busy:
+            raise ValueError("walk() iterator already executing")
+        self.busy = True
+        try:
+            entry = self._next()
+        finally:
+            self.busy = False
+        if entry is None:
+            raise StopIteration
+        return entry
+
+    cdef tuple _next(self):
+        """The next entry, or None at the end."""
         cdef Listing* top
         cdef Entry* e
         cdef bytes rel
@@ -401,7 +430,7 @@ cdef class _Walk:
                 self.pending = None
                 return t
             if self.depth == 0:
-                raise StopIteration
+                return None
             top = &self.levels[self.depth - 1]
             if top.pos == top.count:
                 self.depth -= 1
@@ -457,6 +486,7 @@ cdef struct Reader:
     char* buf
     size_t bufsize
     size_t got          # bytes in buf after the last fill
+    long long total     # bytes read so far
     struct_stat before
     struct_stat after
 
@@ -491,8 +521,14 @@ cdef void _reader_open(Reader* r, const char* path) noexcept nogil:
 
 
 cdef void _reader_fill(Reader* r, size_t want) noexcept nogil:
-    """Read up to want bytes into buf; at EOF also fstat and close."""
+    """Read up to want bytes into buf; at EOF also fstat and close.
+
+    A short read that brings the total to exactly the size fstat reported is
+    taken as EOF without another read() returning 0: the fstat that follows
+    catches any growth since, as a last read would have.
+    """
     cdef Py_ssize_t n
+    cdef bint at_eof = False
     r.got = 0
     while r.got < want:
         n = read(r.fd, r.buf + r.got, want - r.got)
@@ -502,21 +538,24 @@ cdef void _reader_fill(Reader* r, size_t want) noexcept nogil:
             r.err = errno
             return
         if n == 0:
-            r.eof = True
-            if fstat(r.fd, &r.after) != 0:
-                r.err = errno
-            close(r.fd)
-            r.fd = -1
-            return
+            at_eof = True
+            break
         r.got += <size_t>n
-
-
-cdef void _reader_close(Reader* r) noexcept nogil:
-    if r.fd >= 0:
+        r.total += n
+        if r.got < want and r.total == r.before.st_size:
+            at_eof = True
+            break
+    if at_eof:
+        r.eof = True
+        if fstat(r.fd, &r.after) != 0:
+            r.err = errno
         close(r.fd)
         r.fd = -1
-    free(r.buf)
-    r.buf = NULL
+
+
+cdef inline bint _same_stat(const struct_stat* a, const struct_stat* b) noexcept nogil:
+    return (a.st_size == b.st_size and a.st_mtim.tv_sec == b.st_mtim.tv_sec
+            and a.st_mtim.tv_nsec == b.st_mtim.tv_nsec)
 
 
 def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
@@ -526,7 +565,7 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
     cdef Reader r
     cdef bint chunked = False
     cdef size_t want
-    cdef long long total = 0, size, in_part = 0
+    cdef long long size, in_part = 0
     cdef object whole, part = None, view
     cdef list chunks = None
     if chunk_size <= 0:
@@ -537,21 +576,26 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
     r.buf = NULL
     r.bufsize = 0
     r.got = 0
+    r.total = 0
     try:
-        _reader_open(&r, cpath)
-        if r.err == 0:
-            chunked = r.before.st_size >= chunk_threshold
-            want = r.bufsize
-            if chunked and <size_t>chunk_size < want:
-                want = <size_t>chunk_size
-            if r.before.st_size < 65536:
+        with nogil:
+            _reader_open(&r, cpath)
+            if r.err == 0:
+                chunked = r.before.st_size >= chunk_threshold
+                want = r.bufsize
+                if chunked and <size_t>chunk_size < want:
+                    want = <size_t>chunk_size
                 _reader_fill(&r, want)
-            else:
-                with nogil:
-                    _reader_fill(&r, want)
         if r.err != 0:
             return (None, None, 0, 0, 0, r.err)
         size = r.before.st_size
+        if r.eof and not chunked:
+            # The common case, a small file read whole in one pass: one-shot digest.
+            if r.total != size or not _same_stat(&r.before, &r.after):
+                return (None, None, size, _mtime_ns(&r.before), r.before.st_ino, K_CHANGED)
+            view = PyMemoryView_FromMemory(r.buf, <Py_ssize_t>r.got, PyBUF_READ)
+            return (_xxh3_128_hexdigest(view), None, size, _mtime_ns(&r.before),
+                    r.before.st_ino, 0)
         whole = xxhash.xxh3_128()
         if chunked:
             chunks = []
@@ -568,8 +612,7 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
                         part.reset()
                         in_part = 0
                 view = None
-                total += <long long>r.got
-            if r.eof or total > size:
+            if r.eof or r.total > size:
                 break
             want = r.bufsize
             if chunked and <size_t>(chunk_size - in_part) < want:
@@ -580,15 +623,13 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
                 return (None, None, 0, 0, 0, r.err)
     finally:
         view = None  # never outlive the buffer it points into
-        with nogil:
-            _reader_close(&r)
-    if (
-        not r.eof
-        or total != size
-        or r.after.st_size != size
-        or r.after.st_mtim.tv_sec != r.before.st_mtim.tv_sec
-        or r.after.st_mtim.tv_nsec != r.before.st_mtim.tv_nsec
-    ):
+        if r.fd >= 0:
+            with nogil:
+                close(r.fd)
+            r.fd = -1
+        free(r.buf)
+        r.buf = NULL
+    if not r.eof or r.total != size or not _same_stat(&r.before, &r.after):
         return (None, None, size, _mtime_ns(&r.before), r.before.st_ino, K_CHANGED)
     if chunked and in_part:
         chunks.append(part.hexdigest())

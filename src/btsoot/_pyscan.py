@@ -36,7 +36,9 @@ def walk(
     the errno for ERROR, else None. The root itself is not yielded. A
     directory that cannot be listed is yielded as DIR and then as ERROR.
     """
-    root_dev = os.lstat(root).st_dev
+    # stat, not lstat: a root that is a symlink is listed through, so
+    # one_file_system must compare against the device actually walked.
+    root_dev = os.stat(root).st_dev
     # Stack of (relative dir path, iterator over its sorted names).
     stack: list[tuple[bytes, Iterator[bytes]]] = []
     try:
