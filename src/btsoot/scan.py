@@ -87,7 +87,7 @@ def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
 class _Item:
     """One output position in the ordered pipeline."""
 
-    __slots__ = ("path", "entry", "walk", "fut", "old", "raw")
+    __slots__ = ("path", "entry", "walk", "fut", "idx", "old", "raw")
 
     def __init__(self, path: bytes, entry: Entry | None = None, walk: tuple | None = None,
                  fut: Future | None = None, old: dict[str, Any] | None = None,
@@ -95,9 +95,13 @@ class _Item:
         self.path = path
         self.entry = entry
         self.walk = walk
-        self.fut = fut
+        self.fut = fut  # the hash batch this file is in (_UNSENT until submitted)
+        self.idx = 0  # its place in that batch
         self.old = old
         self.raw = raw
+
+
+_UNSENT: Future = Future()
 
 
 def _same_stat(d: dict[str, Any], w: tuple) -> bool:
@@ -153,12 +157,17 @@ def scan(
     pending: deque[_Item] = deque()
     threads = threads or scanner.default_threads()
 
-    def hash_one(full: bytes) -> tuple:
-        for _ in range(HASH_RETRIES):
-            r = scanner.hash_file(full, scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD)
-            if r[5] != scanner.CHANGED:
-                return r
-        return r
+    batch: list[_Item] = []
+    batch_bytes = 0
+
+    def send() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            fut = pool.submit(scanner.hash_batch, [root + b"/" + it.path for it in batch],
+                              scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
+            for i, it in enumerate(batch):
+                it.fut, it.idx = fut, i
+            batch, batch_bytes = [], 0
 
     def count(kind: str, size: int) -> None:
         if kind == FILE:
@@ -186,7 +195,7 @@ def scan(
         if it.fut is not None:
             w = it.walk
             assert w is not None
-            digest, chunks, size, mtime, ino, err = it.fut.result()
+            digest, chunks, size, mtime, ino, err = it.fut.result()[it.idx]
             if err == 0:
                 entry = Entry(w[0], FILE, size, mtime, w[4], ino, w[6], digest,
                               tuple(chunks) if chunks else None)
@@ -228,6 +237,10 @@ def scan(
         nonlocal last_progress
         while pending:
             head = pending[0]
+            if head.fut is _UNSENT:
+                if not force and len(pending) < _WINDOW:
+                    break
+                send()
             if head.fut is not None and not head.fut.done() and not force and len(pending) < _WINDOW:
                 break
             emit(pending.popleft())
@@ -320,12 +333,17 @@ def scan(
                         path, FILE, w[2], w[3], w[4], w[5], w[6], old["digest"],
                         tuple(chunks) if chunks else None), old=old))
                 else:
-                    fut = pool.submit(hash_one, root + b"/" + path)
-                    pending.append(_Item(path, walk=w, fut=fut, old=old))
+                    it = _Item(path, walk=w, fut=_UNSENT, old=old)
+                    pending.append(it)
+                    batch.append(it)
+                    batch_bytes += w[2]
+                    if len(batch) >= scanner.BATCH_FILES or batch_bytes >= scanner.BATCH_BYTES:
+                        send()
                 drain(False)
             while prev is not None:
                 p = prev[0]
                 gone(take_prev(), p)
+            send()
             drain(True)
     except BaseException:
         writer.abort()

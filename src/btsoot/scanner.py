@@ -36,13 +36,33 @@ CHUNK_THRESHOLD = 16 << 20
 
 __all__ = [
     "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FILE", "IMPLEMENTATION",
-    "KIND_NAMES", "SPECIAL", "SYMLINK", "default_threads", "hash_file", "hash_files", "walk",
+    "KIND_NAMES", "SPECIAL", "SYMLINK", "default_threads", "hash_batch", "hash_file", "hash_files",
+    "walk",
 ]
 
 
 def default_threads() -> int:
     """Hashing is I/O-bound on spinning disks and CPU-bound on page cache: a few per core."""
     return max(2, min(8, (os.cpu_count() or 2) * 2))
+
+
+def hash_batch(paths: list[bytes], chunk_size: int = CHUNK_SIZE,
+               chunk_threshold: int = CHUNK_THRESHOLD, retries: int = 1) -> list[tuple]:
+    """hash_file() over a few paths in one pool task (a task per small file costs
+    more than hashing it). A file that changed while read is tried `retries` times."""
+    out = []
+    for p in paths:
+        for _ in range(retries):
+            r = hash_file(p, chunk_size, chunk_threshold)
+            if r[5] != CHANGED:
+                break
+        out.append(r)
+    return out
+
+
+#: A pool task hashes up to BATCH_FILES files or about BATCH_BYTES bytes.
+BATCH_FILES = 64
+BATCH_BYTES = 8 << 20
 
 
 def hash_files(
@@ -53,8 +73,9 @@ def hash_files(
 ) -> Iterator[tuple]:
     """hash_file() over many paths on a thread pool; results in input order.
 
-    The input is consumed lazily with a bounded window, so a generator of
-    millions of paths keeps memory flat.
+    Paths go to the pool in batches of BATCH_FILES; the input is consumed
+    lazily with a bounded window, so a generator of millions of paths keeps
+    memory flat.
     """
     threads = threads or default_threads()
     if threads <= 1:
@@ -64,9 +85,15 @@ def hash_files(
     window = threads * 4
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-hash") as pool:
         pending: deque = deque()
+        batch: list[bytes] = []
         for p in paths:
-            pending.append(pool.submit(hash_file, p, chunk_size, chunk_threshold))
-            if len(pending) >= window:
-                yield pending.popleft().result()
+            batch.append(p)
+            if len(batch) >= BATCH_FILES:
+                pending.append(pool.submit(hash_batch, batch, chunk_size, chunk_threshold))
+                batch = []
+                if len(pending) >= window:
+                    yield from pending.popleft().result()
+        if batch:
+            pending.append(pool.submit(hash_batch, batch, chunk_size, chunk_threshold))
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
