@@ -116,6 +116,7 @@ def backup(
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):
         started = time.time()
+        st.remove_temps()
         try:
             res = _backup(block, st, dry_run, checksum, override, jobs, progress)
         except BtsootError as e:

@@ -224,6 +224,16 @@ def prune(remote: str, keep_ids: set[str]) -> None:
     if not needed:
         return
     removed = False
+    # Temp files of snapshots a killed run was writing (only the run holding the
+    # block's lock writes here, and that is this one).
+    d = meta(remote, "snapshots")
+    for n in os.listdir(d):
+        if ".jsonl.gz.tmp." in n:
+            try:
+                os.unlink(os.path.join(d, n))
+                removed = True
+            except OSError:
+                pass
     for _sid, (_, path) in snaps.items():
         if os.path.basename(path) not in needed:
             try:

@@ -47,6 +47,18 @@ class BlockState:
     def ensure(self) -> None:
         os.makedirs(self.snapshots, exist_ok=True)
 
+    def remove_temps(self) -> None:
+        """Remove temp files a killed run left (snapshots, the scan, the recovered
+        view, state.json being written). Only under the block's lock: no other
+        run can be writing them."""
+        for d in (self.root, self.snapshots):
+            for p in glob.glob(os.path.join(glob.escape(d), "*.tmp")) + glob.glob(
+                    os.path.join(glob.escape(d), "*.tmp.*")):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
     def snapshot_path(self, snap_id: str) -> str:
         return os.path.join(self.snapshots, f"{snap_id}.jsonl")
 
