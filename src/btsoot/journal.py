@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .errors import StateError
-from .snapshot import DIR, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
+from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
 
 FORMAT = "btsoot-journal"
 VERSION = 1
@@ -181,8 +181,18 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
             e = record_entry(rec)
             assert e is not None
             touch(e.path)
-            if completed or matches(r(e.path), e):
+            if completed:
                 model[e.path] = e
+            elif matches(r(e.path), e):
+                old = model.get(e.path)
+                if (old is not None and old.kind == FILE and old.size == e.size
+                        and old.mtime_ns == e.mtime_ns and old.digest != e.digest):
+                    # Size and mtime cannot tell the new content from the old one
+                    # (rewritten with its times kept): the content is unknown, and
+                    # the next plan writes the file again.
+                    model[e.path] = replace(e, digest=None, chunks=None)
+                else:
+                    model[e.path] = e
         elif t == "mkdir":
             e = record_entry(rec)
             assert e is not None
