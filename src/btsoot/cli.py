@@ -173,6 +173,9 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                 res.execution.errors if res.execution else []):
             click.echo(f"btsoot: {block.name}: cannot back up {os.fsdecode(path)}: {why}",
                        err=True)
+        for path in res.scan.skipped if res.scan and not quiet else []:
+            click.echo(f"btsoot: {block.name}: warning: skipped {os.fsdecode(path)}: "
+                       "not a file, folder or link (fifo, socket or device)", err=True)
         if not quiet and not as_json:
             click.echo(_summary_line(s, dry_run))
     if as_json:
