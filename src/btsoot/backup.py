@@ -211,9 +211,14 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         return res
 
     ex = ExecStats()
-    if not plan.empty or res.resumed:
-        if head.head is None and not res.adopted:
+    if head.head is None and not res.adopted:
+        # The first run writes the remote's identity and snapshot folder even when
+        # there is nothing to copy (an empty source): its commit writes there.
+        try:
             rmt.init_remote(block.remote, block.name)
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
+    if not plan.empty or res.resumed:
         t = time.monotonic()
         if progress:
             progress("phase", "transfer")
