@@ -410,11 +410,17 @@ def _folder_moves(removed: dict[bytes, Entry], added: dict[bytes, Entry]) -> lis
                     votes[pair] += 1
     moves: list[tuple[bytes, bytes]] = []
     for (x, y), _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0][0].count(b"/"), kv[0])):
-        if any(is_under(x, s) or is_under(s, x) or is_under(y, d) or is_under(d, y)
-               for s, d in moves):
+        if any(is_under(x, s) or is_under(s, x) or _collides(y, s, d, removed)
+               or _collides(d, x, y, removed) for s, d in moves):
             continue
         moves.append((x, y))
     return moves
+
+
+def _collides(y: bytes, s: bytes, d: bytes, removed: dict[bytes, Entry]) -> bool:
+    """Would y be taken once folder s has become d? (Folder moves run outermost first,
+    so a folder can move intact into a renamed one, just not onto what came with it.)"""
+    return is_under(y, d) and s + y[len(d):] in removed
 
 
 def _find_staying(
