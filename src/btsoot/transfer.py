@@ -3,6 +3,9 @@
 `copy_fd` tries copy_file_range (server-side or reflink copies where the file
 systems allow), then sendfile, then a plain read/write loop, remembering per
 process which of them the kernel refused so the fallback costs one failed call.
+It serves remote-side copies. A copy from the source goes through a buffer
+instead (`copy_hashed`), hashing the very bytes it writes: that is the only way
+to be sure the digest the snapshot records is the digest of what the remote got.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import ctypes
 import ctypes.util
 import errno
 import os
+
+import xxhash
 
 from .snapshot import FILE, Entry
 
@@ -65,6 +70,26 @@ def copy_fd(src: int, dst: int, size: int) -> int:
             done += n
 
 
+def copy_hashed(src: int, dst: int, size: int) -> tuple[int, str]:
+    """Copy up to size bytes from src to dst through a buffer, hashing exactly the
+    bytes written (XXH3-128, the snapshot's digest); returns (bytes, digest)."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(min(_BUF, max(size, 1)))
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        n = os.readv(src, [view[: min(len(buf), size - done)]])
+        if n == 0:
+            break
+        h.update(view[:n])
+        out = view[:n]
+        while out:
+            w = os.write(dst, out)
+            out = out[w:]
+        done += n
+    return done, h.hexdigest()
+
+
 def temp_name(path: bytes, tag: str) -> bytes:
     """A name in the target's own folder (so the final rename is atomic)."""
     d, _, _ = path.rpartition(b"/")
@@ -81,8 +106,11 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
     """Copy src to dst_tmp, set mode and mtime, rename onto dst_final.
 
     With check_source, the source's size and mtime must equal the entry's
-    before and after the copy (the entry's digest was computed at that state),
-    else SourceChanged is raised and nothing reaches dst_final.
+    before and after the copy, and the bytes written must hash to the entry's
+    digest, else SourceChanged is raised and nothing reaches dst_final. (Size
+    and mtime alone miss a file rewritten with its times kept, or rewritten in
+    the same timestamp tick, between the scan and the copy or during either:
+    the digest of what was actually written cannot miss it.)
     """
     sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -92,12 +120,16 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
         dfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
-            n = copy_fd(sfd, dfd, entry.size)
+            if check_source:
+                n, digest = copy_hashed(sfd, dfd, entry.size)
+            else:
+                n, digest = copy_fd(sfd, dfd, entry.size), None
             if n != entry.size:
                 raise SourceChanged()
             if check_source:
                 st2 = os.fstat(sfd)
-                if st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns:
+                if (st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns
+                        or digest != entry.digest):
                     raise SourceChanged()
             os.fchmod(dfd, entry.mode & 0o7777)
         except BaseException:
