@@ -292,7 +292,9 @@ def make_plan(
         p = path
         while p:
             s = stash_of.get(p)
-            if s is not None:
+            # Only a stashed folder took entries below it along: below a stashed file
+            # or link are the entries of a folder moved onto its path, still in place.
+            if s is not None and (p == path or _is_dir(removed.get(p))):
                 return s + path[len(p):]
             p = parent(p)
         return path
@@ -415,6 +417,10 @@ def _folder_moves(removed: dict[bytes, Entry], added: dict[bytes, Entry]) -> lis
             continue
         moves.append((x, y))
     return moves
+
+
+def _is_dir(e: Entry | None) -> bool:
+    return e is not None and e.kind == DIR
 
 
 def _collides(y: bytes, s: bytes, d: bytes, removed: dict[bytes, Entry]) -> bool:
