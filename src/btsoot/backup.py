@@ -61,8 +61,10 @@ class BackupResult:
             "bytes_sent": ex.bytes_sent,
             "bytes_remote_copied": ex.bytes_remote_copied,
             "remote_snapshot_bytes": self.remote_meta_bytes,
-            "errors": [{"path": os.fsdecode(p), "error": w} for p, w in errors],
-            "skipped": [os.fsdecode(p) for p in s.skipped],
+            # JSON text is UTF-8: bytes that are not show as \xNN (never a lone surrogate).
+            "errors": [{"path": p.decode("utf-8", "backslashreplace"), "error": w}
+                       for p, w in errors],
+            "skipped": [p.decode("utf-8", "backslashreplace") for p in s.skipped],
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
 
