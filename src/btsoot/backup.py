@@ -209,6 +209,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             f"more than the block's limit ({block.max_delete}); use --override if this is intended"
         )
     if dry_run:
+        os.unlink(st.scan)  # a dry run leaves the state as it found it
         res.result = "dry-run"
         return res
 
