@@ -81,7 +81,8 @@ def _read(path: str | None) -> Callable[[], Iterator[Entry]]:
     return opener
 
 
-def check_source(block: Block, previous: Header | None, override: bool) -> None:
+def check_source(block: Block, previous: Header | None, override: bool,
+                 previous_empty: bool = False) -> None:
     src = block.source
     if not os.path.exists(src):
         raise GuardError(f"source {src} does not exist (is the disk mounted?)")
@@ -98,7 +99,7 @@ def check_source(block: Block, previous: Header | None, override: bool) -> None:
             f"source {src} is on a different file system than at the last backup "
             "(an unmounted disk?); use --override if this is intended"
         )
-    if empty:
+    if empty and not previous_empty:
         raise GuardError(
             f"source {src} is empty but the last backup was not (an unmounted disk?); "
             "use --override to empty the backup"
@@ -143,11 +144,12 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     committed = st.snapshot_path(head.head) if head.head else None
     if committed and not os.path.exists(committed):
         raise StateError(f"{committed}: committed snapshot is missing")
-    prev_header = None
+    prev_header, prev_empty = None, True
     if committed:
         with SnapshotReader(committed) as r:
             prev_header = r.header
-    check_source(block, prev_header, override)
+            prev_empty = next(r.raw(), None) is None
+    check_source(block, prev_header, override, prev_empty)
     rmt.check_remote(block.remote, block.name, head.head is not None)
     run_id = new_id()  # also the id of the snapshot this run commits
 
