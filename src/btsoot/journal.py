@@ -35,7 +35,10 @@ def encode_path(d: dict[str, Any], key: str, p: bytes) -> None:
 
 
 def decode_path(d: dict[str, Any], key: str) -> bytes:
-    p = _get_bytes(d, key)
+    try:
+        p = _get_bytes(d, key)
+    except ValueError as e:
+        raise StateError(f"journal record with a bad {key!r} ({e})") from None
     if p is None:
         raise StateError(f"journal record without {key!r}")
     return p
@@ -89,6 +92,8 @@ def read_journal(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], 
                          "remove it and run 'btsoot verify' before the next backup") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateError(f"{path}: not a btsoot journal")
+    if not all(isinstance(header.get(k), (str, type(None))) for k in ("run", "base", "committed")):
+        raise StateError(f"{path}: journal is corrupt (bad header)")
     if not isinstance(header.get("version"), int) or header["version"] > VERSION:
         raise StateError(f"{path}: journal version {header.get('version')!r} is newer than "
                          "this btsoot understands; upgrade btsoot")
@@ -131,6 +136,13 @@ def record_entry(rec: dict[str, Any], key: str = "entry") -> Entry | None:
     return entry_from_dict(d, "journal") if d is not None else None
 
 
+def _needs_entry(rec: dict[str, Any]) -> Entry:
+    e = record_entry(rec)
+    if e is None:
+        raise StateError(f"journal record {rec.get('i')!r} ({rec.get('t')!r}) without its entry")
+    return e
+
+
 def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, Entry]:
     """Apply a crashed run's journal to `base` (what the remote held before it).
 
@@ -169,7 +181,7 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
     for rec, completed in recs:
         t = rec.get("t")
         if t == "put":
-            tmp = _get_bytes(rec, "tmp")
+            tmp = decode_path(rec, "tmp") if "tmp" in rec or "tmp_b64" in rec else None
             if tmp is not None and not completed:
                 try:
                     os.unlink(r(tmp))
@@ -178,8 +190,7 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                 except OSError as e:
                     raise StateError(f"cannot remove temp file {os.fsdecode(r(tmp))}: "
                                      f"{e.strerror}") from None
-            e = record_entry(rec)
-            assert e is not None
+            e = _needs_entry(rec)
             touch(e.path)
             if completed:
                 model[e.path] = e
@@ -194,15 +205,13 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                 else:
                     model[e.path] = e
         elif t == "mkdir":
-            e = record_entry(rec)
-            assert e is not None
+            e = _needs_entry(rec)
             touch(e.path)
             if completed or os.path.isdir(r(e.path)):
                 model[e.path] = e
                 unsettle(e.path)
         elif t == "attr":
-            e = record_entry(rec)
-            assert e is not None
+            e = _needs_entry(rec)
             if completed and e.path in model:
                 model[e.path] = e
         elif t == "del":

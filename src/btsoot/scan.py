@@ -151,9 +151,11 @@ def scan(
     stats = ScanStats()
     diff = Diff(dirs={})
     rewritten = False
-    writer = SnapshotWriter(out_path, header)
     prev_iter = previous.raw() if previous is not None else iter(())
-    prev = next(prev_iter, None)  # (path, obj, line)
+    # (path, obj, line); read before the writer exists: a damaged first line
+    # must not leave an open temp file behind.
+    prev = next(prev_iter, None)
+    writer = SnapshotWriter(out_path, header)
     pending: deque[_Item] = deque()
     threads = threads or scanner.default_threads()
 

@@ -17,6 +17,7 @@ import base64
 import gzip
 import os
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -149,12 +150,19 @@ def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
 
 
 def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
+    """The bytes stored under key (text) or key_b64; ValueError if damaged."""
+    if not isinstance(d, dict):
+        raise ValueError("not an object")
     v = d.get(key)
     if v is not None:
-        return v.encode("utf-8")  # type: ignore[no-any-return]
+        if not isinstance(v, str):
+            raise ValueError(f"{key!r} is not a string")
+        return v.encode("utf-8")
     v = d.get(key + "_b64")
     if v is not None:
-        return base64.b64decode(v, validate=True)
+        if not isinstance(v, str):
+            raise ValueError(f"{key}_b64 is not a string")
+        return base64.b64decode(v, validate=True)  # binascii.Error is a ValueError
     return None
 
 
@@ -177,6 +185,12 @@ def entry_to_dict(e: Entry) -> dict[str, Any]:
     return d
 
 
+def _opt_str(v: Any) -> Any:
+    if v is not None and not isinstance(v, str):
+        raise ValueError("digest is not a string")
+    return v
+
+
 def entry_from_dict(d: Any, where: str) -> Entry:
     try:
         path = _get_bytes(d, "path")
@@ -192,12 +206,41 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             mode=int(d["mode"]),
             ino=int(d.get("ino", 0)),
             dev=int(d.get("dev", 0)),
-            digest=d.get("digest"),
-            chunks=tuple(chunks) if chunks is not None else None,
+            digest=_opt_str(d.get("digest")),
+            chunks=tuple(_opt_str(c) for c in chunks) if chunks is not None else None,
             target=_get_bytes(d, "target"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{where}: bad snapshot entry ({e})") from None
+
+
+_INTS = ("mtime", "mode")
+_OPT_INTS = ("size", "ino", "dev")
+_OPT_STRS = ("digest", "target", "target_b64")
+
+
+def _sane(obj: dict[str, Any]) -> bool:
+    """Have the fields callers of raw() read directly the types they expect?"""
+    for k in _INTS:
+        if type(obj.get(k)) is not int:
+            return False
+    for k in _OPT_INTS:
+        v = obj.get(k)
+        if v is not None and type(v) is not int:
+            return False
+    for k in _OPT_STRS:
+        v = obj.get(k)
+        if v is not None and type(v) is not str:
+            return False
+    c = obj.get("chunks")
+    return c is None or (type(c) is list and all(type(x) is str for x in c))
+
+
+def _count(trailer: dict[str, Any], where: str) -> int:
+    try:
+        return int(trailer.get("count", -1))
+    except (TypeError, ValueError):
+        raise StateError(f"{where}: corrupt snapshot trailer") from None
 
 
 def encode_entry(e: Entry) -> bytes:
@@ -225,13 +268,20 @@ class SnapshotReader:
         self.path = path
         try:
             self._f = _open_read(path)
-            first = self._f.readline()
         except OSError as e:
             raise StateError(f"{path}: cannot read snapshot ({e.strerror})") from None
         try:
-            self.header = Header.from_dict(orjson.loads(first), path)
-        except orjson.JSONDecodeError:
-            raise StateError(f"{path}: not a btsoot snapshot (bad header line)") from None
+            try:
+                first = self._f.readline()
+            except (OSError, EOFError, zlib.error) as e:  # a damaged gzip raises all three
+                raise StateError(f"{path}: cannot read snapshot ({e})") from None
+            try:
+                self.header = Header.from_dict(orjson.loads(first), path)
+            except orjson.JSONDecodeError:
+                raise StateError(f"{path}: not a btsoot snapshot (bad header line)") from None
+        except BaseException:
+            self._f.close()
+            raise
         self.records_seen = 0
 
     def __enter__(self) -> SnapshotReader:
@@ -255,13 +305,15 @@ class SnapshotReader:
                     obj = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
+                if not isinstance(obj, dict):
+                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line")
                 if obj.get("end"):
-                    self.records_seen = int(obj.get("count", -1))
+                    self.records_seen = _count(obj, self.path)
                     if self.records_seen != lineno - 2:
                         raise StateError(f"{self.path}: entry count does not match trailer")
                     return
                 yield obj
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
         raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
 
@@ -282,20 +334,25 @@ class SnapshotReader:
                     obj = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
+                if not isinstance(obj, dict):
+                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line")
                 if obj.get("end"):
-                    if int(obj.get("count", -1)) != lineno - 2:
+                    if _count(obj, self.path) != lineno - 2:
                         raise StateError(f"{self.path}: entry count does not match trailer")
                     return
                 path = obj.get("path")
-                p = path.encode("utf-8") if path is not None else _get_bytes(obj, "path")
-                if p is None or obj.get("type") not in _KINDS:
+                try:
+                    p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
+                except ValueError:
+                    p = None
+                if p is None or obj.get("type") not in _KINDS or not _sane(obj):
                     raise StateError(f"{self.path}:{lineno}: bad snapshot entry")
                 k = sort_key(p)
                 if prev is not None and k <= prev:
                     raise StateError(f"{self.path}: entries out of order at {p!r}")
                 prev = k
                 yield p, obj, line
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
         raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
 

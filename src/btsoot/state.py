@@ -66,11 +66,15 @@ class BlockState:
         try:
             with open(self._head_path, "rb") as f:
                 d = orjson.loads(f.read())
-            return Head(**d)
+            h = Head(**d)
         except FileNotFoundError:
             return Head()
         except (OSError, orjson.JSONDecodeError, TypeError) as e:
             raise StateError(f"{self._head_path}: corrupt block state ({e})") from None
+        ids_ok = all(isinstance(v, (str, type(None))) for v in (h.head, h.remote_head))
+        if not ids_ok or not all(type(v) is int for v in (h.deltas, h.delta_bytes, h.full_bytes)):
+            raise StateError(f"{self._head_path}: corrupt block state (bad field types)")
+        return h
 
     def save_head(self, h: Head) -> None:
         tmp = self._head_path + ".tmp"
