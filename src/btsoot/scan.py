@@ -22,7 +22,7 @@ import errno
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,7 +275,8 @@ def scan(
     last_progress = 0
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-scan") as pool:
-            for w in scanner.walk(root, one_file_system, make_exclude(exclude)):
+            for w in _unlistable_as_errors(scanner.walk(root, one_file_system,
+                                                        make_exclude(exclude))):
                 path, kind = w[0], w[1]
                 if prev is not None and prev[0] != path:
                     key = sort_key(path)
@@ -352,6 +353,27 @@ def scan(
         raise
     writer.commit(sync=False)
     return ScanResult(out_path, header, stats, diff, rewritten)
+
+
+def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:
+    """The walk yields a folder it cannot list as DIR, then ERROR: keep only the ERROR.
+
+    Then the folder's last backed-up entry is carried forward like its content,
+    rather than its new attributes (a chmod 000 must not reach the remote copy,
+    where it would also lock out the next run).
+    """
+    held: tuple | None = None
+    for w in walk:
+        if held is not None:
+            if w[1] != scanner.ERROR or w[0] != held[0]:
+                yield held
+            held = None
+        if w[1] == scanner.DIR:
+            held = w
+        else:
+            yield w
+    if held is not None:
+        yield held
 
 
 def _entry(w: tuple) -> Entry:
