@@ -158,10 +158,12 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     if os.path.exists(st.journal):
         res.resumed = True
         base = _recover(st, committed, block.remote)
-    elif committed is None and rmt.list_snapshots(block.remote):
+    elif committed is None and (remote_snaps := rmt.list_snapshots(block.remote)):
         # The local state is gone but the remote carries this block's snapshots
         # (a reinstalled machine): plan against what the remote says it holds.
-        _, entries = rmt.load(block.remote)
+        # That is its newest snapshot and no other: if it is damaged, an older one
+        # would be a wrong view of the remote (stop, exit 8).
+        _, entries = rmt.load(block.remote, max(remote_snaps))
         base = _write_base(st, entries)
         res.adopted = True
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
