@@ -293,6 +293,13 @@ class SnapshotReader:
     def close(self) -> None:
         self._f.close()
 
+    def _check_end(self) -> None:
+        """Nothing follows the trailer. Reading on to the end is also what makes gzip
+        check its CRC and length: without it, a remote snapshot that lost its last
+        bytes, or whose data changed into other valid lines, would read as good."""
+        if self._f.read(1):
+            raise StateError(f"{self.path}: data after the snapshot's trailer")
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Raw JSON objects after the header (deltas use these)."""
         lineno = 1
@@ -311,6 +318,7 @@ class SnapshotReader:
                     self.records_seen = _count(obj, self.path)
                     if self.records_seen != lineno - 2:
                         raise StateError(f"{self.path}: entry count does not match trailer")
+                    self._check_end()
                     return
                 yield obj
         except (OSError, EOFError, zlib.error) as e:
@@ -339,6 +347,7 @@ class SnapshotReader:
                 if obj.get("end"):
                     if _count(obj, self.path) != lineno - 2:
                         raise StateError(f"{self.path}: entry count does not match trailer")
+                    self._check_end()
                     return
                 path = obj.get("path")
                 try:
