@@ -99,7 +99,7 @@ class Config:
                 data = tomllib.load(f)
         except FileNotFoundError:
             return cls(path, {})
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
