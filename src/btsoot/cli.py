@@ -68,7 +68,7 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
     if not os.path.isdir(dst):
         raise ConfigError(f"remote {dst} is not an existing folder (is the share mounted?)")
     rs, rd = os.path.realpath(src), os.path.realpath(dst)
-    if rs == rd or rd.startswith(rs + os.sep) or rs.startswith(rd + os.sep):
+    if os.path.commonpath([rs, rd]) in (rs, rd):  # (a prefix test misses "/")
         raise ConfigError("source and remote must not contain one another")
     cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
                              keep_snapshots)
