@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -19,8 +20,21 @@ from dataclasses import dataclass, field, replace
 from . import scanner
 from .errors import FatalIOError
 from .journal import Journal, op_record
-from .plan import STASH, Copy, Delete, Mkdir, Move, Op, Plan, RemoteCopy, Rmdir, SetAttr, Symlink
-from .snapshot import Entry
+from .plan import (
+    STASH,
+    Copy,
+    Delete,
+    Mkdir,
+    Move,
+    Op,
+    Plan,
+    RemoteCopy,
+    Rmdir,
+    SetAttr,
+    Symlink,
+    parent,
+)
+from .snapshot import DIR, Entry
 from .transfer import SourceChanged, make_symlink, set_attrs, temp_name, write_file
 
 COPY_RETRIES = 3
@@ -98,7 +112,33 @@ class Executor:
 
     # --- single operations ---------------------------------------------------
 
-    def _one(self, op: Op) -> None:
+    def _make_writable(self, op: Op) -> bool:
+        """Give the owner write access to the remote folders op changes; False if it had it.
+
+        A read-only source folder is mirrored read-only, and then, unless btsoot
+        runs as root, nothing inside it can be added, renamed or removed. The
+        plan sets every such folder's attributes after all changes inside it, so
+        its mode comes back; the journal records it as changed (mtime unknown),
+        so after a crash the next plan sets it again.
+        """
+        paths = (op.src, op.dst) if isinstance(op, Move) else (op.path,)  # type: ignore[union-attr]
+        folders = {parent(p) for p in paths} | ({op.src} if isinstance(op, Move) else set())
+        changed = False
+        for d in sorted(f for f in folders if f):
+            try:
+                st = os.lstat(self.r(d))
+            except OSError:
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode) and mode & 0o300 != 0o300:
+                i = self.journal.begin(op_record("attr", entry=Entry(d, DIR, 0, 0,
+                                                                     st.st_mode | 0o700)))
+                os.chmod(self.r(d), mode | 0o700)
+                self.journal.done(i)
+                changed = True
+        return changed
+
+    def _one(self, op: Op, retry: bool = True) -> None:
         try:
             if isinstance(op, Mkdir):
                 i = self.journal.begin(op_record("mkdir", entry=op.entry))
@@ -141,10 +181,13 @@ class Executor:
                 set_attrs(self.r(op.path), op.entry)
                 self.journal.done(i)
         except OSError as e:
+            if isinstance(e, PermissionError) and retry and self._make_writable(op):
+                return self._one(op, retry=False)
             raise self._fatal(e, type(op).__name__.lower(), getattr(op, "path", b"")) from None
 
     def _transfer(self, op: Copy | RemoteCopy) -> None:
         entry = op.entry
+        unlocked = False
         for attempt in range(COPY_RETRIES + 1):
             tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}")
             i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
@@ -166,6 +209,9 @@ class Executor:
                 if isinstance(op, Copy) and _is_source_error(e, self.src):
                     self._source_failed(op, os.strerror(e.errno or errno.EIO))
                     return
+                if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
+                    unlocked = True
+                    continue
                 raise self._fatal(e, "write", op.path) from None
             # The source changed under us: hash it again and retry with the new state.
             r = scanner.hash_file(self.src + b"/" + op.path, scanner.CHUNK_SIZE,
