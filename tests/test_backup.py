@@ -463,6 +463,38 @@ def test_unreadable_file_and_folder_are_errors_never_deletions(
     assert_mirror(src, dst)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop the permission-bypassing caps")
+def test_read_only_folders_as_a_user(block: tuple[Env, Path, Path]) -> None:
+    """Read-only folders (a Go module cache, a photo archive made read-only) are
+    mirrored read-only; the user's next backups must still add, move and delete in
+    them, as the user could at the source after a chmod u+w."""
+    env, src, dst = block
+    put(env.root / "probe", b"", mode=0)
+    user = _as_user(env, env.root / "probe")
+    for d in ("mod/pkg@v1", "mod/pkg@v1/sub", "archive", "gone"):
+        for i in range(3):
+            put(src / d / f"f{i}", b"%s %d" % (d.encode(), i), mode=0o444)
+    for d in ("mod/pkg@v1/sub", "mod/pkg@v1", "archive", "gone"):
+        os.chmod(src / d, 0o555)
+    put(src / "keep", b"keep")
+    backup(env, **user)
+    assert_mirror(src, dst)
+
+    def writable(*ds: str) -> None:
+        for d in ds:
+            os.chmod(src / d, 0o755)
+
+    writable("mod/pkg@v1", "mod/pkg@v1/sub", "gone", "archive")
+    shutil.rmtree(src / "mod/pkg@v1")  # go clean -modcache
+    shutil.rmtree(src / "gone")
+    put(src / "archive/new", b"added while writable")
+    os.rename(src / "archive/f0", src / "archive/f0-renamed")
+    os.chmod(src / "archive", 0o555)
+    s = backup(env, "--override", **user)
+    assert s["result"] == "ok"
+    assert_mirror(src, dst)
+
+
 # --- guards -----------------------------------------------------------------------------
 
 def _populated(block: tuple[Env, Path, Path], n: int = 10) -> tuple[Env, Path, Path, dict]:
