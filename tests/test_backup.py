@@ -172,8 +172,11 @@ def test_swap_and_chain_of_renames(block: tuple[Env, Path, Path]) -> None:
     os.rename(src / "d", src / "e")
     os.rename(src / "c", src / "d")
     os.rename(src / "tmp", src / "c")
-    s = backup(env)
-    assert ops(s) == {"move": 5} and s["bytes_sent"] == 0 and s["bytes_remote_copied"] == 0
+    put(src / "f", b"new content", mode=0o600)
+    shutil.copy2(src / "a", src / "a-copy")
+    s = backup(env, "--jobs", "1")  # transfers inline, not on a thread pool
+    assert ops(s) == {"move": 5, "copy": 1, "remote-copy": 1}
+    assert s["bytes_sent"] == len(b"new content") and s["bytes_remote_copied"] == 5000
     assert_mirror(src, dst)
     assert not os.listdir(dst / ".btsoot/stash")  # the stash round trips left nothing
 
