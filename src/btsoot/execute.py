@@ -183,7 +183,8 @@ class Executor:
         except OSError as e:
             if isinstance(e, PermissionError) and retry and self._make_writable(op):
                 return self._one(op, retry=False)
-            raise self._fatal(e, type(op).__name__.lower(), getattr(op, "path", b"")) from None
+            where = op.src if isinstance(op, Move) else op.path
+            raise self._fatal(e, type(op).__name__.lower(), where) from None
 
     def _transfer(self, op: Copy | RemoteCopy) -> None:
         entry = op.entry
