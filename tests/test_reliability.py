@@ -1248,10 +1248,6 @@ def _fd_tree(fd: int, rel: bytes = b"") -> dict[bytes, tuple]:
     return out
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known limitation: paths longer than PATH_MAX (4096 bytes) fail with ENAMETOOLONG "
-    "(exit 6): the executor, transfer and journal address remote files by full path and "
-    "need openat()-relative operations; strict, so this fails once it works"))
 def test_paths_longer_than_path_max(block) -> None:
     env, src, dst = block
     fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)

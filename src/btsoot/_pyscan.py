@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import xxhash
 
 from ._kinds import CHANGED, DIR, ERROR, FILE, SPECIAL, SYMLINK
+from .longpath import ShortPaths
 
 IMPLEMENTATION = "python"
 _BUFSIZE = 1 << 20
@@ -47,6 +48,16 @@ def walk(
         yield (b"", ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
         return
     stack.append((b"", iter(names)))
+    short = ShortPaths()  # paths beyond PATH_MAX go through a folder descriptor
+    try:
+        yield from _walk(root, root_dev, stack, one_file_system, exclude, short)
+    finally:
+        short.close()
+
+
+def _walk(root: bytes, root_dev: int, stack: list[tuple[bytes, Iterator[bytes]]],
+          one_file_system: bool, exclude: Callable[[bytes, bool], bool] | None,
+          short: ShortPaths) -> Iterator[tuple]:
     while stack:
         prefix, it = stack[-1]
         name = next(it, None)
@@ -54,7 +65,7 @@ def walk(
             stack.pop()
             continue
         rel = prefix + name
-        full = root + b"/" + rel
+        full = short(root + b"/" + rel)
         try:
             st = os.lstat(full)
         except OSError as e:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from . import scanner
 from .errors import FatalIOError
 from .journal import Journal, op_record
+from .longpath import ShortPaths
 from .plan import (
     STASH,
     Copy,
@@ -70,9 +71,15 @@ class Executor:
         self.stats = ExecStats()
         self.on_progress = on_progress
         self._stash_ready = False
+        self.short = ShortPaths()
 
     def r(self, rel: bytes) -> bytes:
-        return self.dst + b"/" + rel
+        """The remote path of rel, shortened if it is longer than the kernel takes."""
+        return self.short(self.dst + b"/" + rel)
+
+    def s(self, rel: bytes) -> bytes:
+        """The source path of rel, likewise."""
+        return self.short(self.src + b"/" + rel)
 
     def run(self, plan: Plan) -> ExecStats:
         ops = plan.ops
@@ -97,6 +104,7 @@ class Executor:
                     self._progress()
                     i += 1
         self.journal.sync()
+        self.short.close()
         return self.stats
 
     def _progress(self) -> None:
@@ -154,6 +162,7 @@ class Executor:
                     self._stash_ready = True
                 i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
                 os.rename(self.r(op.src), self.r(op.dst))
+                self.short.forget()  # cached folder descriptors may have moved
                 if op.entry is not None and op.entry.kind == "file":
                     set_attrs(self.r(op.dst), op.entry)
                 self.journal.done(i)
@@ -197,7 +206,7 @@ class Executor:
                     n = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry, False)
                     self.stats.bytes_remote_copied += n
                 else:
-                    n = write_file(self.src + b"/" + op.path, self.r(tmp), self.r(op.path),
+                    n = write_file(self.s(op.path), self.r(tmp), self.r(op.path),
                                    entry, True)
                     self.stats.bytes_sent += n
                 self.journal.done(i)
@@ -215,7 +224,7 @@ class Executor:
                     continue
                 raise self._fatal(e, "write", op.path) from None
             # The source changed under us: hash it again and retry with the new state.
-            r = scanner.hash_file(self.src + b"/" + op.path, scanner.CHUNK_SIZE,
+            r = scanner.hash_file(self.s(op.path), scanner.CHUNK_SIZE,
                                   scanner.CHUNK_THRESHOLD)
             digest, chunks, size, mtime, ino, err = r
             if err != 0:

@@ -150,13 +150,16 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
     did not finish is checked on the remote, on its own paths only, and
     applied if it happened; its temp file, if any, is removed.
     """
+    from .longpath import ShortPaths
     from .transfer import matches  # late: transfer imports snapshot only
 
     header, recs = read_journal(path)
     model = base
 
+    short = ShortPaths()
+
     def r(p: bytes) -> bytes:
-        return remote + b"/" + p
+        return short(remote + b"/" + p)
 
     def unsettle(p: bytes) -> None:
         """Folder p's remote attributes are unknown now: creating, renaming or
@@ -241,4 +244,5 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                     model[dst] = e
         else:
             raise StateError(f"{path}: unknown journal record {t!r}")
+    short.close()
     return model

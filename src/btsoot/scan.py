@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, scanner
+from .longpath import ShortPaths
 from .plan import Diff
 from .snapshot import (
     DIR,
@@ -159,13 +160,14 @@ def scan(
     pending: deque[_Item] = deque()
     threads = threads or scanner.default_threads()
 
+    short = ShortPaths()
     batch: list[_Item] = []
     batch_bytes = 0
 
     def send() -> None:
         nonlocal batch, batch_bytes
         if batch:
-            fut = pool.submit(scanner.hash_batch, [root + b"/" + it.path for it in batch],
+            fut = pool.submit(scanner.hash_batch, [short(root + b"/" + it.path) for it in batch],
                               scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
             for i, it in enumerate(batch):
                 it.fut, it.idx = fut, i
@@ -351,6 +353,8 @@ def scan(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        short.close()
     writer.commit(sync=False)
     return ScanResult(out_path, header, stats, diff, rewritten)
 
