@@ -191,8 +191,11 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
     head = "would do" if dry_run else s["result"]
     extra = "" if dry_run else (
         f"; sent {_human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
+    repaired = s.get("repaired", 0)
     return (f"{s['block']}: {head}: {what}; {s['files']} files, {_human(s['bytes'])}{extra}"
-            + (f"; {len(s['errors'])} unreadable" if s["errors"] else ""))
+            + (f"; {len(s['errors'])} unreadable" if s["errors"] else "")
+            + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
+               if repaired else ""))
 
 
 @main_group.command("diff")
@@ -230,3 +233,6 @@ def main(argv: list[str] | None = None) -> None:
                    "(set BTSOOT_DEBUG=1 for a traceback)", err=True)
         code = EXIT_INTERNAL
     sys.exit(code)
+
+
+from . import cli_restore  # noqa: E402,F401  (registers restore, verify)

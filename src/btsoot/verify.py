@@ -1,0 +1,239 @@
+"""Verify: re-read the remote and compare it with the snapshot that describes it.
+
+The remote is walked once (lstat only) and merged with the snapshot, both in
+snapshot order: every entry's presence, kind, size and link target is checked
+on every run. Reading and hashing (XXH3-128, on the scanner's thread pool)
+is the expensive part, so it can be limited to a share of the files:
+
+- `subset=(K, N)`: the files whose path hashes to slice K of N. Slices are
+  disjoint and together cover every file, and a path stays in its slice as
+  the tree changes, so a nightly run with K = day of month reads the whole
+  remote once a month.
+- `sample=P`: each file with probability P percent.
+
+Missing and corrupt entries of the block's committed snapshot are remembered
+(`BlockState.save_damaged`), and the next backup re-sends them. Entries the
+remote holds beyond the snapshot are listed apart: they are not damage.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from . import remote as rmt
+from . import scanner
+from .config import Block, Lock
+from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, UsageError
+from .plan import is_under
+from .restore import (
+    EntryChecker,
+    Found,
+    SnapshotSource,
+    merge_found,
+    open_snapshot,
+    show,
+    walk_found,
+)
+from .snapshot import DIR, FILE, SYMLINK, Entry
+from .state import BlockState
+
+Progress = Callable[[str, Any], None]
+Select = Callable[[bytes], bool]
+
+
+def parse_subset(text: str) -> tuple[int, int]:
+    """'3/31' -> (3, 31); 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise UsageError(f"--subset: expected K/N like 3/31, got {text!r}")
+    ki, ni = int(k), int(n)
+    if not 1 <= ki <= ni:
+        raise UsageError(f"--subset {text}: K must be between 1 and N")
+    return ki, ni
+
+
+def subset(k: int, n: int) -> Select:
+    """Slice k of n (1-based), by a hash of the path: stable, disjoint, complete."""
+    return lambda path: xxhash.xxh3_64_intdigest(path) % n == k - 1
+
+
+def sample(percent: float, rng: random.Random | None = None) -> Select:
+    if not 0 < percent <= 100:
+        raise UsageError(f"--sample {percent}: expected a percentage above 0, at most 100")
+    draw = (rng or random.Random()).random
+    return lambda path: draw() * 100 < percent
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    snapshot: str
+    remote: str
+    block: str | None = None
+    result: str = "ok"  # ok | damaged | partial
+    exit_code: int = EXIT_OK
+    files: int = 0  # files in the snapshot
+    file_bytes: int = 0
+    checked_files: int = 0  # files read and hashed
+    checked_bytes: int = 0
+    missing_files: int = 0  # files missing, those below a missing folder included
+    missing: list[bytes] = field(default_factory=list)  # top-most missing paths
+    corrupt: list[tuple[bytes, str]] = field(default_factory=list)
+    extra: list[bytes] = field(default_factory=list)  # on the remote, not in the snapshot
+    errors: list[tuple[bytes, str]] = field(default_factory=list)  # could not be checked
+    recorded: int = 0  # damaged paths remembered: the next backup re-sends them
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def damaged(self) -> set[bytes]:
+        return set(self.missing) | {p for p, _ in self.corrupt}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "block": self.block,
+            "remote": self.remote,
+            "snapshot": self.snapshot,
+            "result": self.result,
+            "exit_code": self.exit_code,
+            "files": self.files,
+            "bytes": self.file_bytes,
+            "checked_files": self.checked_files,
+            "checked_bytes": self.checked_bytes,
+            "missing_files": self.missing_files,
+            "missing": [show(p) for p in self.missing],
+            "corrupt": [{"path": show(p), "error": w} for p, w in self.corrupt],
+            "extra": [show(p) for p in self.extra],
+            "errors": [{"path": show(p), "error": w} for p, w in self.errors],
+            "recorded_for_next_backup": self.recorded,
+            "durations": {k: round(v, 3) for k, v in self.durations.items()},
+        }
+
+
+def verify_remote(source: SnapshotSource, select: Select | None = None, *,
+                  jobs: int | None = None, progress: Progress | None = None) -> VerifyResult:
+    """Compare source.remote with source's snapshot; hash the files `select` picks (all)."""
+    t0 = time.monotonic()
+    res = VerifyResult(snapshot=source.header.id, remote=source.remote)
+    root = os.fsencode(source.remote)
+    unlistable: set[bytes] = set()
+    found = (f for f in walk_found(root, b"", res.errors, unlistable)
+             if not is_under(f.path, rmt.META.encode()))
+    checker = EntryChecker(f"snapshot {source.header.id}")
+    to_hash: list[Entry] = []
+    skip: bytes | None = None
+    if progress is not None:
+        progress("phase", "list")
+
+    def corrupt(path: bytes, why: str) -> None:
+        res.corrupt.append((path, why))
+
+    s: Entry | None
+    d: Found | None
+    for s, d in merge_found(_checked(source, checker, res), found):
+        path = s.path if s is not None else d.path  # type: ignore[union-attr]
+        if skip is not None and is_under(path, skip):
+            if s is not None and s.kind == FILE and d is None:
+                res.missing_files += 1
+            continue
+        skip = None
+        if s is not None and any(is_under(path, u) for u in unlistable):
+            continue  # below a folder that could not be listed: reported there
+        if d is None:
+            assert s is not None
+            res.missing.append(s.path)
+            res.missing_files += s.kind == FILE
+            skip = s.path if s.kind == DIR else None
+        elif s is None:
+            res.extra.append(d.path + b"/" if d.kind == DIR else d.path)
+            skip = d.path if d.kind == DIR else None
+        elif s.kind != d.kind:
+            corrupt(path, f"is a {d.kind} on the remote, the snapshot has a {s.kind}")
+            skip = path if DIR in (s.kind, d.kind) else None
+        elif s.kind == FILE:
+            if d.size != s.size:
+                corrupt(path, f"has {d.size} bytes on the remote, the snapshot says {s.size}")
+            elif select is None or select(path):
+                to_hash.append(s)
+        elif s.kind == SYMLINK and d.target != s.target:
+            corrupt(path, "points elsewhere on the remote than in the snapshot")
+    res.durations["list"] = time.monotonic() - t0
+
+    t = time.monotonic()
+    if progress is not None:
+        progress("total", sum(e.size for e in to_hash))
+        progress("phase", "verify")
+    # Chunk digests off: the whole-file digest is what the snapshot is checked against.
+    results = scanner.hash_files((root + b"/" + e.path for e in to_hash), jobs,
+                                 chunk_threshold=1 << 62)
+    for e, (digest, _chunks, _size, _mtime, _ino, err) in zip(to_hash, results, strict=True):
+        if err == 0:
+            if digest != e.digest:
+                corrupt(e.path, "does not match its snapshot digest")
+        elif err in (errno.ENOENT, errno.ENOTDIR):
+            res.missing.append(e.path)
+            res.missing_files += 1
+        elif err == errno.EIO:
+            corrupt(e.path, "cannot be read: I/O error")
+        elif err == scanner.CHANGED:
+            res.errors.append((e.path, "changed while it was read"))
+        else:
+            res.errors.append((e.path, f"cannot be read: {os.strerror(err)}"))
+        res.checked_files += 1
+        res.checked_bytes += e.size
+        if progress is not None:
+            progress("progress", (res.checked_files, res.checked_bytes))
+    res.durations["hash"] = time.monotonic() - t
+    if res.missing or res.corrupt:
+        res.result, res.exit_code = "damaged", EXIT_DAMAGE
+    elif res.errors:
+        res.result, res.exit_code = "partial", EXIT_PARTIAL
+    res.durations["total"] = time.monotonic() - t0
+    return res
+
+
+def _checked(source: SnapshotSource, checker: EntryChecker,
+             res: VerifyResult) -> Iterator[Entry]:
+    """The snapshot's entries, each refused if unsafe to join below the remote; counted."""
+    for e in source.entries():
+        checker.check(e)
+        if e.kind == FILE:
+            res.files += 1
+            res.file_bytes += e.size
+        yield e
+
+
+def verify(
+    block: Block,
+    *,
+    snapshot: str | None = None,
+    select: Select | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Verify a block's remote against its committed snapshot (or the one named).
+
+    Holds the block's lock. Refuses a remote that does not carry the block's
+    `.btsoot/block.json` (an unmounted share would look like total loss).
+    Damage found against the committed snapshot is remembered for the next
+    backup; against an older snapshot it is only reported (the remote has
+    moved on since, so differences are expected).
+    """
+    st = BlockState(block.state)
+    st.ensure()
+    with Lock(st.lock, f"block {block.name!r}"):
+        rmt.check_remote(block.remote, block.name, True)
+        source = open_snapshot(block.remote, snapshot, st)
+        res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress)
+        res.block = block.name
+        damaged = res.damaged
+        if damaged and source.header.id == st.load_head().head:
+            st.save_damaged(damaged)
+            res.recorded = len(damaged)
+        return res
