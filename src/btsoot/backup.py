@@ -8,6 +8,7 @@ committed only after the remote holds that state and it has been made durable.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -157,19 +158,19 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     base = committed
     if os.path.exists(st.journal):
         res.resumed = True
-        base = _recover(st, committed, block.remote)
+        base = _recover(st, committed, block.remote, run_id)
     elif committed is None and (remote_snaps := rmt.list_snapshots(block.remote)):
         # The local state is gone but the remote carries this block's snapshots
         # (a reinstalled machine): plan against what the remote says it holds.
         # That is its newest snapshot and no other: if it is damaged, an older one
         # would be a wrong view of the remote (stop, exit 8).
         _, entries = rmt.load(block.remote, max(remote_snaps))
-        base = _write_base(st, entries)
+        base = _write_base(st, entries, run_id)
         res.adopted = True
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
     damaged = st.load_damaged()
     if damaged and base is not None:
-        base = _write_base(st, (e for e in _read(base)() if not _within(e.path, damaged)))
+        base = _write_base(st, (e for e in _read(base)() if not _within(e.path, damaged)), run_id)
     res.repaired = len(damaged)
     res.durations["prepare"] = time.monotonic() - t0
 
@@ -214,6 +215,8 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         )
     if dry_run:
         os.unlink(st.scan)  # a dry run leaves the state as it found it
+        for p in glob.glob(glob.escape(st.base_path(run_id, 0)[:-7]) + "*.jsonl"):
+            os.unlink(p)
         res.result = "dry-run"
         return res
 
@@ -230,6 +233,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         if progress:
             progress("phase", "transfer")
         journal = Journal(st.journal, run_id, base, head.head)
+        st.remove_bases(keep=base)
         try:
             ex = Executor(block.source, block.remote, journal, run_id,
                           jobs or block.jobs or 4,
@@ -264,7 +268,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     return res
 
 
-def _recover(st: BlockState, committed: str | None, remote: str) -> str:
+def _recover(st: BlockState, committed: str | None, remote: str, run_id: str) -> str:
     from .journal import read_journal
 
     header, _ = read_journal(st.journal)
@@ -276,7 +280,7 @@ def _recover(st: BlockState, committed: str | None, remote: str) -> str:
         with SnapshotReader(base_path) as r:
             model = {e.path: e for e in r}
     model = replay(st.journal, os.fsencode(remote), model)
-    return _write_base(st, (model[k] for k in sorted(model, key=sort_key)))
+    return _write_base(st, (model[k] for k in sorted(model, key=sort_key)), run_id)
 
 
 def _within(path: bytes, paths: set[bytes]) -> bool:
@@ -290,15 +294,21 @@ def _within(path: bytes, paths: set[bytes]) -> bool:
         path = path[:i]
 
 
-def _write_base(st: BlockState, entries: Iterable[Entry]) -> str:
-    """Write the view of the remote that this run plans against (st.base)."""
-    out = st.base + ".new"
+def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
+    """Write the view of the remote that this run plans against, under a new name.
+
+    Never over the file a pending journal names as its base: until this run's
+    journal replaces that one, a crash must find both exactly as they were.
+    """
+    n = 1
+    while os.path.exists(st.base_path(run_id, n)):
+        n += 1
+    out = st.base_path(run_id, n)
     w = SnapshotWriter(out, Header(block="", source="", id="base", created_ns=time.time_ns(),
                                    scan_started_ns=0))
     w.write_all(entries)
     w.commit()
-    os.replace(out, st.base)
-    return st.base
+    return out
 
 
 def _cleanup_stash(remote: str) -> None:
@@ -366,7 +376,8 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
         head.remote_head = snap_id
     head.head = snap_id
     st.save_head(head)
-    for p in (st.journal, st.base, st.scan, st.damaged):
+    st.remove_bases()
+    for p in (st.journal, st.scan, st.damaged):
         try:
             os.unlink(p)
         except FileNotFoundError:

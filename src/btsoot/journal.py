@@ -47,12 +47,21 @@ def decode_path(d: dict[str, Any], key: str) -> bytes:
 class Journal:
     def __init__(self, path: str, run_id: str, base: str | None, committed: str | None) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # The header goes in under a temp name and is renamed over any previous
+        # journal: a kill at any moment leaves either that journal or this one,
+        # complete, never an empty or torn file.
+        tmp = path + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
+                                       "base": base, "committed": committed}) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._last_sync = time.monotonic()
         self._n = 0
-        self._write({"format": FORMAT, "version": VERSION, "run": run_id, "base": base,
-                     "committed": committed})
-        self.sync()
 
     def _write(self, rec: dict[str, Any]) -> None:
         os.write(self.fd, orjson.dumps(rec) + b"\n")

@@ -4,7 +4,8 @@
         state.json            head id, the remote's newest snapshot id, delta chain size
         snapshots/ID.jsonl    committed snapshots (the newest describes the remote)
         journal.jsonl         present only while a run is in progress or crashed
-        base.jsonl            a crashed run's recovered view of the remote
+        base-RUN-N.jsonl      a run's view of the remote when it is not the head snapshot
+                              (recovered after a crash, or without verify's damaged files)
         scan.jsonl            the running scan (uncommitted)
         runs.jsonl            one summary line per run (read by `btsoot list`)
         damaged.jsonl         paths `btsoot verify` found damaged (re-sent next run)
@@ -37,7 +38,7 @@ class BlockState:
         self.root = root
         self.snapshots = os.path.join(root, "snapshots")
         self.journal = os.path.join(root, "journal.jsonl")
-        self.base = os.path.join(root, "base.jsonl")
+        self.base_prefix = os.path.join(root, "base-")
         self.scan = os.path.join(root, "scan.jsonl")
         self.runs = os.path.join(root, "runs.jsonl")
         self.damaged = os.path.join(root, "damaged.jsonl")
@@ -54,6 +55,18 @@ class BlockState:
         for d in (self.root, self.snapshots):
             for p in glob.glob(os.path.join(glob.escape(d), "*.tmp")) + glob.glob(
                     os.path.join(glob.escape(d), "*.tmp.*")):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+    def base_path(self, run_id: str, n: int) -> str:
+        return f"{self.base_prefix}{run_id}-{n}.jsonl"
+
+    def remove_bases(self, keep: str | None = None) -> None:
+        """Remove base views no journal refers to any more."""
+        for p in glob.glob(glob.escape(self.base_prefix) + "*.jsonl"):
+            if p != keep:
                 try:
                     os.unlink(p)
                 except FileNotFoundError:
