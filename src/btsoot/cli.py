@@ -144,7 +144,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
     """Back up blocks: send only what changed to the remote."""
     from .backup import backup
     from .errors import EXIT_OK
-    from .itemize import itemize
+    from .itemize import display_path, itemize
     from .progress import Reporter
 
     worst = EXIT_OK
@@ -171,10 +171,10 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                 click.echo(line)
         for path, why in (res.scan.errors if res.scan else []) + (
                 res.execution.errors if res.execution else []):
-            click.echo(f"btsoot: {block.name}: cannot back up {os.fsdecode(path)}: {why}",
+            click.echo(f"btsoot: {block.name}: cannot back up {display_path(path)}: {why}",
                        err=True)
         for path in res.scan.skipped if res.scan and not quiet else []:
-            click.echo(f"btsoot: {block.name}: warning: skipped {os.fsdecode(path)}: "
+            click.echo(f"btsoot: {block.name}: warning: skipped {display_path(path)}: "
                        "not a file, folder or link (fifo, socket or device)", err=True)
         if not quiet and not as_json:
             click.echo(_summary_line(s, dry_run))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from .plan import STASH, Copy, Delete, Mkdir, Move, Plan, RemoteCopy, Rmdir, SetAttr, Symlink
 
 
-def _s(p: bytes) -> str:
-    return os.fsdecode(p).encode("utf-8", "backslashreplace").decode("utf-8")
+def display_path(p: bytes) -> str:
+    """A path for people: valid UTF-8 as is, any other byte as \\xNN."""
+    return p.decode("utf-8", "backslashreplace")
 
 
 def itemize(plan: Plan) -> Iterator[str]:
@@ -28,19 +28,19 @@ def itemize(plan: Plan) -> Iterator[str]:
                 origin[op.dst] = orig(op.src)
                 continue
             kind = "move-dir" if op.entry is not None and op.entry.kind == "dir" else "move"
-            yield f"{kind:<9} {_s(orig(op.src))} -> {_s(op.dst)}"
+            yield f"{kind:<9} {display_path(orig(op.src))} -> {display_path(op.dst)}"
         elif isinstance(op, Copy):
             verb = "update" if op.old is not None else "copy"
-            yield f"{verb:<9} {_s(op.path)}  ({op.entry.size} bytes)"
+            yield f"{verb:<9} {display_path(op.path)}  ({op.entry.size} bytes)"
         elif isinstance(op, RemoteCopy):
-            yield f"{'rcopy':<9} {_s(op.path)}  (from {_s(orig(op.src))})"
+            yield f"{'rcopy':<9} {display_path(op.path)}  (from {display_path(orig(op.src))})"
         elif isinstance(op, Mkdir):
-            yield f"{'mkdir':<9} {_s(op.path)}/"
+            yield f"{'mkdir':<9} {display_path(op.path)}/"
         elif isinstance(op, Symlink):
-            yield f"{'symlink':<9} {_s(op.path)} -> {_s(op.entry.target or b'')}"
+            yield f"{'symlink':<9} {display_path(op.path)} -> {display_path(op.entry.target or b'')}"
         elif isinstance(op, Delete):
-            yield f"{'delete':<9} {_s(orig(op.path))}"
+            yield f"{'delete':<9} {display_path(orig(op.path))}"
         elif isinstance(op, Rmdir):
-            yield f"{'rmdir':<9} {_s(orig(op.path))}/"
+            yield f"{'rmdir':<9} {display_path(orig(op.path))}/"
         elif isinstance(op, SetAttr):
-            yield f"{'attrs':<9} {_s(op.path)}{'/' if op.entry.kind == 'dir' else ''}"
+            yield f"{'attrs':<9} {display_path(op.path)}{'/' if op.entry.kind == 'dir' else ''}"
