@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install btsoot and show its main job on a small generated tree: a first
 # backup, a day of changes (edits, a new file, a deletion, a renamed folder),
-# an incremental backup that moves instead of re-sending, then a verify.
+# an incremental backup that moves instead of re-sending, a verify, and a
+# restore from the remote alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -34,5 +35,8 @@ mv "$demo/source/photos/2024" "$demo/source/photos/2024-holidays"
 run diff demo
 run backup demo
 run list
-if btsoot verify --help >/dev/null 2>&1; then run verify demo; fi
+run verify demo
+echo "--- the disaster case: restore from the remote alone into a new folder"
+run restore --from "$demo/offsite" --to "$demo/restored"
+diff -r "$demo/source" "$demo/restored" && echo "restored tree is identical to the source"
 echo "demo finished: source $demo/source mirrored to $demo/offsite"
