@@ -476,6 +476,60 @@ def test_crash_at_every_point_of_a_same_size_same_mtime_update(block) -> None:
         assert_done(env, src, dst)
 
 
+def test_parallel_puts_each_complete_their_own_journal_record(tmp_path: Path) -> None:
+    """Two transfer threads begin puts; one finishes, the other is killed mid-copy.
+
+    Journal.begin used to re-read its counter after writing the record (a write
+    releases the GIL): a thread could get the number of a put another thread began
+    meanwhile, and its done() then completed that put. Recovery trusted the
+    unfinished put as done (its final file absent from the remote, its temp file
+    left there) and let the finished one go unrecorded (found by the crash
+    torture: `missing=[d2/s0/f0.bin] extra=[d2/s0/.btsoot-tmp-...]`).
+    """
+    from btsoot.journal import Journal, op_record, read_journal, replay
+    from btsoot.snapshot import FILE, Entry
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    ja = tmp_path / "journal.jsonl"
+    j = Journal(str(ja), "RUN", None, None)
+    a = Entry(b"a", FILE, 3, 1_000_000_000, 0o644, digest="0" * 32)
+    b = Entry(b"b", FILE, 3, 1_000_000_000, 0o644, digest="1" * 32)
+    real_write = j._write
+    a_writing, b_begun = threading.Event(), threading.Event()
+
+    def write(rec: dict) -> None:  # a's begin record is slow to write
+        if rec.get("s") == "b" and torture.get_path(rec["entry"], "path") == b"a":
+            a_writing.set()
+            assert b_begun.wait(10)
+        real_write(rec)
+
+    j._write = write  # type: ignore[method-assign]
+    got: dict[str, int] = {}
+
+    def put_a() -> None:
+        got["a"] = j.begin(op_record("put", entry=a, tmp=b".btsoot-tmp-RUN-a-0"))
+
+    t = threading.Thread(target=put_a)
+    t.start()
+    assert a_writing.wait(10)
+    got["b"] = j.begin(op_record("put", entry=b, tmp=b".btsoot-tmp-RUN-b-0"))
+    b_begun.set()
+    t.join()
+    assert got["a"] != got["b"]
+    # a completes; b is killed with its temp written, before its rename.
+    (remote / "a").write_bytes(b"aaa")
+    os.utime(remote / "a", ns=(a.mtime_ns, a.mtime_ns))
+    j.done(got["a"])
+    (remote / ".btsoot-tmp-RUN-b-0").write_bytes(b"bb")
+    j.close()
+    _, recs = read_journal(str(ja))
+    assert {torture.get_path(r["entry"], "path"): c for r, c in recs} == {b"a": True, b"b": False}
+    model = replay(str(ja), os.fsencode(remote), {})
+    assert set(model) == {b"a"}
+    assert sorted(os.listdir(remote)) == ["a"]  # b's temp file removed
+
+
 # --- restore / verify round trip -------------------------------------------------
 
 def restore_available(env: Env) -> bool:

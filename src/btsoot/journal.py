@@ -14,6 +14,7 @@ Nothing else on the remote is listed or read.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -62,15 +63,20 @@ class Journal:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._last_sync = time.monotonic()
         self._n = 0
+        self._lock = threading.Lock()  # begin() runs on every transfer thread
 
     def _write(self, rec: dict[str, Any]) -> None:
         os.write(self.fd, orjson.dumps(rec) + b"\n")
 
     def begin(self, rec: dict[str, Any]) -> int:
-        self._n += 1
-        rec = dict(rec, i=self._n, s="b")
-        self._write(rec)
-        return self._n
+        # The number is taken under a lock and the caller gets that very number:
+        # re-reading self._n after the write (which releases the GIL) would hand
+        # it another thread's number, and its done() would complete that one.
+        with self._lock:
+            self._n += 1
+            i = self._n
+        self._write(dict(rec, i=i, s="b"))
+        return i
 
     def done(self, i: int) -> None:
         self._write({"i": i, "s": "d"})
