@@ -122,9 +122,10 @@ def assert_clean(env: Env, dst: Path, name: str = "b") -> None:
         left += [str(p) for p in snaps.iterdir()
                  if not (p.name.endswith(".full.jsonl.gz") or p.name.endswith(".delta.jsonl.gz"))]
     st = state_dir(env, name)
-    for n in ("journal.jsonl", "base.jsonl", "scan.jsonl"):
+    for n in ("journal.jsonl", "scan.jsonl"):
         if (st / n).exists():
             left.append(str(st / n))
+    left += [str(p) for p in st.glob("base*.jsonl")]  # recovered views of the remote
     left += [str(p) for p in st.rglob("*.tmp*")] + [str(p) for p in st.rglob("*.new")]
     assert not left, f"left behind: {left[:10]}"
 
@@ -528,6 +529,51 @@ def test_parallel_puts_each_complete_their_own_journal_record(tmp_path: Path) ->
     model = replay(str(ja), os.fsencode(remote), {})
     assert set(model) == {b"a"}
     assert sorted(os.listdir(remote)) == ["a"]  # b's temp file removed
+
+
+def test_crash_at_every_point_of_a_resumed_runs_commit(block) -> None:
+    """Kill a run mid-copy, then kill its resumed run before each event of its commit.
+
+    The resumed run plans against a recovered view (base-RUN-N.jsonl) that its
+    journal names. Its commit removed the views before the journal: a kill
+    between the two left a journal whose base was gone, and every later backup
+    stopped with exit 8 ("its base snapshot ... is missing").
+    """
+    env, src, dst = block
+    for i in range(6):
+        write(src / f"d{i % 2}" / f"f{i}", bytes([i]) * (1000 + i))
+    env.run("backup", "b", check=0)
+    for i in range(6):
+        write(src / f"d{i % 2}" / f"f{i}", bytes([i + 1]) * (2000 + i))
+
+    def save(to: Path) -> None:
+        for name in ("src", "remote", "state"):
+            shutil.copytree(env.root / name, to / name, symlinks=True)
+
+    def restore(saved: Path) -> None:
+        for name in ("src", "remote", "state"):
+            shutil.rmtree(env.root / name)
+            shutil.copytree(saved / name, env.root / name, symlinks=True)
+
+    save(env.root / "saved0")
+    _, labels = torture_run(env, trace=env.root / "t.json", args=("--jobs", "1"))
+    copies = [i + 1 for i, lab in enumerate(labels) if lab.partition(":")[0] == "copy"]
+    restore(env.root / "saved0")
+    rc, _ = torture_run(env, kill_at=copies[len(copies) // 2], args=("--jobs", "1"))
+    assert rc == -signal.SIGKILL
+    saved = env.root / "saved1"
+    save(saved)
+    _, labels = torture_run(env, trace=env.root / "t2.json", args=("--jobs", "1"))
+    assert_done(env, src, dst)
+    points = [i + 1 for i, lab in enumerate(labels) if lab.partition(":")[0] == "commit"]
+    assert points
+    for idx in points:
+        restore(saved)
+        rc, _ = torture_run(env, kill_at=idx, args=("--jobs", "1"))
+        assert rc == -signal.SIGKILL
+        r = env.run("backup", "b")
+        assert r.returncode == 0, f"killed at commit event {idx}: {r.stderr}"
+        assert_done(env, src, dst)
 
 
 # --- restore / verify round trip -------------------------------------------------

@@ -121,6 +121,8 @@ def backup(
     with Lock(st.lock, f"block {block.name!r}"):
         started = time.time()
         st.remove_temps()
+        if not os.path.exists(st.journal):
+            st.remove_bases()  # a run killed after its commit left them; nothing names them
         try:
             res = _backup(block, st, dry_run, checksum, override, jobs, progress)
         except BtsootError as e:
@@ -376,12 +378,14 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
         head.remote_head = snap_id
     head.head = snap_id
     st.save_head(head)
-    st.remove_bases()
+    # The journal goes before the base views: a journal whose base is gone stops
+    # every later run (exit 8), and a kill between the two must not leave one.
     for p in (st.journal, st.scan, st.damaged):
         try:
             os.unlink(p)
         except FileNotFoundError:
             pass
+    st.remove_bases()
     kept = st.prune(block.keep_snapshots, {snap_id})
     if meta_bytes:
         try:
