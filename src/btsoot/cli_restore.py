@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -16,7 +16,9 @@ import orjson
 from .cli import _human, load_config, main_group
 from .errors import ConfigError, GuardError
 from .progress import Reporter
-from .restore import SnapshotSource, restore_block, restore_from, show
+
+if TYPE_CHECKING:
+    from .restore import SnapshotSource
 
 #: Seconds to wait, visibly, before a restore writes into a block's source.
 COUNTDOWN = 15
@@ -105,6 +107,8 @@ def restore_cmd(ctx: click.Context, name: str | None, from_remote: str | None, t
     Without NAME, --from REMOTE --to DIR restores from the snapshots the remote
     keeps in REMOTE/.btsoot/ (a fresh machine, the NAS died).
     """
+    from .restore import restore_block, restore_from, show  # not loaded for other commands
+
     if bool(name) == bool(from_remote):
         raise ConfigError("restore: name a block, or give --from REMOTE (not both)")
     kw: dict[str, Any] = dict(snapshot=snapshot, only=only, delete=delete, dry_run=dry_run,
@@ -182,6 +186,7 @@ def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str 
     Exits 7 when files are missing or corrupt; the next backup re-sends them.
     """
     from . import verify as v
+    from .restore import show
 
     if subset and sample is not None:
         raise ConfigError("verify: give --subset or --sample, not both")
