@@ -771,3 +771,32 @@ def test_renamed_500mb_folder_writes_no_data_to_the_remote(env: Env) -> None:
         assert_mirror(src, dst)
     finally:
         subprocess.run(["umount", disk], check=True)
+
+
+def test_first_backup_hashes_while_sending(block: tuple[Env, Path, Path]) -> None:
+    """A first backup reads each file once: the copy hashes what it sends. The
+    committed digests and chunk digests equal the scanner's, and a second run
+    trusts them (nothing re-read, nothing sent)."""
+    from btsoot import scanner
+    from btsoot.snapshot import SnapshotReader
+
+    env, src, dst = block
+    big = rand(scanner.CHUNK_THRESHOLD + scanner.CHUNK_SIZE // 2 + 17, 1)
+    put(src / "big.bin", big, mtime_ns=OLD_NS)
+    put(src / "small", b"tiny", mtime_ns=OLD_NS)
+    put(src / "empty", b"", mtime_ns=OLD_NS)
+    s = backup(env)
+    assert s["hashed_files"] == 3 and s["bytes_sent"] == len(big) + 4
+    state = json.loads((env.state / "blocks" / "b" / "state.json").read_bytes())
+    snap = env.state / "blocks" / "b" / "snapshots" / f"{state['head']}.jsonl"
+    with SnapshotReader(str(snap)) as r:
+        entries = {e.path: e for e in r}
+    for name in (b"big.bin", b"small", b"empty"):
+        digest, chunks, *_ = scanner.hash_file(os.fsencode(src) + b"/" + name,
+                                               scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD)
+        assert entries[name].digest == digest
+        assert entries[name].chunks == (tuple(chunks) if chunks else None)
+    assert entries[b"big.bin"].chunks is not None and len(entries[b"big.bin"].chunks) == 5
+    s = backup(env)
+    assert s["result"] == "nothing" and s["hashed_files"] == 0
+    assert_mirror(src, dst)

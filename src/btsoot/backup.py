@@ -56,8 +56,8 @@ class BackupResult:
             "repaired": self.repaired,
             "files": s.files,
             "bytes": s.bytes,
-            "hashed_files": s.hashed_files,
-            "hashed_bytes": s.hashed_bytes,
+            "hashed_files": s.hashed_files + ex.hashed_files,
+            "hashed_bytes": s.hashed_bytes + ex.hashed_bytes,
             "operations": dict(self.plan.count()) if self.plan else {},
             "bytes_sent": ex.bytes_sent,
             "bytes_remote_copied": ex.bytes_remote_copied,
@@ -190,6 +190,9 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             exclude=block.exclude,
             one_file_system=block.one_file_system,
             checksum=checksum,
+            # A first backup into an empty remote: no content there to move or copy
+            # from, so new files are hashed while they are sent, not read twice.
+            hash_new=base is not None or dry_run,
             on_progress=(lambda s: progress("scan", s)) if progress else None,
         )
     finally:

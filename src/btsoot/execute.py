@@ -46,6 +46,8 @@ class ExecStats:
     ops: int = 0
     bytes_sent: int = 0  # from the source across the link
     bytes_remote_copied: int = 0
+    hashed_files: int = 0  # files hashed while sent (the scan left them unread)
+    hashed_bytes: int = 0
     # path -> entry the remote now holds there instead of the planned one (None: nothing)
     failed: dict[bytes, Entry | None] = field(default_factory=dict)
     # path -> corrected entry (a file re-hashed after it changed during the copy)
@@ -203,12 +205,21 @@ class Executor:
             i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
             try:
                 if isinstance(op, RemoteCopy):
-                    n = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry, False)
+                    n, _, _ = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry,
+                                         False)
                     self.stats.bytes_remote_copied += n
                 else:
-                    n = write_file(self.s(op.path), self.r(tmp), self.r(op.path),
-                                   entry, True)
+                    n, digest, chunks = write_file(self.s(op.path), self.r(tmp),
+                                                   self.r(op.path), entry, True)
                     self.stats.bytes_sent += n
+                    if entry.digest is None:  # hashed while sent
+                        entry = replace(entry, digest=digest,
+                                        chunks=tuple(chunks) if chunks else None)
+                        self.journal.done(i, digest=digest, chunks=chunks)
+                        self.stats.updated[op.path] = entry
+                        self.stats.hashed_files += 1
+                        self.stats.hashed_bytes += n
+                        return
                 self.journal.done(i)
                 if entry is not op.entry:
                     self.stats.updated[op.path] = entry

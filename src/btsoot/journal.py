@@ -78,8 +78,10 @@ class Journal:
         self._write(dict(rec, i=i, s="b"))
         return i
 
-    def done(self, i: int) -> None:
-        self._write({"i": i, "s": "d"})
+    def done(self, i: int, **found: Any) -> None:
+        """Complete record i; `found` adds what the operation learned (a put that
+        hashed while sending records its digest and chunks here)."""
+        self._write({"i": i, "s": "d", **found})
         if time.monotonic() - self._last_sync > _SYNC_EVERY_S:
             self.sync()
 
@@ -127,6 +129,10 @@ def read_journal(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], 
             raise StateError(f"{path}:{k + 1}: journal is corrupt") from None
         if r.get("s") == "d":
             done.add(i)
+            if "digest" in r and isinstance(found := recs.get(i, {}).get("entry"), dict):
+                found["digest"] = r["digest"]  # learned while the put ran
+                if r.get("chunks") is not None:
+                    found["chunks"] = r["chunks"]
         else:
             recs[i] = r
     return header, [(recs[i], i in done) for i in sorted(recs)]

@@ -132,6 +132,7 @@ def scan(
     checksum: bool = False,
     threads: int | None = None,
     trust_inode: bool = True,
+    hash_new: bool = True,
     on_progress: Callable[[ScanStats], None] | None = None,
 ) -> ScanResult:
     started = time.time_ns()
@@ -337,6 +338,11 @@ def scan(
                     pending.append(_Item(path, entry=Entry(
                         path, FILE, w[2], w[3], w[4], w[5], w[6], old["digest"],
                         tuple(chunks) if chunks else None), old=old))
+                elif hash_new is False and old is None:
+                    # Nothing on the remote can hold this content: the copy that
+                    # sends it hashes it on the way (one read instead of two).
+                    pending.append(_Item(path, entry=Entry(
+                        path, FILE, w[2], w[3], w[4], w[5], w[6]), old=None))
                 else:
                     it = _Item(path, walk=w, fut=_UNSENT, old=old)
                     pending.append(it)

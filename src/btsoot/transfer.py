@@ -17,6 +17,7 @@ import os
 
 import xxhash
 
+from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
 from .snapshot import FILE, Entry
 
 _BUF = 1 << 20
@@ -70,24 +71,44 @@ def copy_fd(src: int, dst: int, size: int) -> int:
             done += n
 
 
-def copy_hashed(src: int, dst: int, size: int) -> tuple[int, str]:
+def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
+                chunk_threshold: int = 0) -> tuple[int, str, list[str] | None]:
     """Copy up to size bytes from src to dst through a buffer, hashing exactly the
-    bytes written (XXH3-128, the snapshot's digest); returns (bytes, digest)."""
+    bytes written (XXH3-128, the snapshot's digest); returns (bytes, digest, chunks).
+
+    With chunk_size, a file of at least chunk_threshold bytes also gets its
+    per-chunk digests (reads never cross a chunk boundary), as the scanner does.
+    """
     h = xxhash.xxh3_128()
+    chunks: list[str] | None = [] if chunk_size and size >= chunk_threshold else None
+    part = xxhash.xxh3_128() if chunks is not None else None
+    in_part = 0
     buf = bytearray(min(_BUF, max(size, 1)))
     view = memoryview(buf)
     done = 0
     while done < size:
-        n = os.readv(src, [view[: min(len(buf), size - done)]])
+        want = min(len(buf), size - done)
+        if part is not None:
+            want = min(want, chunk_size - in_part)
+        n = os.readv(src, [view[:want]])
         if n == 0:
             break
         h.update(view[:n])
+        if part is not None:
+            part.update(view[:n])
+            in_part += n
+            if in_part == chunk_size:
+                chunks.append(part.hexdigest())  # type: ignore[union-attr]
+                part.reset()
+                in_part = 0
         out = view[:n]
         while out:
             w = os.write(dst, out)
             out = out[w:]
         done += n
-    return done, h.hexdigest()
+    if part is not None and in_part:
+        chunks.append(part.hexdigest())  # type: ignore[union-attr]
+    return done, h.hexdigest(), chunks
 
 
 def temp_name(path: bytes, tag: str) -> bytes:
@@ -102,7 +123,7 @@ class SourceChanged(Exception):
 
 
 def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
-               check_source: bool) -> int:
+               check_source: bool) -> tuple[int, str | None, list[str] | None]:
     """Copy src to dst_tmp, set mode and mtime, rename onto dst_final.
 
     With check_source, the source's size and mtime must equal the entry's
@@ -110,7 +131,11 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
     digest, else SourceChanged is raised and nothing reaches dst_final. (Size
     and mtime alone miss a file rewritten with its times kept, or rewritten in
     the same timestamp tick, between the scan and the copy or during either:
-    the digest of what was actually written cannot miss it.)
+    the digest of what was actually written cannot miss it.) An entry without
+    a digest (the scan left hashing to the copy) takes the digest written.
+
+    Returns (bytes copied, digest, chunk digests) — the digests only when the
+    copy computed them.
     """
     sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -120,8 +145,11 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
         dfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
+            chunks = None
             if check_source:
-                n, digest = copy_hashed(sfd, dfd, entry.size)
+                n, digest, chunks = copy_hashed(
+                    sfd, dfd, entry.size, *((CHUNK_SIZE, CHUNK_THRESHOLD)
+                                            if entry.digest is None else (0, 0)))
             else:
                 n, digest = copy_fd(sfd, dfd, entry.size), None
             if n != entry.size:
@@ -129,7 +157,7 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
             if check_source:
                 st2 = os.fstat(sfd)
                 if (st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns
-                        or digest != entry.digest):
+                        or (entry.digest is not None and digest != entry.digest)):
                     raise SourceChanged()
             os.fchmod(dfd, entry.mode & 0o7777)
         except BaseException:
@@ -145,7 +173,7 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
     except BaseException:
         _unlink_quiet(dst_tmp)
         raise
-    return n
+    return n, digest, chunks
 
 
 def make_symlink(dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
