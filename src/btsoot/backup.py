@@ -373,7 +373,7 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:
                 meta_bytes, _ = rmt.write_delta(block.remote, hdr, head.remote_head,
-                                                _read(committed)(), _read(out)())
+                                                committed, out)
                 head.deltas += 1
                 head.delta_bytes += meta_bytes
         except OSError as e:

@@ -275,7 +275,11 @@ def make_plan(
         if o.digest:
             leaving[o.digest].append(o.path)
     missing = {n.digest for n, _ in targets if n.digest and n.digest not in leaving}
-    staying = _find_staying(open_old, open_new, missing) if missing and staying_files else {}
+    staying: dict[str, bytes] = {}
+    if missing and staying_files:
+        leaves = set(diff.removed)
+        leaves.update(o.path for o, n in diff.changed if not o.same_content(n))
+        staying = _find_staying(open_old, missing, leaves)
     for digest, q in moved_content.items():  # in place once the folder moves ran
         if digest in missing:
             staying.setdefault(digest, q)
@@ -430,18 +434,20 @@ def _collides(y: bytes, s: bytes, d: bytes, removed: dict[bytes, Entry]) -> bool
 
 
 def _find_staying(
-    open_old: Callable[[], Iterable[Entry]],
-    open_new: Callable[[], Iterable[Entry]],
-    digests: set[str],
+    open_old: Callable[[], Iterable[Entry]], digests: set[str], leaves: set[bytes],
 ) -> dict[str, bytes]:
-    """Paths of files holding these contents that stay unchanged on the remote."""
+    """Paths of files holding these contents that stay where they are on the remote.
+
+    One streaming pass over the old snapshot: every file there stays unless its
+    path is in `leaves` (removed, replaced by another kind, or given new content).
+    """
     found: dict[str, bytes] = {}
-    for o, n in merge(open_old(), open_new()):
-        if (
-            o is not None and n is not None and o.kind == FILE and o.digest in digests
-            and o.same_content(n) and o.digest not in found
-        ):
+    for o in open_old():
+        if (o.kind == FILE and o.digest in digests and o.digest not in found
+                and o.path not in leaves):
             found[o.digest] = o.path  # type: ignore[index]
+            if len(found) == len(digests):
+                break
     return found
 
 
