@@ -811,7 +811,9 @@ class Bench:
         ch = plan_changes(spec, list_files(cache))
         log(f"local/{spec.name}: preparing the source (hard links into the cache)")
         prepare_source(spec, cache, src, ch)
-        size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(src) for f in fs)
+        # allocated bytes (a 100-byte file takes a 4 KiB block), folders included
+        size = sum(os.lstat(os.path.join(d, f)).st_blocks * 512 for d, ds, fs in os.walk(src)
+                   for f in fs + ds)
         n_tools = len(tools) + 1
         target = LoopTarget(work, int(size * 1.3 * n_tools) + 4 * GiB,
                             int((spec.files + spec.files // 20) * 1.6 * n_tools) + 100_000)
@@ -1092,7 +1094,7 @@ def main() -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--slow", action="store_true", help="only the slow remote (sshfs)")
     g.add_argument("--local", action="store_true", help="only the local remote (loop ext4)")
-    ap.add_argument("--trees", default="many,large", help="comma list of many,large (default both)")
+    ap.add_argument("--trees", default="many,large", help="many,large,huge (default many,large)")
     ap.add_argument("--large-files", type=int, default=3, help="1 GiB files in 'large' (default 3)")
     ap.add_argument("--many-files", type=int, default=MANY.files, help=argparse.SUPPRESS)  # smoke tests
     ap.add_argument("--tools", default="btsoot,rsync,rclone,restic,borg",
@@ -1137,8 +1139,12 @@ def main() -> int:
         if t.strip() == "many":
             specs.append(MANY if args.many_files == MANY.files else
                          dataclasses.replace(MANY, name=f"many{args.many_files}", files=args.many_files))
-        else:
+        elif t.strip() == "large":
             specs.append(large_spec(args.large_files))
+        elif t.strip() == "huge":
+            args.huge = True
+        else:
+            sys.exit(f"unknown tree {t!r}: many, large, huge")
     if args.huge:
         specs.append(HUGE)
     CACHE.mkdir(parents=True, exist_ok=True)
