@@ -13,8 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from . import scanner
@@ -97,8 +98,16 @@ class Executor:
                             self._transfer(op)  # type: ignore[arg-type]
                             self._progress()
                     else:
-                        for fut in [pool.submit(self._transfer, op) for op in ops[i:j]]:
-                            fut.result()
+                        # A bounded window: memory stays flat however many files are
+                        # sent, and after a fatal error few transfers are still queued.
+                        window: deque[Future] = deque()
+                        for op in ops[i:j]:
+                            window.append(pool.submit(self._transfer, op))
+                            if len(window) >= self.jobs * 8:
+                                window.popleft().result()
+                                self._progress()
+                        while window:
+                            window.popleft().result()
                             self._progress()
                     i = j
                 else:
