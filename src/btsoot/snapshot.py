@@ -300,8 +300,8 @@ class SnapshotReader:
         if self._f.read(1):
             raise StateError(f"{self.path}: data after the snapshot's trailer")
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Raw JSON objects after the header (deltas use these)."""
+    def _lines(self) -> Iterator[tuple[int, dict[str, Any], bytes]]:
+        """(line number, decoded object, line) per entry; checks the trailer."""
         lineno = 1
         try:
             for line in self._f:
@@ -320,10 +320,15 @@ class SnapshotReader:
                         raise StateError(f"{self.path}: entry count does not match trailer")
                     self._check_end()
                     return
-                yield obj
+                yield lineno, obj, line
         except (OSError, EOFError, zlib.error) as e:
             raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
         raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Raw JSON objects after the header (deltas use these)."""
+        for _, obj, _ in self._lines():
+            yield obj
 
     def raw(self) -> Iterator[tuple[bytes, dict[str, Any], bytes]]:
         """(path, decoded object, the line itself) per entry, in order.
@@ -331,39 +336,20 @@ class SnapshotReader:
         For callers that mostly pass entries through unchanged: they can compare
         fields on the decoded object and write the line back verbatim.
         """
-        lineno = 1
         prev: bytes | None = None
-        try:
-            for line in self._f:
-                lineno += 1
-                if not line.endswith(b"\n"):
-                    raise StateError(f"{self.path}:{lineno}: snapshot is truncated")
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
-                if not isinstance(obj, dict):
-                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line")
-                if obj.get("end"):
-                    if _count(obj, self.path) != lineno - 2:
-                        raise StateError(f"{self.path}: entry count does not match trailer")
-                    self._check_end()
-                    return
-                path = obj.get("path")
-                try:
-                    p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
-                except ValueError:
-                    p = None
-                if p is None or obj.get("type") not in _KINDS or not _sane(obj):
-                    raise StateError(f"{self.path}:{lineno}: bad snapshot entry")
-                k = sort_key(p)
-                if prev is not None and k <= prev:
-                    raise StateError(f"{self.path}: entries out of order at {p!r}")
-                prev = k
-                yield p, obj, line
-        except (OSError, EOFError, zlib.error) as e:
-            raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
-        raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
+        for lineno, obj, line in self._lines():
+            path = obj.get("path")
+            try:
+                p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
+            except ValueError:
+                p = None
+            if p is None or obj.get("type") not in _KINDS or not _sane(obj):
+                raise StateError(f"{self.path}:{lineno}: bad snapshot entry")
+            k = sort_key(p)
+            if prev is not None and k <= prev:
+                raise StateError(f"{self.path}: entries out of order at {p!r}")
+            prev = k
+            yield p, obj, line
 
     def __iter__(self) -> Iterator[Entry]:
         prev: bytes | None = None
