@@ -37,7 +37,7 @@ from .plan import (
     parent,
 )
 from .snapshot import DIR, Entry
-from .transfer import SourceChanged, make_symlink, set_attrs, temp_name, write_file
+from .transfer import SourceChanged, make_symlink, matches, set_attrs, temp_name, write_file
 
 COPY_RETRIES = 3
 
@@ -262,8 +262,6 @@ class Executor:
     def _source_failed(self, op: Copy, why: str) -> None:
         self.stats.errors.append((op.path, why))
         # The remote keeps what it held at this path, if anything.
-        from .transfer import matches
-
         keep = op.old if op.old is not None and matches(self.r(op.path), op.old) else None
         self.stats.failed[op.path] = keep
 

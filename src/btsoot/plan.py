@@ -146,25 +146,30 @@ class Diff:
     def empty(self) -> bool:
         return not (self.removed or self.added or self.changed)
 
+    def pair(self, o: Entry | None, n: Entry) -> None:
+        """Record new entry n against the old entry at its path (None: none there)."""
+        if o is None:
+            self.added[n.path] = n
+        elif o.kind != n.kind:
+            self.removed[o.path] = o
+            self.added[n.path] = n
+        elif not (o.same_content(n) and o.same_attrs(n)):
+            self.changed.append((o, n))
+        elif n.kind == FILE:
+            self.unchanged_files += 1
+
 
 def diff_streams(old: Iterable[Entry], new: Iterable[Entry]) -> Diff:
     d = Diff()
     for o, n in merge(old, new):
         if o is not None and o.kind == FILE:
             d.old_files += 1
-        if n is not None and n.kind == FILE:
+        if n is None:
+            d.removed[o.path] = o  # type: ignore[union-attr]
+            continue
+        if n.kind == FILE:
             d.new_files += 1
-        if o is None:
-            d.added[n.path] = n  # type: ignore[union-attr]
-        elif n is None:
-            d.removed[o.path] = o
-        elif o.kind != n.kind:
-            d.removed[o.path] = o
-            d.added[n.path] = n
-        elif not (o.same_content(n) and o.same_attrs(n)):
-            d.changed.append((o, n))
-        elif o.kind == FILE:
-            d.unchanged_files += 1
+        d.pair(o, n)
     return d
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -93,10 +93,6 @@ def init_remote(remote: str, block: str) -> None:
 
 def _strip(e: Entry) -> Entry:
     return replace(e, ino=0, dev=0) if e.ino or e.dev else e
-
-
-def _same(a: Entry, b: Entry) -> bool:
-    return _strip(a) == _strip(b)
 
 
 def write_full(remote: str, header: Header, entries: Iterable[Entry]) -> int:
@@ -260,7 +256,3 @@ def prune(remote: str, keep_ids: set[str]) -> None:
                 pass
     if removed:
         fsync_dir(meta(remote, "snapshots"))
-
-
-def iter_list(entries: list[Entry]) -> Iterator[Entry]:
-    return iter(entries)

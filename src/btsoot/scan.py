@@ -228,15 +228,7 @@ def scan(
             diff.dirs[entry.path] = entry  # type: ignore[index]
         if old != entry:
             rewritten = True
-        if old is None:
-            diff.added[entry.path] = entry
-        elif old.kind != entry.kind:
-            diff.removed[old.path] = old
-            diff.added[entry.path] = entry
-        elif not (old.same_content(entry) and old.same_attrs(entry)):
-            diff.changed.append((old, entry))
-        elif entry.kind == FILE:
-            diff.unchanged_files += 1
+        diff.pair(old, entry)
 
     def drain(force: bool) -> None:
         nonlocal last_progress
