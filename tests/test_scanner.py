@@ -486,3 +486,104 @@ def test_hash_files_returns_results_in_input_order(tmp_path: Path, threads: int)
     assert got == expected
     assert got[5][5] == errno.ENOENT
     assert got[0][1] is not None and len(got[0][1]) == 3
+
+
+# --- snapshot lines: the scan's no-change fast path --------------------------
+
+def _line(path: bytes, kind: str, **kw: object) -> bytes:
+    from btsoot.snapshot import Entry, encode_entry
+
+    return encode_entry(Entry(path, kind, **kw))  # type: ignore[arg-type]
+
+
+D1, D2 = "0123456789abcdef" * 2, "fedcba9876543210" * 2
+
+
+def test_line_path_reads_canonical_lines_only(scan: ModuleType) -> None:
+    assert scan.line_path(_line("dir/ä b".encode(), "file", size=1, digest=D1)) == "dir/ä b".encode()
+    assert scan.line_path(_line(b"d", "dir")) == b"d"
+    # Anything the writer escapes or base64-encodes is left to the decoder.
+    assert scan.line_path(_line(b'q"uote', "file", digest=D1)) is None
+    assert scan.line_path(_line(b"tab\there", "file", digest=D1)) is None
+    assert scan.line_path(_line(b"back\\slash", "file", digest=D1)) is None
+    assert scan.line_path(_line(b"\xff", "file", digest=D1)) is None
+    assert scan.line_path(b'{"end":true,"count":3}\n') is None
+    assert scan.line_path(b'{"path":"unterminated') is None
+
+
+def test_line_same_accepts_exactly_the_matching_record(scan: ModuleType) -> None:
+    w = (b"a/f", FILE, 5, 1_700_000_000_123_456_789, 0o100644, 2**63 + 5, 2**40, None)
+    fields = dict(size=5, mtime_ns=w[3], mode=0o100644, ino=w[5], dev=w[6])
+    good = _line(b"a/f", "file", digest=D1, **fields)
+    assert scan.line_same(good, w, w[3] + 1)
+    chunked = _line(b"a/f", "file", digest=D1, chunks=(D1, D2, D1), **fields)
+    assert scan.line_same(chunked, w, w[3] + 1)
+    # Racy (modified too close to the last scan) or --checksum: re-read.
+    assert not scan.line_same(good, w, w[3])
+    assert not scan.line_same(good, w, -(2**63))
+    # Any recorded field that differs, or a missing digest.
+    for change in ({"size": 6}, {"mtime_ns": w[3] - 1}, {"mode": 0o100600}, {"ino": 1}, {"dev": 1}):
+        assert not scan.line_same(_line(b"a/f", "file", digest=D1, **{**fields, **change}),
+                                  w, w[3] + 1), change
+    assert not scan.line_same(_line(b"a/f", "file", **fields), w, w[3] + 1)
+    assert not scan.line_same(_line(b"a/f", "dir", mtime_ns=w[3], mode=0o40755, ino=w[5], dev=w[6]),
+                              w, w[3] + 1)
+    # A damaged digest or chunk list is never passed through unread.
+    for bad in (good.replace(D1.encode(), D1[:-1].encode() + b"g"),
+                good.replace(D1.encode(), D1[:-1].encode()),
+                good[:-2] + b',"x":1}\n',
+                good[:-1],
+                chunked.replace(b"]}", b"}"),
+                chunked.replace(b'","' + D2.encode(), b'",' + D2.encode())):
+        assert not scan.line_same(bad, w, w[3] + 1), bad
+
+
+def test_line_same_for_folders_links_and_other_kinds(scan: ModuleType) -> None:
+    d = (b"d", DIR, 0, -5, 0o40755, 7, 8, None)
+    line = _line(b"d", "dir", mtime_ns=-5, mode=0o40755, ino=7, dev=8)
+    assert scan.line_same(line, d, 0)  # folders are never racy
+    assert not scan.line_same(line[:-2] + b',"digest":"x"}\n', d, 0)
+    assert not scan.line_same(_line(b"d", "dir", mtime_ns=-5, mode=0o40700, ino=7, dev=8), d, 0)
+    link = (b"d", SYMLINK, 1, -5, 0o120777, 7, 8, b"t")
+    assert not scan.line_same(_line(b"d", "symlink", mtime_ns=-5, mode=0o120777, ino=7, dev=8,
+                                    target=b"t"), link, 0)  # links are compared decoded
+    assert not scan.line_same(line, (b"d", ERROR, 0, 0, 0, 0, 0, 13), 0)
+
+
+def test_line_functions_agree_between_implementations() -> None:
+    """Random records against random walk tuples: both cores give one answer,
+    and it is True exactly when every recorded field matches."""
+    import random
+
+    py, fast = both_implementations()
+    rng = random.Random(7)
+    names = [b"a", b"b/c", "ü".encode(), b"x y", b"q\"", b"\xfe"]
+    for _ in range(3000):
+        kind = rng.choice(["file", "dir"])
+        vals = [rng.choice([0, 1, 2**31, 2**63 - 1]) for _ in range(4)]
+        mtime = rng.choice([-(2**62), -1, 0, 10**18])
+        e = dict(size=vals[0] if kind == "file" else 0, mtime_ns=mtime, mode=vals[1],
+                 ino=vals[2], dev=vals[3])
+        if kind == "file" and rng.random() < 0.9:
+            e["digest"] = rng.choice([D1, D2])
+            if rng.random() < 0.3:
+                e["chunks"] = tuple(rng.choice([D1, D2]) for _ in range(rng.randint(1, 3)))
+        path = rng.choice(names)
+        line = _line(path, kind, **e)
+        w = [path, FILE if kind == "file" else DIR, e["size"], mtime, vals[1], vals[2], vals[3], None]
+        if rng.random() < 0.5:
+            i = rng.choice([2, 3, 4, 5, 6] if kind == "file" else [3, 4, 5, 6])  # (a folder has no size)
+            w[i] = w[i] + 1 if w[i] < 2**63 - 1 else 0
+        if rng.random() < 0.1:
+            w[1] = DIR if w[1] == FILE else FILE
+        bound = rng.choice([-(2**63), mtime, mtime + 1, 2**63 - 1])
+        answers = {(m.line_path(line), m.line_same(line, tuple(w), bound)) for m in (py, fast)}
+        assert len(answers) == 1, (line, w, bound, answers)
+        (got_path, same), = answers
+        canonical = b'"' not in path and path != b"\xfe"
+        assert got_path == (path if canonical else None)
+        if canonical:
+            expect = (tuple(w) == (path, FILE if kind == "file" else DIR, e["size"], mtime, vals[1],
+                                   vals[2], vals[3], None)
+                      and (kind == "dir" or ("digest" in e and mtime < bound)))
+            assert same == expect, (line, w, bound)

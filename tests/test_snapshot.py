@@ -186,10 +186,12 @@ def test_not_a_snapshot(tmp_path: Path, content: bytes) -> None:
         read_all(p)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "future"])
+@pytest.mark.parametrize("damage", ["truncate", "future", "digest"])
 def test_backup_stops_on_a_damaged_committed_snapshot(block: tuple[Env, Path, Path],
                                                       damage: str) -> None:
-    """The CLI: exit 8, one line, and nothing on the remote changes (no deletions)."""
+    """The CLI: exit 8, one line, and nothing on the remote changes (no deletions).
+    "digest": the line of an unchanged file, damaged after its fixed fields, where
+    the scan's byte comparison with the walk must not pass it through unread."""
     env, src, dst = block
     for i in range(5):
         (src / f"f{i}").write_bytes(b"%d" % i)
@@ -198,6 +200,10 @@ def test_backup_stops_on_a_damaged_committed_snapshot(block: tuple[Env, Path, Pa
     data = snap.read_bytes()
     if damage == "truncate":
         snap.write_bytes(data[: len(data) // 2])
+    elif damage == "digest":
+        head, rest = data.split(b"\n", 1)
+        assert rest.count(b'"}\n') == 5
+        snap.write_bytes(head + b"\n" + rest.replace(b'"}\n', b'}\n', 1))
     else:
         head, rest = data.split(b"\n", 1)
         snap.write_bytes(head.replace(b'"version":1', b'"version":99') + b"\n" + rest)

@@ -49,3 +49,12 @@ def hash_file(
     gives ELOOP); a directory gives EISDIR and any other non-regular file
     EINVAL, without being read. Raises ValueError if chunk_size <= 0.
     """
+
+def line_path(line: bytes) -> bytes | None:
+    """The path of a snapshot entry line in the writer's canonical form
+    ({"path":"..." with no escapes in the path), else None."""
+
+def line_same(line: bytes, w: WalkEntry, racy_before: int) -> bool:
+    """Is line (whose path the caller matched to w[0]) the canonical record of
+    walk tuple w, field for field? Files must also carry a digest and have an
+    mtime before racy_before. Only files and folders can answer True."""

@@ -64,7 +64,8 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc cimport errno as c_errno
 from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, errno
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memchr, memcpy, strcmp, strlen
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcmp, memcpy, strcmp, strlen
 from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK,
                           O_RDONLY, POSIX_FADV_SEQUENTIAL, fcntl, open, openat, posix_fadvise)
 from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fstat, fstatat, stat, struct_stat
@@ -634,3 +635,105 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
     if chunked and in_part:
         chunks.append(part.hexdigest())
     return (whole.hexdigest(), chunks, size, _mtime_ns(&r.before), r.before.st_ino, 0)
+
+
+# --------------------------------------------------------------------------
+# Snapshot lines: the no-change fast path
+#
+# The snapshot writer (orjson) puts an entry's fields in one fixed order, so a
+# line that still describes exactly what the walk found can be recognised by
+# comparing bytes, without decoding it. Anything not in that canonical shape
+# (escaped or base64 paths, symlinks, damage) answers None/False and the
+# caller decodes the line the slow way.
+
+cdef const char* _PATH_PREFIX = b'{"path":"'
+cdef enum:
+    _PATH_PREFIX_LEN = 9
+
+
+cdef inline bint _hex32(const char* s, Py_ssize_t n) noexcept nogil:
+    """32 lowercase hex digits and a closing quote."""
+    cdef Py_ssize_t i
+    cdef char c
+    if n < 33 or s[32] != b'"':
+        return False
+    for i in range(32):
+        c = s[i]
+        if not ((b'0' <= c <= b'9') or (b'a' <= c <= b'f')):
+            return False
+    return True
+
+
+cdef bint _digest_tail(const char* s, Py_ssize_t n) noexcept nogil:
+    """The rest of a file line after '"digest":"': the digest, then either the
+    end, or the chunk digests and the end. Only the writer's exact shape passes,
+    so a line written back unread has been checked as fully as a decoded one."""
+    cdef Py_ssize_t i
+    if not _hex32(s, n):
+        return False
+    s += 33
+    n -= 33
+    if n == 2:
+        return s[0] == b'}' and s[1] == b'\n'
+    if n < 12 + 33 + 3 or memcmp(s, b',"chunks":["', 12) != 0:
+        return False
+    s += 12
+    n -= 12
+    while True:
+        if not _hex32(s, n):
+            return False
+        s += 33
+        n -= 33
+        if n == 3:
+            return s[0] == b']' and s[1] == b'}' and s[2] == b'\n'
+        if n < 2 + 33 + 3 or s[0] != b',' or s[1] != b'"':
+            return False
+        s += 2
+        n -= 2
+
+
+def line_path(bytes line):
+    """The path of an entry line in the writer's canonical form, else None."""
+    cdef const char* s = PyBytes_AS_STRING(line)
+    cdef Py_ssize_t n = len(line), i
+    cdef char c
+    if n < _PATH_PREFIX_LEN or memcmp(s, _PATH_PREFIX, _PATH_PREFIX_LEN) != 0:
+        return None
+    i = _PATH_PREFIX_LEN
+    while i < n:
+        c = s[i]
+        if c == b'"':
+            return PyBytes_FromStringAndSize(s + _PATH_PREFIX_LEN, i - _PATH_PREFIX_LEN)
+        if c == b'\\':
+            return None
+        i += 1
+    return None
+
+
+def line_same(bytes line, tuple w, long long racy_before):
+    """Is `line` (whose path the caller has matched to w's) the canonical record
+    of walk tuple w, field for field? Files must also carry a digest and have
+    an mtime before racy_before. Only files and folders can answer True."""
+    cdef const char* s = PyBytes_AS_STRING(line)
+    cdef Py_ssize_t n = len(line)
+    cdef Py_ssize_t off = _PATH_PREFIX_LEN + len(<bytes>w[0])
+    cdef int kind = w[1]
+    cdef long long mtime = w[3]
+    cdef char buf[200]
+    cdef int k
+    if kind == K_FILE:
+        if mtime >= racy_before:
+            return False
+        k = snprintf(buf, sizeof(buf),
+                     b'","type":"file","size":%lld,"mtime":%lld,"mode":%lld,"ino":%llu,"dev":%llu,'
+                     b'"digest":"',
+                     <long long>w[2], mtime, <long long>w[4],
+                     <unsigned long long>w[5], <unsigned long long>w[6])
+        return (off + k <= n and memcmp(s + off, buf, k) == 0
+                and _digest_tail(s + off + k, n - off - k))
+    if kind == K_DIR:
+        k = snprintf(buf, sizeof(buf),
+                     b'","type":"dir","mtime":%lld,"mode":%lld,"ino":%llu,"dev":%llu}\n',
+                     mtime, <long long>w[4], <unsigned long long>w[5], <unsigned long long>w[6])
+        return off + k == n and memcmp(s + off, buf, k) == 0
+    return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 
@@ -167,3 +168,39 @@ def hash_file(path: bytes, chunk_size: int, chunk_threshold: int) -> tuple:
     ):
         return (None, None, before.st_size, before.st_mtime_ns, before.st_ino, CHANGED)
     return (whole.hexdigest(), chunks, before.st_size, before.st_mtime_ns, before.st_ino, 0)
+
+
+# --- snapshot lines: the no-change fast path (see _fastscan) -----------------
+
+_PATH_PREFIX = b'{"path":"'
+# After '"digest":"': the digest, optional chunk digests, the end of the line.
+_DIGEST_TAIL = re.compile(rb'[0-9a-f]{32}"(?:,"chunks":\["[0-9a-f]{32}"(?:,"[0-9a-f]{32}")*\])?}\n')
+
+
+def line_path(line: bytes) -> bytes | None:
+    """The path of an entry line in the writer's canonical form, else None."""
+    if not line.startswith(_PATH_PREFIX):
+        return None
+    end = line.find(b'"', 9)
+    if end < 0:
+        return None
+    path = line[9:end]
+    return None if b"\\" in path else path
+
+
+def line_same(line: bytes, w: tuple, racy_before: int) -> bool:
+    """Is line (whose path the caller matched to w[0]) the canonical record of
+    walk tuple w, field for field? Files must also carry a digest and have an
+    mtime before racy_before. Only files and folders can answer True."""
+    off = 9 + len(w[0])
+    kind = w[1]
+    if kind == FILE:
+        if w[3] >= racy_before:
+            return False
+        want = b'","type":"file","size":%d,"mtime":%d,"mode":%d,"ino":%d,"dev":%d,"digest":"' % (
+            w[2], w[3], w[4], w[5], w[6])
+        return line.startswith(want, off) and _DIGEST_TAIL.fullmatch(line, off + len(want)) is not None
+    if kind == DIR:
+        want = b'","type":"dir","mtime":%d,"mode":%d,"ino":%d,"dev":%d}\n' % (w[3], w[4], w[5], w[6])
+        return len(line) == off + len(want) and line.endswith(want)
+    return False

@@ -153,8 +153,8 @@ def scan(
     stats = ScanStats()
     diff = Diff(dirs={})
     rewritten = False
-    prev_iter = previous.raw() if previous is not None else iter(())
-    # (path, obj, line); read before the writer exists: a damaged first line
+    prev_iter = previous.lines() if previous is not None else iter(())
+    # (path, line); read before the writer exists: a damaged first line
     # must not leave an open temp file behind.
     prev = next(prev_iter, None)
     writer = SnapshotWriter(out_path, header)
@@ -187,8 +187,17 @@ def scan(
     def emit(it: _Item) -> None:
         nonlocal rewritten
         if it.raw is not None:  # identical to the previous entry, or carried forward
-            assert it.old is not None
             writer.write_raw(it.path, it.raw)
+            if it.old is None:  # a file or folder whose line matched its walk tuple
+                w = it.walk
+                assert w is not None
+                if w[1] == scanner.FILE:
+                    count(FILE, w[2])
+                    diff.unchanged_files += 1
+                else:
+                    count(DIR, 0)
+                    diff.dirs[it.path] = _entry(w)  # type: ignore[index]
+                return
             kind = it.old["type"]
             count(kind, it.old.get("size", 0))
             if kind == FILE:
@@ -248,9 +257,9 @@ def scan(
     def take_prev() -> dict[str, Any]:
         """Consume the current previous entry; keep its line for verbatim reuse."""
         nonlocal prev
-        assert prev is not None
-        obj = prev[1]
-        obj["\0line"] = prev[2]
+        assert prev is not None and previous is not None
+        obj = previous.decode(prev[1])
+        obj["\0line"] = prev[1]
         if obj.get("type") == FILE:
             diff.old_files += 1
         prev = next(prev_iter, None)
@@ -268,6 +277,10 @@ def scan(
     # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
     last_progress = 0
+    # Files modified since then are re-read; --checksum re-reads every file.
+    file_bound = -(1 << 63) if checksum else racy_before
+    line_same = scanner.line_same
+    write_raw = writer.write_raw
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-scan") as pool:
             for w in _unlistable_as_errors(scanner.walk(root, one_file_system,
@@ -278,6 +291,27 @@ def scan(
                     while prev is not None and sort_key(prev[0]) < key:
                         p = prev[0]
                         gone(take_prev(), p)
+                if prev is not None and prev[0] == path and line_same(prev[1], w, file_bound):
+                    # The common case, kept cheap: the line records exactly what
+                    # the walk found (a file or folder); it is written back as is.
+                    line = prev[1]
+                    prev = next(prev_iter, None)
+                    if kind == scanner.FILE:
+                        diff.old_files += 1
+                    if pending:
+                        pending.append(_Item(path, walk=w, raw=line))
+                        drain(False)
+                    elif kind == scanner.FILE:
+                        write_raw(path, line)
+                        stats.files += 1
+                        stats.bytes += w[2]
+                        diff.new_files += 1
+                        diff.unchanged_files += 1
+                    else:
+                        write_raw(path, line)
+                        stats.dirs += 1
+                        diff.dirs[path] = _entry(w)  # type: ignore[index]
+                    continue
                 old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):

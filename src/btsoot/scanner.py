@@ -28,6 +28,8 @@ else:
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 walk = _impl.walk
 hash_file = _impl.hash_file
+line_path = _impl.line_path
+line_same = _impl.line_same
 
 #: Files at or above CHUNK_THRESHOLD bytes also get one digest per CHUNK_SIZE
 #: bytes, recorded in the snapshot, so a later version can send only changed chunks.
@@ -37,7 +39,7 @@ CHUNK_THRESHOLD = 16 << 20
 __all__ = [
     "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FILE", "IMPLEMENTATION",
     "KIND_NAMES", "SPECIAL", "SYMLINK", "default_threads", "hash_batch", "hash_file", "hash_files",
-    "walk",
+    "line_path", "line_same", "walk",
 ]
 
 

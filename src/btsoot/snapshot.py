@@ -25,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from .errors import StateError
+from .scanner import line_path as _line_path
 
 FORMAT = "btsoot-snapshot"
 VERSION = 1
@@ -300,35 +301,62 @@ class SnapshotReader:
         if self._f.read(1):
             raise StateError(f"{self.path}: data after the snapshot's trailer")
 
-    def _lines(self) -> Iterator[tuple[int, dict[str, Any], bytes]]:
-        """(line number, decoded object, line) per entry; checks the trailer."""
+    def _lines(self) -> Iterator[tuple[int, bytes | None, bytes]]:
+        """(line number, path if the line is canonical else None, line) per
+        entry; checks the trailer. Lines are not decoded here."""
         lineno = 1
         try:
             for line in self._f:
                 lineno += 1
                 if not line.endswith(b"\n"):
                     raise StateError(f"{self.path}:{lineno}: snapshot is truncated")
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line") from None
-                if not isinstance(obj, dict):
-                    raise StateError(f"{self.path}:{lineno}: corrupt snapshot line")
-                if obj.get("end"):
-                    self.records_seen = _count(obj, self.path)
-                    if self.records_seen != lineno - 2:
-                        raise StateError(f"{self.path}: entry count does not match trailer")
-                    self._check_end()
+                p = _line_path(line)
+                if p is None and line.startswith(b'{"end"') and self._trailer(line, lineno):
                     return
-                yield lineno, obj, line
+                yield lineno, p, line
         except (OSError, EOFError, zlib.error) as e:
             raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
         raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
 
+    def _trailer(self, line: bytes, lineno: int) -> bool:
+        """Is this line the trailer? Then check it, and that nothing follows."""
+        obj = self._load(line, lineno)
+        if not obj.get("end"):
+            return False
+        self.records_seen = _count(obj, self.path)
+        if self.records_seen != lineno - 2:
+            raise StateError(f"{self.path}: entry count does not match trailer")
+        self._check_end()
+        return True
+
+    def _load(self, line: bytes, lineno: int) -> dict[str, Any]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise StateError(f"{self._where(lineno)}: corrupt snapshot line")
+        return obj
+
+    def _where(self, lineno: int) -> str:
+        return f"{self.path}:{lineno}" if lineno else self.path
+
+    def _entry(self, line: bytes, lineno: int) -> tuple[bytes, dict[str, Any]]:
+        """Decode an entry line and check the fields raw() callers read directly."""
+        obj = self._load(line, lineno)
+        path = obj.get("path")
+        try:
+            p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
+        except ValueError:
+            p = None
+        if p is None or obj.get("type") not in _KINDS or not _sane(obj):
+            raise StateError(f"{self._where(lineno)}: bad snapshot entry")
+        return p, obj
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Raw JSON objects after the header (deltas use these)."""
-        for _, obj, _ in self._lines():
-            yield obj
+        for lineno, _, line in self._lines():
+            yield self._load(line, lineno)
 
     def raw(self) -> Iterator[tuple[bytes, dict[str, Any], bytes]]:
         """(path, decoded object, the line itself) per entry, in order.
@@ -337,19 +365,44 @@ class SnapshotReader:
         fields on the decoded object and write the line back verbatim.
         """
         prev: bytes | None = None
-        for lineno, obj, line in self._lines():
-            path = obj.get("path")
-            try:
-                p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
-            except ValueError:
-                p = None
-            if p is None or obj.get("type") not in _KINDS or not _sane(obj):
-                raise StateError(f"{self.path}:{lineno}: bad snapshot entry")
+        for lineno, _, line in self._lines():
+            p, obj = self._entry(line, lineno)
             k = sort_key(p)
             if prev is not None and k <= prev:
                 raise StateError(f"{self.path}: entries out of order at {p!r}")
             prev = k
             yield p, obj, line
+
+    def lines(self) -> Iterator[tuple[bytes, bytes]]:
+        """(path, line) per entry, in order, decoding only lines not in the
+        writer's canonical form. For the scan, which compares most lines with
+        the walk as bytes (`scanner.line_same`) and decodes the rest with
+        `decode()`; order is checked here as in raw(). One generator, not one
+        over `_lines()`: this loop runs once per entry of every backup."""
+        prev = b""
+        lineno = 1
+        try:
+            for line in self._f:
+                lineno += 1
+                p = _line_path(line)
+                if p is None or line[-1:] != b"\n":
+                    if not line.endswith(b"\n"):
+                        raise StateError(f"{self.path}:{lineno}: snapshot is truncated")
+                    if line.startswith(b'{"end"') and self._trailer(line, lineno):
+                        return
+                    p = self._entry(line, lineno)[0]
+                k = p.replace(b"/", b"\x00")
+                if k <= prev:
+                    raise StateError(f"{self.path}: entries out of order at {p!r}")
+                prev = k
+                yield p, line
+        except (OSError, EOFError, zlib.error) as e:
+            raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
+        raise StateError(f"{self.path}: snapshot is truncated (no trailer)")
+
+    def decode(self, line: bytes) -> dict[str, Any]:
+        """The checked object of an entry line that lines() yielded."""
+        return self._entry(line, 0)[1]
 
     def __iter__(self) -> Iterator[Entry]:
         prev: bytes | None = None
@@ -398,21 +451,20 @@ class SnapshotWriter:
         it again on every read.
         """
         self._prev = None
-        self._buf.append(line[:-1])
+        self._buf.append(line)
         self.count += 1
         if len(self._buf) >= 4096:
             self._flush()
 
     def write_record(self, obj: dict[str, Any]) -> None:
-        self._buf.append(orjson.dumps(obj))
+        self._buf.append(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
         self.count += 1
         if len(self._buf) >= 4096:
             self._flush()
 
     def _flush(self) -> None:
         if self._buf:
-            self._buf.append(b"")
-            self._f.write(b"\n".join(self._buf))
+            self._f.write(b"".join(self._buf))
             self._buf = []
 
     def write_all(self, entries: Iterable[Entry]) -> None:
