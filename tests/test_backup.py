@@ -215,6 +215,79 @@ def test_folder_moved_out_of_a_folder_that_became_a_file(block: tuple[Env, Path,
     assert_mirror(src, dst)
 
 
+MiB = 1 << 20
+
+
+def test_large_file_edits_send_only_the_changed_chunks(block: tuple[Env, Path, Path]) -> None:
+    """A file of >= 16 MiB has 4 MiB chunk digests: an edit sends the chunks it
+    touched, written into the remote file in place (through a redo file)."""
+    env, src, dst = block
+    put(src / "vm.img", rand(40 * MiB, 1))
+    put(src / "log", rand(20 * MiB, 2))
+    backup(env)
+    with open(src / "vm.img", "r+b") as f:  # two chunks: 1 and 7
+        f.seek(5 * MiB)
+        f.write(b"x" * 10)
+        f.seek(30 * MiB - 3)
+        f.write(b"y" * 6)
+    with open(src / "log", "ab") as f:  # a partial last chunk: rewritten, then one more
+        f.write(b"z" * 100)
+    assert "patch     vm.img  (8388608 of 41943040 bytes, 2 chunks)" in env.run("diff", "b").stdout
+    s = backup(env)
+    assert ops(s) == {"patch": 2}
+    assert s["bytes_sent"] == 2 * 4 * MiB + 100
+    assert_mirror(src, dst)
+    assert not (dst / ".btsoot" / "patch").exists()
+    # Shrunk in the middle of a chunk: only the new last chunk, then a truncate.
+    os.truncate(src / "vm.img", 33 * MiB + 5)
+    s = backup(env)
+    assert ops(s) == {"patch": 1} and s["bytes_sent"] == 1 * MiB + 5
+    assert_mirror(src, dst)
+    # Mostly rewritten: one whole copy beats writing most of it twice.
+    with open(src / "log", "r+b") as f:
+        f.write(rand(15 * MiB, 3))
+    s = backup(env)
+    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB + 100
+    assert_mirror(src, dst)
+
+
+@pytest.mark.parametrize("how", ["hard-linked", "changed-behind-our-back"])
+def test_patch_falls_back_to_a_whole_copy(block: tuple[Env, Path, Path], how: str) -> None:
+    """In place only when the remote file is the one the snapshot describes and no
+    other name shares it (hard-link snapshots of the remote keep their content)."""
+    env, src, dst = block
+    put(src / "big", rand(20 * MiB, 4))
+    backup(env)
+    keep = (dst / "big").read_bytes()
+    if how == "hard-linked":
+        os.link(dst / "big", env.root / "remote-history-link")
+    else:
+        os.utime(dst / "big", ns=(1, 1))
+    with open(src / "big", "r+b") as f:
+        f.write(b"new start")
+    s = backup(env)
+    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB
+    assert_mirror(src, dst)
+    if how == "hard-linked":
+        assert (env.root / "remote-history-link").read_bytes() == keep
+
+
+def test_patch_in_place_can_be_turned_off(block: tuple[Env, Path, Path]) -> None:
+    env, src, dst = block
+    put(src / "big", rand(20 * MiB, 5))
+    backup(env)
+    cfg = env.config.read_text()
+    assert "patch_in_place = true" in cfg  # written by `add`, for people to find
+    env.config.write_text(cfg.replace("patch_in_place = true", "patch_in_place = false"))
+    with open(src / "big", "r+b") as f:
+        f.write(b"new start")
+    s = backup(env)
+    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB
+    assert_mirror(src, dst)
+    env.config.write_text(cfg.replace("patch_in_place = true", "patch_in_place = 1"))
+    refused(env, 2, "backup", "b", says="patch_in_place must be true or false")
+
+
 def test_attributes_only(block: tuple[Env, Path, Path]) -> None:
     env, src, dst = block
     put(src / "d/a", b"a" * 100)

@@ -487,6 +487,72 @@ def test_crash_at_every_point_of_a_same_size_same_mtime_update(block) -> None:
         assert_done(env, src, dst)
 
 
+def _finishable(target: Path, redo_dir: Path, want: str, tmp: Path) -> bool:
+    """Does a redo file bring target's current content to digest `want`?"""
+    from btsoot.transfer import apply_redo
+
+    for redo in sorted(redo_dir.glob("*")) if redo_dir.is_dir() else []:
+        shutil.copyfile(target, tmp)
+        if apply_redo(os.fsencode(redo), os.fsencode(tmp)) and xxh(os.fsencode(tmp)) == want:
+            return True
+    return False
+
+
+def test_crash_at_every_point_of_an_in_place_patch(block) -> None:
+    """Kill before every system call of a run that patches two large files in place
+    (changed chunks only): one grown, one rewritten with its size and mtime kept.
+
+    While interrupted, each file holds its old content, its new content, or
+    content that a complete redo file on the remote finishes to the new one;
+    the next run always ends with an exact mirror and no redo files left.
+    """
+    env, src, dst = block
+    rng = random.Random(11)
+    mib = 1 << 20
+    write(src / "a" / "grown", rng.randbytes(17 * mib))
+    write(src / "kept", rng.randbytes(18 * mib))
+    write(src / "small", b"small")
+    env.run("backup", "b", check=0)
+    old = {n: xxh(os.fsencode(dst / n)) for n in ("a/grown", "kept")}
+    with open(src / "a" / "grown", "r+b") as f:
+        f.seek(5 * mib + 7)
+        f.write(b"edit")
+        f.seek(0, 2)
+        f.write(b"more")
+    st = (src / "kept").stat()
+    with open(src / "kept", "r+b") as f:
+        f.seek(13 * mib)
+        f.write(b"EDIT")
+    os.utime(src / "kept", ns=(st.st_atime_ns, st.st_mtime_ns))
+    new = {n: xxh(os.fsencode(src / n)) for n in ("a/grown", "kept")}
+    saved = env.root / "saved"
+    shutil.copytree(env.root, saved, symlinks=True, ignore=shutil.ignore_patterns("saved"))
+    _, labels = torture_run(env, trace=env.root / "t.json", args=("--checksum",))
+    assert_done(env, src, dst)
+    assert sum(lab == "patch:pwrite" for lab in labels) >= 2  # both went in place
+    points = [i + 1 for i, lab in enumerate(labels) if lab.partition(":")[0] == "patch"]
+    mixed = 0  # kills that left a file half-written (the redo file's case)
+    for idx in points:
+        for name in ("src", "remote", "state"):
+            shutil.rmtree(env.root / name)
+            shutil.copytree(saved / name, env.root / name, symlinks=True)
+        hist = History()
+        hist.observe(env)
+        rc, _ = torture_run(env, kill_at=idx, args=("--checksum",))
+        assert rc == -signal.SIGKILL
+        assert_interrupted_ok(env, dst, hist)
+        for n in old:
+            d = xxh(os.fsencode(dst / n))
+            if d not in (old[n], new[n]):
+                assert _finishable(dst / n, dst / ".btsoot" / "patch", new[n], env.root / "probe"), (
+                    idx, labels[idx - 1], n)
+                mixed += 1
+        env.run("backup", "b", "--checksum", check=0)
+        assert_done(env, src, dst)
+        assert not (dst / ".btsoot" / "patch").exists()
+    assert mixed
+
+
 def test_parallel_puts_each_complete_their_own_journal_record(tmp_path: Path) -> None:
     """Two transfer threads begin puts; one finishes, the other is killed mid-copy.
 

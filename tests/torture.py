@@ -97,8 +97,8 @@ def install() -> None:
     from btsoot import backup, execute, plan, remote, scan, scanner, snapshot, transfer
 
     # System calls that change or sync the remote or the local state.
-    for name in ("rename", "replace", "unlink", "rmdir", "mkdir", "write", "fsync", "open",
-                 "utime", "chmod", "fchmod", "symlink"):
+    for name in ("rename", "replace", "unlink", "rmdir", "mkdir", "write", "pwrite", "ftruncate",
+                 "fsync", "open", "utime", "chmod", "fchmod", "symlink"):
         setattr(os, name, _wrap_call(getattr(os, name), name))
     transfer.copy_fd = _wrap_call(transfer.copy_fd, "copy_fd")
     transfer.syncfs = _wrap_call(transfer.syncfs, "syncfs")
@@ -205,7 +205,7 @@ def explain(path: bytes, records: list[dict[str, Any]]) -> tuple[set[bytes], boo
         elif t == "del":
             if get_path(r, "path") in places:
                 leaving = True
-        elif t == "put":
+        elif t in ("put", "patch"):
             if get_path(r.get("entry") or {}, "path") in places:
                 leaving = True
     return places, leaving

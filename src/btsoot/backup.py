@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,15 @@ class BackupResult:
     remote_meta_bytes: int = 0
     durations: dict[str, float] = field(default_factory=dict)
 
+    def _operations(self, ex: ExecStats) -> dict[str, int]:
+        """The plan's operations, as they ran: a patch that had to send the whole
+        file (see Executor._patch) counts as the copy it became."""
+        c = self.plan.count() if self.plan else Counter()
+        if ex.unpatched:
+            c["patch"] -= ex.unpatched
+            c["copy"] += ex.unpatched
+        return {k: v for k, v in c.items() if v}
+
     def summary(self) -> dict[str, Any]:
         s = self.scan or ScanStats()
         ex = self.execution or ExecStats()
@@ -58,7 +68,7 @@ class BackupResult:
             "bytes": s.bytes,
             "hashed_files": s.hashed_files + ex.hashed_files,
             "hashed_bytes": s.hashed_bytes + ex.hashed_bytes,
-            "operations": dict(self.plan.count()) if self.plan else {},
+            "operations": self._operations(ex),
             "bytes_sent": ex.bytes_sent,
             "bytes_remote_copied": ex.bytes_remote_copied,
             "remote_snapshot_bytes": self.remote_meta_bytes,
@@ -207,7 +217,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     if progress:
         progress("phase", "plan")
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id,
-                     diff=sres.diff if base == committed else None)
+                     diff=sres.diff if base == committed else None, patch=block.patch_in_place)
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -317,6 +327,13 @@ def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
 
 
 def _cleanup_stash(remote: str) -> None:
+    """Remove the run's emptied stash folders, and the folder of patch redo files
+    (empty once every patch finished: a redo file is removed right after its target
+    is durable)."""
+    try:
+        os.rmdir(rmt.meta(remote, "patch"))
+    except OSError:
+        pass
     stash = rmt.meta(remote, "stash")
     try:
         runs = os.listdir(stash)

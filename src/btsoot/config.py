@@ -63,6 +63,9 @@ class Block:
     one_file_system: bool = True
     keep_snapshots: int = DEFAULT_KEEP
     jobs: int = 0  # 0: automatic
+    # Large files with few changed chunks: write those chunks into the remote file
+    # (docs/design.md). Off for remotes with hard-linked history that hide link counts.
+    patch_in_place: bool = True
 
     def delete_limit(self, files_before: int) -> int:
         n, pct = parse_max_delete(self.max_delete)
@@ -113,6 +116,8 @@ class Config:
                 block = Block(name=name, **b)
                 if not isinstance(block.source, str) or not isinstance(block.remote, str):
                     raise TypeError("source and remote must be strings")
+                if not isinstance(block.patch_in_place, bool):
+                    raise TypeError("patch_in_place must be true or false")
                 parse_max_delete(block.max_delete)
             except (TypeError, ConfigError) as e:
                 msg = e.message if isinstance(e, ConfigError) else str(e)

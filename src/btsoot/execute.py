@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from .errors import FatalIOError
 from .journal import Journal, op_record
 from .longpath import ShortPaths
 from .plan import (
+    PATCH,
     STASH,
     Copy,
     Delete,
@@ -37,7 +39,16 @@ from .plan import (
     parent,
 )
 from .snapshot import DIR, Entry
-from .transfer import SourceChanged, make_symlink, matches, set_attrs, temp_name, write_file
+from .transfer import (
+    SourceChanged,
+    make_symlink,
+    matches,
+    patch_file,
+    set_attrs,
+    sync_dir,
+    temp_name,
+    write_file,
+)
 
 COPY_RETRIES = 3
 
@@ -47,6 +58,7 @@ class ExecStats:
     ops: int = 0
     bytes_sent: int = 0  # from the source across the link
     bytes_remote_copied: int = 0
+    unpatched: int = 0  # planned patches that became whole copies
     hashed_files: int = 0  # files hashed while sent (the scan left them unread)
     hashed_bytes: int = 0
     # path -> entry the remote now holds there instead of the planned one (None: nothing)
@@ -74,6 +86,8 @@ class Executor:
         self.stats = ExecStats()
         self.on_progress = on_progress
         self._stash_ready = False
+        self._patch_ready = False
+        self._lock = threading.Lock()  # stats are added to from every transfer thread
         self.short = ShortPaths()
 
     def r(self, rel: bytes) -> bytes:
@@ -206,7 +220,45 @@ class Executor:
             where = op.src if isinstance(op, Move) else op.path
             raise self._fatal(e, type(op).__name__.lower(), where) from None
 
+    def _patch(self, op: Copy) -> bool:
+        """Write only op's changed chunks into the remote file, in place. False when
+        that cannot be done safely (the remote file is not the one the snapshot
+        describes, or has other hard links that must keep the old content; the
+        source changed): then nothing was written to it, and a full copy follows."""
+        assert op.old is not None and op.patch is not None
+        target = self.r(op.path)
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return False
+        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & stat.S_IWUSR
+                and st.st_size == op.old.size and st.st_mtime_ns == op.old.mtime_ns):
+            return False
+        try:
+            if not self._patch_ready:
+                os.makedirs(self.r(PATCH), exist_ok=True)
+                sync_dir(self.r(PATCH.rpartition(b"/")[0]))
+                self._patch_ready = True
+            redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
+            i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo))
+            n = patch_file(self.s(op.path), self.r(redo), target, op.entry, op.patch)
+        except SourceChanged:
+            return False
+        except OSError as e:
+            if _is_source_error(e, self.src):
+                return False  # the full copy meets it again and reports it
+            raise self._fatal(e, "patch", op.path) from None
+        self.journal.done(i)
+        with self._lock:
+            self.stats.bytes_sent += n
+        return True
+
     def _transfer(self, op: Copy | RemoteCopy) -> None:
+        if isinstance(op, Copy) and op.patch is not None:
+            if self._patch(op):
+                return
+            with self._lock:
+                self.stats.unpatched += 1
         entry = op.entry
         unlocked = False
         for attempt in range(COPY_RETRIES + 1):
@@ -216,18 +268,21 @@ class Executor:
                 if isinstance(op, RemoteCopy):
                     n, _, _ = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry,
                                          False)
-                    self.stats.bytes_remote_copied += n
+                    with self._lock:
+                        self.stats.bytes_remote_copied += n
                 else:
                     n, digest, chunks = write_file(self.s(op.path), self.r(tmp),
                                                    self.r(op.path), entry, True)
-                    self.stats.bytes_sent += n
+                    with self._lock:
+                        self.stats.bytes_sent += n
                     if entry.digest is None:  # hashed while sent
                         entry = replace(entry, digest=digest,
                                         chunks=tuple(chunks) if chunks else None)
                         self.journal.done(i, digest=digest, chunks=chunks)
                         self.stats.updated[op.path] = entry
-                        self.stats.hashed_files += 1
-                        self.stats.hashed_bytes += n
+                        with self._lock:
+                            self.stats.hashed_files += 1
+                            self.stats.hashed_bytes += n
                         return
                 self.journal.done(i)
                 if entry is not op.entry:

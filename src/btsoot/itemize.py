@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .plan import STASH, Copy, Delete, Mkdir, Move, Plan, RemoteCopy, Rmdir, SetAttr, Symlink
+from .plan import STASH, Copy, Delete, Mkdir, Move, Plan, RemoteCopy, Rmdir, SetAttr, Symlink, patch_bytes
 
 
 def display_path(p: bytes) -> str:
@@ -29,6 +29,9 @@ def itemize(plan: Plan) -> Iterator[str]:
                 continue
             kind = "move-dir" if op.entry is not None and op.entry.kind == "dir" else "move"
             yield f"{kind:<9} {display_path(orig(op.src))} -> {display_path(op.dst)}"
+        elif isinstance(op, Copy) and op.patch is not None:
+            yield (f"{'patch':<9} {display_path(op.path)}  ({patch_bytes(op.entry, op.patch)} of "
+                   f"{op.entry.size} bytes, {len(op.patch)} chunks)")
         elif isinstance(op, Copy):
             verb = "update" if op.old is not None else "copy"
             yield f"{verb:<9} {display_path(op.path)}  ({op.entry.size} bytes)"

@@ -172,7 +172,7 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
     applied if it happened; its temp file, if any, is removed.
     """
     from .longpath import ShortPaths
-    from .transfer import matches  # late: transfer imports snapshot only
+    from .transfer import apply_redo, matches  # late: transfer imports snapshot only
 
     header, recs = read_journal(path)
     model = base
@@ -226,6 +226,27 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                     # (rewritten with its times kept): the content is unknown, and
                     # the next plan writes the file again.
                     model[e.path] = replace(e, digest=None, chunks=None)
+                else:
+                    model[e.path] = e
+        elif t == "patch":
+            e = _needs_entry(rec)
+            redo = r(decode_path(rec, "redo"))
+            touch(e.path)
+            if not completed and os.path.lexists(redo):
+                # Complete and verified: the target may be half-written, and this
+                # finishes it; else it never changed (see transfer.patch_file).
+                try:
+                    completed = apply_redo(redo, r(e.path))
+                    os.unlink(redo)
+                except OSError as err:
+                    raise StateError(f"cannot finish the update of {os.fsdecode(r(e.path))} "
+                                     f"from {os.fsdecode(redo)}: {err.strerror}") from None
+            if completed:
+                model[e.path] = e
+            elif matches(r(e.path), e):  # finished, only the done record was lost
+                old = model.get(e.path)
+                if old is not None and old.size == e.size and old.mtime_ns == e.mtime_ns:
+                    model[e.path] = replace(e, digest=None, chunks=None)  # cannot tell
                 else:
                     model[e.path] = e
         elif t == "mkdir":

@@ -12,7 +12,8 @@ O(changes)). Then, in memory over those differences:
 2. Content sourcing. A file that needs new content takes it, in this order of
    preference, from: content leaving the remote anyway (a removed file, or the
    old content of an updated one) by rename; content staying on the remote by
-   a remote-side copy; else the source, by transfer. Leaving content is first
+   a remote-side copy; else the source, by transfer (of a large file whose
+   chunk digests show few changes: only those chunks, patched in place). Leaving content is first
    moved aside into the run's stash (`.btsoot/stash/RUN/`), which makes swaps
    and chains of renames (a->b, b->a) safe with no ordering puzzle.
 3. Obstacles. Where the new tree creates a path that the old one holds with
@@ -31,9 +32,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .scanner import CHUNK_SIZE
 from .snapshot import DIR, FILE, SYMLINK, Entry, sort_key
 
 STASH = b".btsoot/stash"
+PATCH = b".btsoot/patch"  # redo files of in-place updates (see transfer.patch_file)
+# A file is patched in place only if at most this share of its bytes changed:
+# beyond it, writing the whole file once beats writing the changes twice.
+PATCH_MAX_SHARE = 0.5
 
 
 # --- operations -------------------------------------------------------------
@@ -55,11 +61,17 @@ class Move:
 
 @dataclass(slots=True, frozen=True)
 class Copy:
-    """New content from the source, written to a temp name and renamed into place."""
+    """New content from the source, written to a temp name and renamed into place.
+
+    With `patch`, only those chunks differ from `old`, which the remote holds at
+    path: they are written into the remote file in place, through a redo file
+    that makes the update atomic across crashes (see `transfer.patch_file`).
+    """
 
     path: bytes
     entry: Entry
     old: Entry | None  # what the remote held at path before (kept on failure)
+    patch: tuple[int, ...] | None = None  # indexes of the chunks to write
 
 
 @dataclass(slots=True, frozen=True)
@@ -124,6 +136,8 @@ def op_name(op: Op) -> str:
         if op.dst.startswith(STASH + b"/"):
             return "stash"
         return "move-dir" if op.entry is not None and op.entry.kind == DIR else "move"
+    if isinstance(op, Copy) and op.patch is not None:
+        return "patch"
     return {
         Mkdir: "mkdir", Copy: "copy", RemoteCopy: "remote-copy", Symlink: "symlink",
         Delete: "delete", Rmdir: "rmdir", SetAttr: "set-attributes",
@@ -225,6 +239,7 @@ def make_plan(
     open_new: Callable[[], Iterable[Entry]],
     run_id: str = "run",
     diff: Diff | None = None,
+    patch: bool = True,
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
@@ -233,7 +248,8 @@ def make_plan(
     streams are merged here. A second, streaming pass runs only when needed:
     to find content that stays on the remote (for remote-side copies) and,
     without `diff.dirs`, the entries of unchanged folders whose mtime must be
-    set again because something inside them changed.
+    set again because something inside them changed. patch=False never plans
+    in-place updates of large files (always whole copies).
     """
     plan = Plan()
     if diff is None:
@@ -340,8 +356,7 @@ def make_plan(
         if st is not None:
             transfers.append(RemoteCopy(n.path, n, st, o))
         else:
-            transfers.append(Copy(n.path, n, o))
-            plan.copy_bytes += n.size
+            transfers.append(Copy(n.path, n, o, _patch_chunks(o, n) if patch else None))
     finals: list[Op] = []
     for src, users in sorted(uses.items(), key=lambda kv: sort_key(kv[0])):
         cur = loc(src)
@@ -352,6 +367,11 @@ def make_plan(
             transfers.append(RemoteCopy(n.path, n, cur, None))
         finals.append(Move(cur, users[-1].path, users[-1]))
         plan.file_moves += 1
+    for k, op in enumerate(transfers):
+        if isinstance(op, Copy):
+            if op.patch is not None and (op.path in stash_of or loc(op.path) != op.path):
+                op = transfers[k] = Copy(op.path, op.entry, op.old)  # its old content moves away
+            plan.copy_bytes += patch_bytes(op.entry, op.patch) if op.patch is not None else op.entry.size
     ops.extend(transfers)
     ops.extend(finals)
 
@@ -400,6 +420,20 @@ def make_plan(
             ops.append(SetAttr(p, dirs[p]))
     plan.ops = ops
     return plan
+
+
+def _patch_chunks(o: Entry | None, n: Entry) -> tuple[int, ...] | None:
+    """The chunks of n that differ from o, if writing only those is worth it."""
+    if o is None or o.kind != FILE or not o.chunks or not n.chunks or o.path != n.path:
+        return None
+    idx = tuple(i for i, c in enumerate(n.chunks) if i >= len(o.chunks) or o.chunks[i] != c)
+    if patch_bytes(n, idx) > n.size * PATCH_MAX_SHARE:
+        return None
+    return idx
+
+
+def patch_bytes(n: Entry, idx: tuple[int, ...]) -> int:
+    return sum(max(0, min(CHUNK_SIZE, n.size - i * CHUNK_SIZE)) for i in idx)
 
 
 def _folder_moves(removed: dict[bytes, Entry], added: dict[bytes, Entry]) -> list[tuple[bytes, bytes]]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
+import orjson
 import xxhash
 
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
@@ -173,6 +175,132 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
         _unlink_quiet(dst_tmp)
         raise
     return n, digest, chunks
+
+
+# --- patches: a large file's changed chunks, written in place -----------------
+#
+# A redo file in the remote's .btsoot/patch/ holds the new chunks (a header
+# line, then their bytes). It is complete and durable before the first byte of
+# the target changes, and removed only once the patched target is durable. So a
+# crash leaves the target either untouched (no complete redo file: it never
+# changed) or finishable (replay applies the redo file again; writing the same
+# bytes twice is harmless). Never the old and new content mixed for good.
+
+PATCH_FORMAT = "btsoot-patch"
+_SYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def sync_dir(path: bytes) -> None:
+    """fsync a folder (its entries), where the file system supports that."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _SYNC_DIR_UNSUPPORTED:  # some network file systems cannot
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def patch_file(src_path: bytes, redo_path: bytes, target: bytes, entry: Entry,
+               idx: tuple[int, ...]) -> int:
+    """Bring the remote file `target` to entry's content by writing only the chunks
+    in idx, read from src_path; returns the bytes of those chunks.
+
+    Every chunk read must hash to the entry's chunk digest, and the source's size
+    and mtime must equal the entry's before and after, else SourceChanged is
+    raised before the target is touched. The unchanged chunks on the remote are
+    the ones the scan found equal, so the target ends up holding exactly the
+    content the entry's digest describes.
+    """
+    assert entry.chunks is not None
+    sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(sfd)
+        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            raise SourceChanged()
+        header = {"format": PATCH_FORMAT, "size": entry.size, "mode": entry.mode & 0o7777,
+                  "mtime": entry.mtime_ns, "chunk_size": CHUNK_SIZE,
+                  "chunks": [[i, entry.chunks[i]] for i in idx]}
+        rfd = os.open(redo_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            _write_all(rfd, orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
+            sent = 0
+            for i in idx:
+                off = i * CHUNK_SIZE
+                try:
+                    buf = os.pread(sfd, min(CHUNK_SIZE, entry.size - off), off)
+                except OSError as e:  # name the source: the caller tells its errors apart
+                    raise OSError(e.errno, e.strerror, src_path) from None
+                if len(buf) != min(CHUNK_SIZE, entry.size - off) or (
+                        xxhash.xxh3_128_hexdigest(buf) != entry.chunks[i]):
+                    raise SourceChanged()
+                _write_all(rfd, buf)
+                sent += len(buf)
+            st2 = os.fstat(sfd)
+            if st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns:
+                raise SourceChanged()
+            os.fsync(rfd)
+        except BaseException:
+            os.close(rfd)
+            _unlink_quiet(redo_path)
+            raise
+        os.close(rfd)
+    finally:
+        os.close(sfd)
+    sync_dir(os.path.dirname(redo_path))
+    apply_redo(redo_path, target, check=False)
+    os.unlink(redo_path)
+    return sent
+
+
+def apply_redo(redo_path: bytes, target: bytes, check: bool = True) -> bool:
+    """Write a redo file's chunks into target, set its size, mode and mtime, and
+    make it durable. With check (replay after a crash), the redo file is read
+    and verified in full first, and one that is incomplete or damaged changes
+    nothing: False. The target must be a regular file (never a link)."""
+    with open(redo_path, "rb") as f:
+        try:
+            h = orjson.loads(f.readline())
+            size, mode, mtime = int(h["size"]), int(h["mode"]), int(h["mtime"])
+            cs = int(h["chunk_size"])
+            chunks = [(int(i), str(d)) for i, d in h["chunks"]]
+            ok = h.get("format") == PATCH_FORMAT and cs > 0 and size >= 0
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+        start = f.tell()
+        spans = [(i * cs, max(0, min(cs, size - i * cs)), d) for i, d in chunks]
+        if not ok or os.fstat(f.fileno()).st_size != start + sum(n for _, n, _ in spans):
+            return False
+        if check:
+            for _, n, d in spans:
+                if xxhash.xxh3_128_hexdigest(f.read(n)) != d:
+                    return False
+        tfd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(tfd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", target)
+            pos = start
+            for off, n, _ in spans:
+                buf = os.pread(f.fileno(), n, pos)
+                pos += n
+                view = memoryview(buf)
+                while view:
+                    view = view[os.pwrite(tfd, view, off + n - len(view)):]
+            os.ftruncate(tfd, size)
+            os.fchmod(tfd, mode)
+            os.utime(tfd, ns=(mtime, mtime))
+            os.fsync(tfd)
+        finally:
+            os.close(tfd)
+    return True
 
 
 def make_symlink(dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
