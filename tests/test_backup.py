@@ -142,6 +142,29 @@ def test_folder_rename_is_one_rename_and_no_data(block: tuple[Env, Path, Path]) 
     assert inodes(dst / "photos/2024-summer") == before  # renamed, not rewritten
 
 
+@pytest.mark.parametrize("new_name", ["0-photos", "zz-photos"])
+def test_renamed_folder_is_not_read_again(block: tuple[Env, Path, Path], new_name: str) -> None:
+    """Files at new paths with the inode, size and mtime of files the last scan saw
+    keep those digests: a renamed folder costs no hashing, whether its new name
+    sorts before the old one (its files are met first) or after. Small files are
+    cheaper to read again than to look up; an edited file is read."""
+    env, src, dst = block
+    for i in range(30):
+        put(src / f"photos/img{i:02d}.jpg", rand(20_000 + i, i), mtime_ns=OLD_NS)
+    put(src / "photos/tiny.txt", b"small", mtime_ns=OLD_NS)
+    put(src / "photos/edited.jpg", rand(30_000, 99), mtime_ns=OLD_NS)
+    put(src / "racy.jpg", rand(40_000, 98))  # modified just now: never trusted
+    backup(env)
+    os.rename(src / "photos", src / new_name)
+    os.link(src / "racy.jpg", src / new_name / "racy-link.jpg")
+    with open(src / new_name / "edited.jpg", "r+b") as f:
+        f.write(b"edit")
+    s = backup(env)
+    assert s["hashed_files"] == 4  # tiny.txt, edited.jpg and racy.jpg at both names
+    assert ops(s)["move-dir"] == 1 and s["bytes_sent"] == 30_000
+    assert_mirror(src, dst)
+
+
 def test_folder_moved_with_edits_inside(block: tuple[Env, Path, Path]) -> None:
     env, src, dst = block
     for i in range(20):

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from . import __version__, scanner
 from .longpath import ShortPaths
@@ -274,6 +277,8 @@ def scan(
             diff.removed[path] = e
             rewritten = True
 
+    moved = (_InodeIndex(previous.path) if previous is not None and trust_inode and not checksum
+             else None)
     # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
     last_progress = 0
@@ -369,6 +374,13 @@ def scan(
                     # sends it hashes it on the way (one read instead of two).
                     pending.append(_Item(path, entry=Entry(
                         path, FILE, w[2], w[3], w[4], w[5], w[6]), old=None))
+                elif (old is None and moved is not None and w[2] >= MOVED_MIN_SIZE
+                      and (known := moved.find(w, racy_before)) is not None):
+                    # A file at a new path, but the very inode, size and mtime of
+                    # one the last scan saw elsewhere (its folder was renamed, or
+                    # it is a hard link): the same trust as at its old path.
+                    pending.append(_Item(path, entry=Entry(
+                        path, FILE, w[2], w[3], w[4], w[5], w[6], known[0], known[1]), old=None))
                 else:
                     it = _Item(path, walk=w, fut=_UNSENT, old=old)
                     pending.append(it)
@@ -387,8 +399,74 @@ def scan(
         raise
     finally:
         short.close()
+        if moved is not None:
+            moved.close()
     writer.commit(sync=False)
     return ScanResult(out_path, header, stats, diff, rewritten)
+
+
+# Files below this size are cheaper to read again than to look up.
+MOVED_MIN_SIZE = 16 << 10
+
+
+class _InodeIndex:
+    """The previous snapshot's files by (inode, device, size, mtime), built on the
+    first lookup by reading that snapshot again: a day run meets new paths (a
+    renamed folder holds thousands) and would otherwise hash every file in them.
+
+    Only byte offsets are kept (files of MOVED_MIN_SIZE or more, canonical lines),
+    so memory stays small; a hit reads and decodes its one line.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.index: dict[tuple[int, int, int, int], int] | None = None
+        self.f: Any = None
+
+    def _build(self) -> dict[tuple[int, int, int, int], int]:
+        index: dict[tuple[int, int, int, int], int] = {}
+        f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        if f.read(2) == b"\x1f\x8b":  # compressed: no cheap seeks; do without
+            f.close()
+            return index
+        f.seek(0)
+        self.f = f
+        off = len(f.readline())
+        match = _FILE_FIELDS.match
+        for line in f:
+            m = match(line)
+            if m is not None and int(m[1]) >= MOVED_MIN_SIZE:
+                index[(int(m[4]), int(m[5]), int(m[1]), int(m[2]))] = off
+            off += len(line)
+        return index
+
+    def find(self, w: tuple, racy_before: int) -> tuple[str, tuple[str, ...] | None] | None:
+        """(digest, chunks) of a previous file with w's inode, device, size and mtime."""
+        if self.index is None:
+            self.index = self._build()
+        off = self.index.get((w[5], w[6], w[2], w[3]))
+        if off is None or w[3] >= racy_before:
+            return None
+        self.f.seek(off)
+        try:
+            d = orjson.loads(self.f.readline())
+        except orjson.JSONDecodeError:
+            return None
+        digest, chunks = d.get("digest"), d.get("chunks")
+        if type(digest) is not str or not (chunks is None or (
+                type(chunks) is list and all(type(c) is str for c in chunks))):
+            return None
+        return digest, tuple(chunks) if chunks else None
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+# The fixed fields of a file's canonical line: size, mtime, mode, ino, dev.
+_FILE_FIELDS = re.compile(
+    rb'{"path":"[^"\\]*","type":"file","size":(\d+),"mtime":(-?\d+),"mode":(\d+),'
+    rb'"ino":(\d+),"dev":(\d+),"digest":"')
 
 
 def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:
