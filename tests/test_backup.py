@@ -896,3 +896,25 @@ def test_first_backup_hashes_while_sending(block: tuple[Env, Path, Path]) -> Non
     s = backup(env)
     assert s["result"] == "nothing" and s["hashed_files"] == 0
     assert_mirror(src, dst)
+
+
+def test_transfer_threads_follow_the_remote_file_system(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transfer thread on local disks, several over network file systems
+    (told from /proc/self/mountinfo, escaped mount points included)."""
+    from btsoot import remote as rmt
+
+    assert rmt.fs_type(str(tmp_path)) != ""
+    mnt = tmp_path / "a mount\tpoint"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "sub").mkdir()
+        assert rmt.fs_type(str(mnt / "sub")) == "tmpfs"
+        assert rmt.default_jobs(str(mnt / "sub")) == rmt.LOCAL_JOBS == 1
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    for kind in ("fuse.sshfs", "nfs4", "cifs"):
+        monkeypatch.setattr(rmt, "fs_type", lambda p, k=kind: k)
+        assert rmt.default_jobs("/x") == rmt.NETWORK_JOBS

@@ -587,3 +587,55 @@ def test_line_functions_agree_between_implementations() -> None:
                                    vals[2], vals[3], None)
                       and (kind == "dir" or ("digest" in e and mtime < bound)))
             assert same == expect, (line, w, bound)
+
+
+# --- small-file copies ----------------------------------------------------------
+
+def test_copy_small_copies_hashes_and_renames(scan: ModuleType, tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    src = touch(tmp_path / "src", data)
+    os.utime(src, ns=(1, 1_600_000_000_123_456_789))
+    st = src.stat()
+    (tmp_path / "out").mkdir()
+    tmp, final = tmp_path / "out" / ".tmp", tmp_path / "out" / "f"
+    digest, err, _ = scan.copy_small(os.fsencode(src), os.fsencode(tmp), os.fsencode(final),
+                                     st.st_size, st.st_mtime_ns, 0o100640, None)
+    assert (digest, err) == (xxhash.xxh3_128_hexdigest(data), 0)
+    assert final.read_bytes() == data and not tmp.exists()
+    fst = final.stat()
+    assert stat.S_IMODE(fst.st_mode) == 0o640 and fst.st_mtime_ns == st.st_mtime_ns
+    # With the digest known, a match is required; empty files work too.
+    empty = touch(tmp_path / "empty")
+    est = empty.stat()
+    assert scan.copy_small(os.fsencode(empty), os.fsencode(tmp), os.fsencode(final), 0,
+                           est.st_mtime_ns, 0o600, xxhash.xxh3_128_hexdigest(b""))[1] == 0
+    assert final.read_bytes() == b""
+
+
+def test_copy_small_refuses_a_changed_source_and_reports_each_side(scan: ModuleType,
+                                                                   tmp_path: Path) -> None:
+    src = touch(tmp_path / "src", b"x" * 100)
+    st = src.stat()
+    (tmp_path / "out").mkdir()
+    tmp, final = os.fsencode(tmp_path / "out" / ".tmp"), os.fsencode(tmp_path / "out" / "f")
+    s = os.fsencode(src)
+    # Size, mtime or content not those expected: CHANGED, nothing written.
+    assert scan.copy_small(s, tmp, final, 99, st.st_mtime_ns, 0o600, None)[1] == CHANGED
+    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns + 1, 0o600, None)[1] == CHANGED
+    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns, 0o600, "0" * 32)[1] == CHANGED
+    assert os.listdir(tmp_path / "out") == []
+    # Errors say which side they come from; a failed write leaves no temp file.
+    assert scan.copy_small(s + b"-gone", tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
+        errno.ENOENT, 0)
+    os.symlink(src, tmp_path / "link")
+    assert scan.copy_small(os.fsencode(tmp_path / "link"), tmp, final, 100, st.st_mtime_ns,
+                           0o600, None)[1:] == (errno.ELOOP, 0)
+    assert scan.copy_small(s, os.fsencode(tmp_path / "no" / "t"), final, 100, st.st_mtime_ns,
+                           0o600, None)[1:] == (errno.ENOENT, 1)
+    os.mkdir(final)
+    os.mkdir(os.path.join(final, b"full"))  # rename onto a non-empty folder fails
+    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
+        errno.EISDIR, 1)
+    assert sorted(os.listdir(tmp_path / "out")) == ["f"]
+    with pytest.raises(ValueError):
+        scan.copy_small(s, tmp, final, scan.SMALL_COPY_MAX, 0, 0o600, None)

@@ -104,6 +104,7 @@ def install() -> None:
     transfer.syncfs = _wrap_call(transfer.syncfs, "syncfs")
     backup.syncfs = transfer.syncfs
     scanner.hash_file = _wrap_call(scanner.hash_file, "hash")
+    scanner.copy_small = _wrap_call(scanner.copy_small, "copy_small")
     snapshot.SnapshotWriter._flush = _wrap_call(snapshot.SnapshotWriter._flush, "flush")
 
     # Phases (the label events carry).

@@ -58,3 +58,17 @@ def line_same(line: bytes, w: WalkEntry, racy_before: int) -> bool:
     """Is line (whose path the caller matched to w[0]) the canonical record of
     walk tuple w, field for field? Files must also carry a digest and have an
     mtime before racy_before. Only files and folders can answer True."""
+
+SMALL_COPY_MAX: int
+
+def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, mode: int,
+               expect_digest: str | None) -> tuple[str | None, int, int]:
+    """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
+
+    The source must have size and mtime_ns before and after it is read, and
+    hash to expect_digest when that is given; else err is CHANGED and nothing
+    is written. Then the bytes go to tmp (created, mode 0600), get mode and
+    mtime_ns, and tmp is renamed onto final. err is 0, CHANGED, or an errno;
+    side says where an errno came from: 0 the source, 1 the remote (tmp is
+    removed then).
+    """

@@ -63,13 +63,16 @@ from cpython.buffer cimport PyBUF_READ
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc cimport errno as c_errno
 from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, errno
+from libc.stdio cimport rename
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy, strcmp, strlen
-from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK,
-                          O_RDONLY, POSIX_FADV_SEQUENTIAL, fcntl, open, openat, posix_fadvise)
-from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fstat, fstatat, stat, struct_stat
-from posix.unistd cimport close, read
+from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_NONBLOCK,
+                          O_RDONLY, O_TRUNC, O_WRONLY, POSIX_FADV_SEQUENTIAL, fcntl, open, openat,
+                          posix_fadvise)
+from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmod, fstat, fstatat, futimens, stat, struct_stat
+from posix.time cimport timespec
+from posix.unistd cimport close, read, unlink, write
 
 import os
 
@@ -737,3 +740,105 @@ def line_same(bytes line, tuple w, long long racy_before):
                      mtime, <long long>w[4], <unsigned long long>w[5], <unsigned long long>w[6])
         return off + k == n and memcmp(s + off, buf, k) == 0
     return False
+
+
+# --------------------------------------------------------------------------
+# Small-file copies: the first backup's bulk
+#
+# A copy done with Python's os calls hands the GIL back and forth a dozen
+# times per file (open, fstat, read, write, fchmod, close, utime, rename...),
+# and with several transfer threads that convoy costs more than the copying
+# (tens of futex calls per file). Here the whole read is one GIL-free section
+# and the whole write another; only the hash in between holds the GIL.
+
+SMALL_COPY_MAX = _BUFSIZE
+
+
+cdef int _write_out(const char* tmp, const char* final, const char* buf, size_t n,
+                    int mode, long long mtime_ns) noexcept nogil:
+    """Write buf to tmp (new), set mode and mtime, rename onto final; 0 or errno."""
+    cdef int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    cdef Py_ssize_t w
+    cdef size_t done = 0
+    cdef int err = 0
+    cdef timespec times[2]
+    if fd < 0:
+        return errno
+    while done < n:
+        w = write(fd, buf + done, n - done)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            err = errno
+            break
+        done += <size_t>w
+    if err == 0 and fchmod(fd, mode & 0o7777) != 0:
+        err = errno
+    if err == 0:
+        times[0].tv_sec = mtime_ns // 1000000000
+        times[0].tv_nsec = mtime_ns % 1000000000
+        if times[0].tv_nsec < 0:
+            times[0].tv_sec -= 1
+            times[0].tv_nsec += 1000000000
+        times[1] = times[0]
+        if futimens(fd, times) != 0:
+            err = errno
+    if close(fd) != 0 and err == 0:
+        err = errno
+    if err == 0 and rename(tmp, final) != 0:
+        err = errno
+    if err != 0:
+        unlink(tmp)
+    return err
+
+
+def copy_small(src, tmp, final, long long size, long long mtime_ns, int mode, expect_digest):
+    """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
+
+    The source must have `size` and `mtime_ns` before and after it is read, and
+    hash to expect_digest when that is given; else err is CHANGED and nothing
+    is written. Then the bytes go to tmp (created, mode 0600), get `mode` and
+    `mtime_ns`, and tmp is renamed onto final. err is 0, CHANGED, or an errno;
+    side says where an errno came from: 0 the source, 1 the remote (tmp is
+    removed then).
+    """
+    cdef bytes bsrc = _as_path(src), btmp = _as_path(tmp), bfinal = _as_path(final)
+    cdef const char* csrc = bsrc
+    cdef const char* ctmp = btmp
+    cdef const char* cfinal = bfinal
+    cdef Reader r
+    cdef int err
+    cdef object digest
+    if size >= SMALL_COPY_MAX:
+        raise ValueError("copy_small: file too large")
+    r.fd = -1
+    r.err = 0
+    r.eof = False
+    r.buf = NULL
+    r.bufsize = 0
+    r.got = 0
+    r.total = 0
+    try:
+        with nogil:
+            _reader_open(&r, csrc)
+            if r.err == 0 and (r.before.st_size != size or _mtime_ns(&r.before) != mtime_ns):
+                r.err = K_CHANGED
+            if r.err == 0:
+                _reader_fill(&r, r.bufsize)
+                if r.err == 0 and (not r.eof or r.total != size
+                                   or not _same_stat(&r.before, &r.after)):
+                    r.err = K_CHANGED
+        if r.err != 0:
+            return (None, r.err, 0)
+        digest = _xxh3_128_hexdigest(PyMemoryView_FromMemory(r.buf, <Py_ssize_t>r.got, PyBUF_READ))
+        if expect_digest is not None and digest != expect_digest:
+            return (None, K_CHANGED, 0)
+        with nogil:
+            err = _write_out(ctmp, cfinal, r.buf, r.got, mode, mtime_ns)
+        if err != 0:
+            return (None, err, 1)
+        return (digest, 0, 0)
+    finally:
+        if r.fd >= 0:
+            close(r.fd)
+        free(r.buf)

@@ -204,3 +204,63 @@ def line_same(line: bytes, w: tuple, racy_before: int) -> bool:
         want = b'","type":"dir","mtime":%d,"mode":%d,"ino":%d,"dev":%d}\n' % (w[3], w[4], w[5], w[6])
         return len(line) == off + len(want) and line.endswith(want)
     return False
+
+
+# --- small-file copies (see _fastscan.copy_small) ------------------------------
+
+SMALL_COPY_MAX = _BUFSIZE
+
+
+def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, mode: int,
+               expect_digest: str | None) -> tuple[str | None, int, int]:
+    """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side); see _fastscan."""
+    if size >= SMALL_COPY_MAX:
+        raise ValueError("copy_small: file too large")
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        return None, e.errno or _errno.EIO, 0
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return None, _errno.EISDIR if stat.S_ISDIR(before.st_mode) else _errno.EINVAL, 0
+        if before.st_size != size or before.st_mtime_ns != mtime_ns:
+            return None, CHANGED, 0
+        os.set_blocking(fd, True)
+        data = b""
+        while len(data) <= size:
+            got = os.read(fd, size + 1 - len(data))
+            if not got:
+                break
+            data += got
+        after = os.fstat(fd)
+    except OSError as e:
+        return None, e.errno or _errno.EIO, 0
+    finally:
+        os.close(fd)
+    if len(data) != size or after.st_size != size or after.st_mtime_ns != mtime_ns:
+        return None, CHANGED, 0
+    digest = xxhash.xxh3_128_hexdigest(data)
+    if expect_digest is not None and digest != expect_digest:
+        return None, CHANGED, 0
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        return None, e.errno or _errno.EIO, 1
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+            os.fchmod(out, mode & 0o7777)
+            os.utime(out, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(out)
+        os.rename(tmp, final)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None, e.errno or _errno.EIO, 1
+    return digest, 0, 0

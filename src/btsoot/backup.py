@@ -251,7 +251,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         st.remove_bases(keep=base)
         try:
             ex = Executor(block.source, block.remote, journal, run_id,
-                          jobs or block.jobs or 4,
+                          jobs or block.jobs or rmt.default_jobs(block.remote),
                           (lambda s: progress("transfer", s)) if progress else None).run(plan)
             _cleanup_stash(block.remote)
             try:

@@ -14,6 +14,7 @@ Inode and device numbers are machine-local and are not stored here.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -36,6 +37,45 @@ from .snapshot import (
 
 META = ".btsoot"
 MAX_DELTAS = 20
+
+
+# File systems where each operation waits on a network round trip: transfers
+# run in parallel there. On local disks one transfer thread is faster (Python
+# threads only contend for the interpreter; the kernel's page cache and
+# writeback already overlap the I/O).
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs",
+              "davfs", "lustre", "gpfs"}
+NETWORK_JOBS = 4
+LOCAL_JOBS = 1
+
+
+def fs_type(path: str) -> str:
+    """The file system type of the mount holding path (from /proc/self/mountinfo),
+    or "" if it cannot be told."""
+    try:
+        target = os.path.realpath(path)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return ""
+    best, kind = -1, ""
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if len(parts) < 5 or not rest:
+            continue
+        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= best:
+            best, kind = len(mnt), rest.split(" ")[0]
+    return kind
+
+
+def default_jobs(remote: str) -> int:
+    """Parallel transfers for a remote: several over a network, one on a local disk."""
+    kind = fs_type(remote)
+    if kind in NETWORK_FS or kind.startswith("fuse"):  # sshfs, rclone mount, ...
+        return NETWORK_JOBS
+    return LOCAL_JOBS
 
 
 def meta(remote: str, *parts: str) -> str:

@@ -30,6 +30,8 @@ walk = _impl.walk
 hash_file = _impl.hash_file
 line_path = _impl.line_path
 line_same = _impl.line_same
+copy_small = _impl.copy_small
+SMALL_COPY_MAX: int = _impl.SMALL_COPY_MAX
 
 #: Files at or above CHUNK_THRESHOLD bytes also get one digest per CHUNK_SIZE
 #: bytes, recorded in the snapshot, so a later version can send only changed chunks.
@@ -38,8 +40,8 @@ CHUNK_THRESHOLD = 16 << 20
 
 __all__ = [
     "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FILE", "IMPLEMENTATION",
-    "KIND_NAMES", "SPECIAL", "SYMLINK", "default_threads", "hash_batch", "hash_file", "hash_files",
-    "line_path", "line_same", "walk",
+    "KIND_NAMES", "SMALL_COPY_MAX", "SPECIAL", "SYMLINK", "copy_small", "default_threads",
+    "hash_batch", "hash_file", "hash_files", "line_path", "line_same", "walk",
 ]
 
 
