@@ -94,6 +94,36 @@ def test_damage_found_then_repaired_by_next_backup(block: tuple[Env, Path, Path]
     assert "re-sent" not in p.stdout
 
 
+def test_wrong_kinds_on_the_remote_are_set_aside_and_repaired(block: tuple[Env, Path, Path]) -> None:
+    """A folder replaced by a file, a file by a non-empty folder, a link by a folder:
+    verify reports each; the next backup moves what is in the way to
+    REMOTE/.btsoot/damaged/ (kept, never deleted) and puts the right entry back."""
+    env, src, remote = block
+    make_tree(src)
+    env.run("backup", "b", check=0)
+    for n in os.listdir(remote / "gone-dir"):
+        os.unlink(remote / "gone-dir" / n)
+    os.rmdir(remote / "gone-dir")
+    (remote / "gone-dir").write_bytes(b"a file where a folder was")
+    os.unlink(remote / "d1/f001")
+    (remote / "d1/f001").mkdir()
+    (remote / "d1/f001/inside").write_bytes(b"a folder where a file was")
+    os.unlink(remote / "link")
+    (remote / "link").mkdir()
+
+    s = verify(env, check=7)
+    assert {c["path"] for c in s["corrupt"]} == {"gone-dir", "d1/f001", "link"}
+    p = env.run("backup", "b", "--json", check=0)
+    out = json.loads(p.stdout)
+    assert sorted(a["path"] for a in out["set_aside"]) == ["d1/f001", "gone-dir", "link"]
+    assert_mirror(src, remote)
+    kept = sorted((remote / a["to"]).is_dir() for a in out["set_aside"])
+    assert kept == [False, True, True]
+    assert any((remote / a["to"] / "inside").read_bytes() == b"a folder where a file was"
+               for a in out["set_aside"] if a["path"] == "d1/f001")
+    assert verify(env)["result"] == "ok"
+
+
 def test_subset_slices_are_disjoint_and_cover_everything(block: tuple[Env, Path, Path]) -> None:
     env, src, remote = block
     make_tree(src, files=40)

@@ -76,6 +76,9 @@ class BackupResult:
             "errors": [{"path": p.decode("utf-8", "backslashreplace"), "error": w}
                        for p, w in errors],
             "skipped": [p.decode("utf-8", "backslashreplace") for p in s.skipped],
+            # What stood where a damaged entry had to go, kept in REMOTE/.btsoot/damaged/.
+            "set_aside": [{"path": p.decode("utf-8", "backslashreplace"),
+                           "to": d.decode("utf-8", "backslashreplace")} for p, d in ex.set_aside],
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
 
@@ -252,7 +255,8 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         try:
             ex = Executor(block.source, block.remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(block.remote),
-                          (lambda s: progress("transfer", s)) if progress else None).run(plan)
+                          (lambda s: progress("transfer", s)) if progress else None,
+                          damaged).run(plan)
             _cleanup_stash(block.remote)
             try:
                 syncfs(block.remote)

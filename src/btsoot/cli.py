@@ -195,7 +195,9 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
     return (f"{s['block']}: {head}: {what}; {s['files']} files, {_human(s['bytes'])}{extra}"
             + (f"; {len(s['errors'])} unreadable" if s["errors"] else "")
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
-               if repaired else ""))
+               if repaired else "")
+            + (f"; {len(s['set_aside'])} in the way moved to .btsoot/damaged/"
+               if s.get("set_aside") else ""))
 
 
 @main_group.command("diff")

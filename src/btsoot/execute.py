@@ -24,6 +24,7 @@ from .errors import FatalIOError
 from .journal import Journal, op_record
 from .longpath import ShortPaths
 from .plan import (
+    DAMAGED,
     PATCH,
     STASH,
     Copy,
@@ -58,6 +59,7 @@ class ExecStats:
     ops: int = 0
     bytes_sent: int = 0  # from the source across the link
     bytes_remote_copied: int = 0
+    set_aside: list[tuple[bytes, bytes]] = field(default_factory=list)  # (path, where it went)
     unpatched: int = 0  # planned patches that became whole copies
     hashed_files: int = 0  # files hashed while sent (the scan left them unread)
     hashed_bytes: int = 0
@@ -77,6 +79,7 @@ class Executor:
         run_id: str,
         jobs: int = 4,
         on_progress: Callable[[ExecStats], None] | None = None,
+        damaged: set[bytes] | None = None,
     ) -> None:
         self.src = os.fsencode(source)
         self.dst = os.fsencode(remote)
@@ -88,6 +91,9 @@ class Executor:
         self._stash_ready = False
         self._patch_ready = False
         self._lock = threading.Lock()  # stats are added to from every transfer thread
+        # Paths `btsoot verify` found damaged: whatever is there may be in the way.
+        self.damaged = damaged or set()
+        self._aside = 0
         self.short = ShortPaths()
 
     def r(self, rel: bytes) -> bytes:
@@ -171,6 +177,23 @@ class Executor:
                 changed = True
         return changed
 
+    def _set_aside(self, path: bytes) -> bool:
+        """Move what blocks a damaged path (a file where a folder belongs, a folder
+        where a file does) to REMOTE/.btsoot/damaged/RUN/N; never deleted. False
+        if path is not one `btsoot verify` reported."""
+        if path not in self.damaged:
+            return False
+        with self._lock:
+            self._aside += 1
+            dst = DAMAGED + b"/" + self.run_id.encode() + b"/" + str(self._aside).encode()
+        os.makedirs(self.r(dst.rpartition(b"/")[0]), exist_ok=True)
+        i = self.journal.begin(op_record("move", src=path, dst=dst))
+        os.rename(self.r(path), self.r(dst))
+        self.journal.done(i)
+        with self._lock:
+            self.stats.set_aside.append((path, dst))
+        return True
+
     def _one(self, op: Op, retry: bool = True) -> None:
         try:
             if isinstance(op, Mkdir):
@@ -179,7 +202,9 @@ class Executor:
                     os.mkdir(self.r(op.path), 0o700)
                 except FileExistsError:
                     if not os.path.isdir(self.r(op.path)):
-                        raise
+                        if not self._set_aside(op.path):
+                            raise
+                        os.mkdir(self.r(op.path), 0o700)
                 self.journal.done(i)
             elif isinstance(op, Move):
                 if op.dst.startswith(STASH + b"/") and not self._stash_ready:
@@ -194,7 +219,12 @@ class Executor:
             elif isinstance(op, Symlink):
                 tmp = temp_name(op.path, f"{self.run_id}-l")
                 i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
-                make_symlink(self.r(tmp), self.r(op.path), op.entry)
+                try:
+                    make_symlink(self.r(tmp), self.r(op.path), op.entry)
+                except OSError as e:
+                    if e.errno not in _IN_THE_WAY or not self._set_aside(op.path):
+                        raise
+                    make_symlink(self.r(tmp), self.r(op.path), op.entry)
                 self.journal.done(i)
             elif isinstance(op, Delete):
                 i = self.journal.begin(op_record("del", path=op.path))
@@ -260,7 +290,7 @@ class Executor:
             with self._lock:
                 self.stats.unpatched += 1
         entry = op.entry
-        unlocked = False
+        unlocked = cleared = False
         for attempt in range(COPY_RETRIES + 1):
             tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}")
             i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
@@ -297,6 +327,9 @@ class Executor:
                 if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
                     unlocked = True
                     continue
+                if e.errno in _IN_THE_WAY and not cleared and self._set_aside(op.path):
+                    cleared = True
+                    continue
                 raise self._fatal(e, "write", op.path) from None
             # The source changed under us: hash it again and retry with the new state.
             r = scanner.hash_file(self.s(op.path), scanner.CHUNK_SIZE,
@@ -319,6 +352,10 @@ class Executor:
         # The remote keeps what it held at this path, if anything.
         keep = op.old if op.old is not None and matches(self.r(op.path), op.old) else None
         self.stats.failed[op.path] = keep
+
+
+# A rename onto a path that holds a folder (or a folder blocking a file's parent).
+_IN_THE_WAY = {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}
 
 
 def _is_source_error(e: OSError, src_root: bytes) -> bool:
