@@ -8,8 +8,7 @@ warm the page cache, then the best of three runs counts.
 2. XXH3-128 of a 1 GiB file on one thread vs `xxhsum -H2 FILE`; and two
    1 GiB files on two workers (scanner.hash_files) vs xxhsum on both in turn.
 3. hashing the 100k small files on the scanner's thread pool: compiled vs
-   the pure-Python twin (each in its own process, selected the way users do);
-   an extra, informational row hands the pool 64 files per task instead of one.
+   the pure-Python twin (each in its own process, selected the way users do).
 
 The data lives in $BTSOOT_BENCH_DIR or /tmp/btsoot-bench and is reused when a
 previous run completed it. --strict makes a failed target exit non-zero.
@@ -147,46 +146,27 @@ def run_hash_two(bigs: list[Path]) -> None:
         assert res[5] == 0, res
 
 
-BATCH = 64  # files per pool task in the batched variant
-
-
-def time_small_hashing(tree: Path, pure_python: bool, batched: bool) -> float:
-    """Best-of-3 seconds to hash the small files on a thread pool, in a fresh process.
-
-    Not batched: scanner.hash_files as shipped, one pool task per file.
-    Batched: the same pool size, BATCH files per task (what hash_files could do).
-    """
+def time_small_hashing(tree: Path, pure_python: bool) -> float:
+    """Best-of-3 seconds for scanner.hash_files over the small files (its thread
+    pool, its batching), in a fresh process."""
     env = dict(os.environ, BTSOOT_PUREPYTHON="1" if pure_python else "0")
-    mode = "batched" if batched else "per-file"
     out = subprocess.run(
-        [sys.executable, __file__, "--_hash-small", str(tree), mode],
+        [sys.executable, __file__, "--_hash-small", str(tree)],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
     return float(out.split()[-1])
 
 
-def _hash_small_child(tree: Path, mode: str) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
+def _hash_small_child(tree: Path) -> None:
     from btsoot import scanner
 
     paths = small_file_paths(tree)
-    args = (scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD)
 
-    def hash_batch(batch: list[bytes]) -> list[tuple]:
-        return [scanner.hash_file(p, *args) for p in batch]
-
-    def per_file() -> None:
+    def run() -> None:
         for res in scanner.hash_files(paths):
             assert res[5] == 0, res
 
-    def batched() -> None:
-        batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
-        with ThreadPoolExecutor(max_workers=scanner.default_threads()) as pool:
-            for results in pool.map(hash_batch, batches):
-                assert all(res[5] == 0 for res in results)
-
-    print(scanner.IMPLEMENTATION, best_of_3(batched if mode == "batched" else per_file))
+    print(scanner.IMPLEMENTATION, best_of_3(run))
 
 
 # ---------------------------------------------------------------------------
@@ -195,10 +175,10 @@ def _hash_small_child(tree: Path, mode: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-    ap.add_argument("--_hash-small", dest="hash_small", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--_hash-small", dest="hash_small", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hash_small:
-        _hash_small_child(Path(args.hash_small[0]), args.hash_small[1])
+        _hash_small_child(Path(args.hash_small))
         return 0
 
     from btsoot import _fastscan  # noqa: F401  (fail early if the extension is not built)
@@ -227,14 +207,10 @@ def main() -> int:
     rows.append(("2 x 1 GiB: 2 workers vs xxhsum sequential (speedup)",
                  f"{t_two:.3f} s", f"{t_x2:.3f} s", r, "> 1.00", r > 1.0))
 
-    t_c, t_p = time_small_hashing(tree, False, False), time_small_hashing(tree, True, False)
+    t_c, t_p = time_small_hashing(tree, False), time_small_hashing(tree, True)
     r = t_p / t_c
     rows.append(("hash 100k small files, scanner.hash_files: compiled vs python",
                  f"{t_c:.3f} s", f"{t_p:.3f} s", r, ">= 2.00", r >= 2.0))
-    t_c, t_p = time_small_hashing(tree, False, True), time_small_hashing(tree, True, True)
-    r = t_p / t_c
-    rows.append((f"  same, {BATCH} files per pool task (info): compiled vs python",
-                 f"{t_c:.3f} s", f"{t_p:.3f} s", r, "(info)", True))
 
     head = ("measurement", "btsoot", "reference", "ratio", "target", "result")
     table = [head] + [(w, b, o, f"{r:.2f}", t, "PASS" if p else "FAIL")

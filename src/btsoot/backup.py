@@ -393,6 +393,7 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
                 meta_bytes = rmt.write_full(block.remote, hdr, _read(out)())
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:
+                assert head.remote_head is not None and committed is not None
                 meta_bytes, _ = rmt.write_delta(block.remote, hdr, head.remote_head,
                                                 committed, out)
                 head.deltas += 1

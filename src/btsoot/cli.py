@@ -96,7 +96,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     from .state import BlockState
 
     cfg = load_config(ctx)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in sorted(cfg.blocks.values(), key=lambda b: b.name):
         last = BlockState(b.state).last_run() or {}
         rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last})

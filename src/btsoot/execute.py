@@ -122,7 +122,7 @@ class Executor:
                         # sent, and after a fatal error few transfers are still queued.
                         window: deque[Future] = deque()
                         for op in ops[i:j]:
-                            window.append(pool.submit(self._transfer, op))
+                            window.append(pool.submit(self._transfer, op))  # type: ignore[arg-type]
                             if len(window) >= self.jobs * 8:
                                 window.popleft().result()
                                 self._progress()
@@ -160,7 +160,7 @@ class Executor:
         its mode comes back; the journal records it as changed (mtime unknown),
         so after a crash the next plan sets it again.
         """
-        paths = (op.src, op.dst) if isinstance(op, Move) else (op.path,)  # type: ignore[union-attr]
+        paths = (op.src, op.dst) if isinstance(op, Move) else (op.path,)
         folders = {parent(p) for p in paths} | ({op.src} if isinstance(op, Move) else set())
         changed = False
         for d in sorted(f for f in folders if f):
@@ -347,7 +347,7 @@ class Executor:
                             size=size, mtime_ns=mtime, ino=ino)
         self._source_failed(op, "kept changing while being copied")
 
-    def _source_failed(self, op: Copy, why: str) -> None:
+    def _source_failed(self, op: Copy | RemoteCopy, why: str) -> None:
         self.stats.errors.append((op.path, why))
         # The remote keeps what it held at this path, if anything.
         keep = op.old if op.old is not None and matches(self.r(op.path), op.old) else None

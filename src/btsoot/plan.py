@@ -180,7 +180,8 @@ def diff_streams(old: Iterable[Entry], new: Iterable[Entry]) -> Diff:
         if o is not None and o.kind == FILE:
             d.old_files += 1
         if n is None:
-            d.removed[o.path] = o  # type: ignore[union-attr]
+            assert o is not None
+            d.removed[o.path] = o
             continue
         if n.kind == FILE:
             d.new_files += 1
@@ -348,16 +349,16 @@ def make_plan(
     # Sources: leaving content goes through the stash to the targets using it.
     uses: dict[bytes, list[Entry]] = defaultdict(list)
     transfers: list[Op] = []
-    for n, o in targets:
+    for n, was in targets:
         srcs = leaving.get(n.digest or "")
         if srcs:
             uses[srcs[0]].append(n)
             continue
         st = staying.get(n.digest or "")
         if st is not None:
-            transfers.append(RemoteCopy(n.path, n, st, o))
+            transfers.append(RemoteCopy(n.path, n, st, was))
         else:
-            transfers.append(Copy(n.path, n, o, _patch_chunks(o, n) if patch else None))
+            transfers.append(Copy(n.path, n, was, _patch_chunks(was, n) if patch else None))
     finals: list[Op] = []
     for src, users in sorted(uses.items(), key=lambda kv: sort_key(kv[0])):
         cur = loc(src)
@@ -485,7 +486,7 @@ def _find_staying(
     for o in open_old():
         if (o.kind == FILE and o.digest in digests and o.digest not in found
                 and o.path not in leaves):
-            found[o.digest] = o.path  # type: ignore[index]
+            found[o.digest] = o.path
             if len(found) == len(digests):
                 break
     return found

@@ -53,6 +53,9 @@ _WINDOW = 2048
 _KIND = {scanner.FILE: FILE, scanner.DIR: DIR, scanner.SYMLINK: SYMLINK}
 
 
+RelPath = bytes  # (a field of ScanStats is named bytes)
+
+
 @dataclass(slots=True)
 class ScanStats:
     files: int = 0
@@ -61,8 +64,8 @@ class ScanStats:
     bytes: int = 0
     hashed_files: int = 0
     hashed_bytes: int = 0
-    errors: list[tuple[bytes, str]] = field(default_factory=list)
-    skipped: list[bytes] = field(default_factory=list)  # fifos, sockets, devices
+    errors: list[tuple[RelPath, str]] = field(default_factory=list)
+    skipped: list[RelPath] = field(default_factory=list)  # fifos, sockets, devices
 
 
 @dataclass(slots=True)
@@ -165,6 +168,7 @@ def scan(
     threads = threads or scanner.default_threads()
 
     short = ShortPaths()
+    last_progress = 0
     batch: list[_Item] = []
     batch_bytes = 0
 
@@ -281,7 +285,6 @@ def scan(
              else None)
     # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
-    last_progress = 0
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
     line_same = scanner.line_same

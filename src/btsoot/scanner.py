@@ -23,7 +23,7 @@ else:
     except ImportError:
         if os.environ.get("BTSOOT_REQUIRE_COMPILED") == "1":
             raise
-        from . import _pyscan as _impl  # type: ignore[no-redef]
+        from . import _pyscan as _impl
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 walk = _impl.walk
