@@ -900,7 +900,7 @@ def test_first_backup_hashes_while_sending(block: tuple[Env, Path, Path]) -> Non
 
 def test_transfer_threads_follow_the_remote_file_system(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """One transfer thread on local disks, several over network file systems
+    """Local disks and network file systems get different transfer policies
     (told from /proc/self/mountinfo, escaped mount points included)."""
     from btsoot import remote as rmt
 
@@ -912,9 +912,10 @@ def test_transfer_threads_follow_the_remote_file_system(tmp_path: Path,
     try:
         (mnt / "sub").mkdir()
         assert rmt.fs_type(str(mnt / "sub")) == "tmpfs"
-        assert rmt.default_jobs(str(mnt / "sub")) == rmt.LOCAL_JOBS == 1
+        assert not rmt.is_network(str(mnt / "sub"))
+        assert rmt.default_jobs(str(mnt / "sub")) == rmt.LOCAL_JOBS
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     for kind in ("fuse.sshfs", "nfs4", "cifs"):
         monkeypatch.setattr(rmt, "fs_type", lambda p, k=kind: k)
-        assert rmt.default_jobs("/x") == rmt.NETWORK_JOBS
+        assert rmt.is_network("/x") and rmt.default_jobs("/x") == rmt.NETWORK_JOBS

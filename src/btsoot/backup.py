@@ -253,10 +253,11 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         journal = Journal(st.journal, run_id, base, head.head)
         st.remove_bases(keep=base)
         try:
+            network = rmt.is_network(block.remote)
             ex = Executor(block.source, block.remote, journal, run_id,
-                          jobs or block.jobs or rmt.default_jobs(block.remote),
+                          jobs or block.jobs or (rmt.NETWORK_JOBS if network else rmt.LOCAL_JOBS),
                           (lambda s: progress("transfer", s)) if progress else None,
-                          damaged).run(plan)
+                          damaged, small_inline=not network).run(plan)
             _cleanup_stash(block.remote)
             try:
                 syncfs(block.remote)

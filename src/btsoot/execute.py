@@ -80,6 +80,7 @@ class Executor:
         jobs: int = 4,
         on_progress: Callable[[ExecStats], None] | None = None,
         damaged: set[bytes] | None = None,
+        small_inline: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         self.dst = os.fsencode(remote)
@@ -94,6 +95,9 @@ class Executor:
         # Paths `btsoot verify` found damaged: whatever is there may be in the way.
         self.damaged = damaged or set()
         self._aside = 0
+        # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
+        # pool (local disks: see remote.NETWORK_FS).
+        self.small_inline = small_inline
         self.short = ShortPaths()
 
     def r(self, rel: bytes) -> bytes:
@@ -122,6 +126,11 @@ class Executor:
                         # sent, and after a fatal error few transfers are still queued.
                         window: deque[Future] = deque()
                         for op in ops[i:j]:
+                            if (self.small_inline and isinstance(op, Copy) and op.patch is None
+                                    and op.entry.size < scanner.SMALL_COPY_MAX):
+                                self._transfer(op)
+                                self._progress()
+                                continue
                             window.append(pool.submit(self._transfer, op))  # type: ignore[arg-type]
                             if len(window) >= self.jobs * 8:
                                 window.popleft().result()

@@ -39,14 +39,15 @@ META = ".btsoot"
 MAX_DELTAS = 20
 
 
-# File systems where each operation waits on a network round trip: transfers
-# run in parallel there. On local disks one transfer thread is faster (Python
-# threads only contend for the interpreter; the kernel's page cache and
-# writeback already overlap the I/O).
+# File systems where each operation waits on a network round trip: every
+# transfer runs in parallel there. On local disks small files are copied one
+# after another (parallel Python threads only contend for the interpreter, while
+# the page cache and writeback already overlap the I/O) and only large files,
+# where hashing and copying bytes dominate, use the pool.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs",
               "davfs", "lustre", "gpfs"}
 NETWORK_JOBS = 4
-LOCAL_JOBS = 1
+LOCAL_JOBS = 2
 
 
 def fs_type(path: str) -> str:
@@ -70,12 +71,14 @@ def fs_type(path: str) -> str:
     return kind
 
 
-def default_jobs(remote: str) -> int:
-    """Parallel transfers for a remote: several over a network, one on a local disk."""
+def is_network(remote: str) -> bool:
     kind = fs_type(remote)
-    if kind in NETWORK_FS or kind.startswith("fuse"):  # sshfs, rclone mount, ...
-        return NETWORK_JOBS
-    return LOCAL_JOBS
+    return kind in NETWORK_FS or kind.startswith("fuse")  # sshfs, rclone mount, ...
+
+
+def default_jobs(remote: str) -> int:
+    """Parallel transfers for a remote (see NETWORK_FS)."""
+    return NETWORK_JOBS if is_network(remote) else LOCAL_JOBS
 
 
 def meta(remote: str, *parts: str) -> str:
