@@ -842,6 +842,9 @@ class Bench:
                 for t in insts:
                     if sc == "initial":
                         warm(src)
+                    # Writeback still pending from setting up (mkfs, cp -al, the
+                    # previous tool) must not be charged to whichever tool runs next.
+                    os.sync()
                     before = target.sectors_written()
                     r = Run(spec.name, sc, t.name, "local", load=load1())
                     out = work / f"out-{t.name.split()[0]}-{sc}-{rep}"
@@ -912,6 +915,7 @@ class Bench:
                 for t, server_dst, via_mount in insts:
                     if sc == "initial":
                         warm(src)
+                    os.sync()  # (as for the local remote)
                     before, cpu0 = server.written()
                     server.payload()
                     mount = SshfsMount(server, mnt, served) if via_mount else None
