@@ -807,6 +807,19 @@ class Bench:
 
     # -- local ----------------------------------------------------------------
 
+    def scenarios(self, spec: TreeSpec, src: Path, ch: Changes, mode: str,
+                  repeat: int) -> Iterator[tuple[str, int, bool]]:
+        """(scenario, repetition, last repetition?) in order; the day's changes (or
+        the 1 GiB edits) are applied to src before their scenario."""
+        for sc in ["initial", "no-change", "edit-1g" if spec.large_files else "day"]:
+            if sc in ("day", "edit-1g"):
+                apply_changes(spec, src, ch)
+                self.extra_rows.append({"mode": mode, "tree": spec.name, "scenario": sc,
+                                        "content_bytes": ch.content_bytes})
+            reps = repeat if sc == "no-change" else 1
+            for rep in range(reps):
+                yield sc, rep, rep == reps - 1
+
     def local(self, spec: TreeSpec, cache: Path, tools: list[str]) -> None:
         work = self.work / f"local-{spec.name}"
         shutil.rmtree(work, ignore_errors=True)
@@ -831,34 +844,27 @@ class Bench:
             t = cls(tw, src, dst)
             t.setup()
             insts.append(t)
-        scen = ["initial", "no-change", "edit-1g" if spec.large_files else "day"]
-        for sc in scen:
-            if sc in ("day", "edit-1g"):
-                apply_changes(spec, src, ch)
-                self.extra_rows.append({"mode": "local", "tree": spec.name, "scenario": sc,
-                                        "content_bytes": ch.content_bytes})
-            reps = self.args.repeat if sc == "no-change" else 1
-            for rep in range(reps):
-                for t in insts:
-                    if sc == "initial":
-                        warm(src)
-                    # Writeback still pending from setting up (mkfs, cp -al, the
-                    # previous tool) must not be charged to whichever tool runs next.
-                    os.sync()
-                    before = target.sectors_written()
-                    r = Run(spec.name, sc, t.name, "local", load=load1())
-                    out = work / f"out-{t.name.split()[0]}-{sc}-{rep}"
-                    r.rc, r.wall, r.cpu, r.rss_kib, stdout = run_measured(t.cmd(), t.env(), None, out)
-                    r.sync = syncfs(target.mnt)
-                    r.written = target.sectors_written() - before
-                    r.extra = t.parse(stdout)
-                    if r.rc != 0:
-                        r.check = f"FAIL exit {r.rc}: " + Path(str(out) + ".err").read_text()[-300:]
-                    elif t.mirror and rep == reps - 1:
-                        r.check = check_mirror(src, t.dst, ch.touched if sc != "initial" else [])
-                    self.record(r)
-                if sc == "no-change" and spec.name != "large":
-                    self.find_row(spec, src, rep)
+        for sc, rep, last in self.scenarios(spec, src, ch, "local", self.args.repeat):
+            for t in insts:
+                if sc == "initial":
+                    warm(src)
+                # Writeback still pending from setting up (mkfs, cp -al, the
+                # previous tool) must not be charged to whichever tool runs next.
+                os.sync()
+                before = target.sectors_written()
+                r = Run(spec.name, sc, t.name, "local", load=load1())
+                out = work / f"out-{t.name.split()[0]}-{sc}-{rep}"
+                r.rc, r.wall, r.cpu, r.rss_kib, stdout = run_measured(t.cmd(), t.env(), None, out)
+                r.sync = syncfs(target.mnt)
+                r.written = target.sectors_written() - before
+                r.extra = t.parse(stdout)
+                if r.rc != 0:
+                    r.check = f"FAIL exit {r.rc}: " + Path(str(out) + ".err").read_text()[-300:]
+                elif t.mirror and last:
+                    r.check = check_mirror(src, t.dst, ch.touched if sc != "initial" else [])
+                self.record(r)
+            if sc == "no-change" and spec.name != "large":
+                self.find_row(spec, src, rep)
         log(f"local/{spec.name}: removing the targets and the source")
         target.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -904,41 +910,34 @@ class Bench:
         m = SshfsMount(server, mnt, served)
         insts[0][0].setup()  # btsoot add (checks that the remote exists)
         m.close()
-        scen = ["initial", "no-change", "edit-1g" if spec.large_files else "day"]
-        for sc in scen:
-            if sc in ("day", "edit-1g"):
-                apply_changes(spec, src, ch)
-                self.extra_rows.append({"mode": "slow", "tree": spec.name, "scenario": sc,
-                                        "content_bytes": ch.content_bytes})
-            reps = self.args.slow_repeat if sc == "no-change" else 1
-            for rep in range(reps):
-                for t, server_dst, via_mount in insts:
-                    if sc == "initial":
-                        warm(src)
-                    os.sync()  # (as for the local remote)
-                    before, cpu0 = server.written()
-                    server.payload()
-                    mount = SshfsMount(server, mnt, served) if via_mount else None
-                    r = Run(spec.name, sc, t.name + (" (sshfs)" if via_mount else ""), "slow",
-                            load=load1())
-                    out = work / f"out-{t.name.split()[0]}-{sc}-{rep}"
-                    try:
-                        r.rc, r.wall, r.cpu, r.rss_kib, stdout = run_measured(t.cmd(), t.env(), None, out)
-                        if mount is not None:
-                            r.sync = syncfs(mnt)
-                    finally:
-                        link = mount.close() if mount is not None else 0.0
-                    after, cpu1 = server.written()
+        for sc, rep, last in self.scenarios(spec, src, ch, "slow", self.args.slow_repeat):
+            for t, server_dst, via_mount in insts:
+                if sc == "initial":
+                    warm(src)
+                os.sync()  # (as for the local remote)
+                before, cpu0 = server.written()
+                server.payload()
+                mount = SshfsMount(server, mnt, served) if via_mount else None
+                r = Run(spec.name, sc, t.name + (" (sshfs)" if via_mount else ""), "slow",
+                        load=load1())
+                out = work / f"out-{t.name.split()[0]}-{sc}-{rep}"
+                try:
+                    r.rc, r.wall, r.cpu, r.rss_kib, stdout = run_measured(t.cmd(), t.env(), None, out)
                     if mount is not None:
-                        r.payload = server.payload()
-                    r.written = after - before
-                    r.link_cpu = link + (cpu1 - cpu0)
-                    r.extra = t.parse(stdout)
-                    if r.rc != 0:
-                        r.check = f"FAIL exit {r.rc}: " + Path(str(out) + ".err").read_text()[-300:]
-                    elif rep == reps - 1:
-                        r.check = check_mirror(src, server_dst, ch.touched if sc != "initial" else [])
-                    self.record(r)
+                        r.sync = syncfs(mnt)
+                finally:
+                    link = mount.close() if mount is not None else 0.0
+                after, cpu1 = server.written()
+                if mount is not None:
+                    r.payload = server.payload()
+                r.written = after - before
+                r.link_cpu = link + (cpu1 - cpu0)
+                r.extra = t.parse(stdout)
+                if r.rc != 0:
+                    r.check = f"FAIL exit {r.rc}: " + Path(str(out) + ".err").read_text()[-300:]
+                elif last:
+                    r.check = check_mirror(src, server_dst, ch.touched if sc != "initial" else [])
+                self.record(r)
         log(f"slow/{spec.name}: removing the targets and the source")
         shutil.rmtree(served, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -449,6 +449,19 @@ def test_crash_torture(tmp_path: Path) -> None:
     assert not missing, f"kill points never hit phases {missing}; hit: {killed_in}"
 
 
+def kill_from_saved(env: Env, saved: Path, idx: int, args: tuple[str, ...], dst: Path) -> None:
+    """Put the saved setup back, run with a SIGKILL before event idx, and check that
+    nothing the remote held was lost while the run is interrupted."""
+    for name in ("src", "remote", "state"):
+        shutil.rmtree(env.root / name)
+        shutil.copytree(saved / name, env.root / name, symlinks=True)
+    hist = History()
+    hist.observe(env)
+    rc, _ = torture_run(env, kill_at=idx, args=args)
+    assert rc == -signal.SIGKILL
+    assert_interrupted_ok(env, dst, hist)
+
+
 def test_crash_at_every_point_of_a_same_size_same_mtime_update(block) -> None:
     """Kill before every system call of a run that replaces content whose size and
     mtime did not change (a tool that preserves times; found with --checksum).
@@ -475,14 +488,7 @@ def test_crash_at_every_point_of_a_same_size_same_mtime_update(block) -> None:
     points = [i + 1 for i, lab in enumerate(labels) if lab.partition(":")[0] == "copy"]
     assert points
     for idx in points:
-        for name in ("src", "remote", "state"):
-            shutil.rmtree(env.root / name)
-            shutil.copytree(saved / name, env.root / name, symlinks=True)
-        hist = History()
-        hist.observe(env)
-        rc, _ = torture_run(env, kill_at=idx, args=("--checksum",))
-        assert rc == -signal.SIGKILL
-        assert_interrupted_ok(env, dst, hist)
+        kill_from_saved(env, saved, idx, ("--checksum",), dst)
         env.run("backup", "b", "--checksum", check=0)
         assert_done(env, src, dst)
 
@@ -536,14 +542,7 @@ def test_crash_at_every_point_of_an_in_place_patch(block) -> None:
     points = [i + 1 for i, lab in enumerate(labels) if lab.partition(":")[0] == "patch"]
     mixed = 0  # kills that left a file half-written (the redo file's case)
     for idx in points:
-        for name in ("src", "remote", "state"):
-            shutil.rmtree(env.root / name)
-            shutil.copytree(saved / name, env.root / name, symlinks=True)
-        hist = History()
-        hist.observe(env)
-        rc, _ = torture_run(env, kill_at=idx, args=ARGS)
-        assert rc == -signal.SIGKILL
-        assert_interrupted_ok(env, dst, hist)
+        kill_from_saved(env, saved, idx, ARGS, dst)
         for n in old:
             d = xxh(os.fsencode(dst / n))
             if d not in (old[n], new[n]):

@@ -113,7 +113,7 @@ def install() -> None:
     backup.make_plan = _wrap_phase(plan.make_plan, "plan")
     backup._recover = _wrap_phase(backup._recover, "recover")
     backup._commit = _wrap_phase(backup._commit, "commit")
-    backup._cleanup_stash = _wrap_phase(backup._cleanup_stash, "cleanup")
+    backup._cleanup_meta = _wrap_phase(backup._cleanup_meta, "cleanup")
     remote.write_full = _wrap_phase(remote.write_full, "snapshot-write")
     remote.write_delta = _wrap_phase(remote.write_delta, "snapshot-write")
     remote.prune = _wrap_phase(remote.prune, "snapshot-prune")

@@ -495,6 +495,16 @@ cdef struct Reader:
     struct_stat after
 
 
+cdef inline void _reader_init(Reader* r) noexcept nogil:
+    r.fd = -1
+    r.err = 0
+    r.eof = False
+    r.buf = NULL
+    r.bufsize = 0
+    r.got = 0
+    r.total = 0
+
+
 cdef void _reader_open(Reader* r, const char* path) noexcept nogil:
     cdef long long size
     r.fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
@@ -574,13 +584,7 @@ def hash_file(path, Py_ssize_t chunk_size, Py_ssize_t chunk_threshold):
     cdef list chunks = None
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
-    r.fd = -1
-    r.err = 0
-    r.eof = False
-    r.buf = NULL
-    r.bufsize = 0
-    r.got = 0
-    r.total = 0
+    _reader_init(&r)
     try:
         with nogil:
             _reader_open(&r, cpath)
@@ -811,13 +815,7 @@ def copy_small(src, tmp, final, long long size, long long mtime_ns, int mode, ex
     cdef object digest
     if size >= SMALL_COPY_MAX:
         raise ValueError("copy_small: file too large")
-    r.fd = -1
-    r.err = 0
-    r.eof = False
-    r.buf = NULL
-    r.bufsize = 0
-    r.got = 0
-    r.total = 0
+    _reader_init(&r)
     try:
         with nogil:
             _reader_open(&r, csrc)

@@ -255,10 +255,10 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         try:
             network = rmt.is_network(block.remote)
             ex = Executor(block.source, block.remote, journal, run_id,
-                          jobs or block.jobs or (rmt.NETWORK_JOBS if network else rmt.LOCAL_JOBS),
+                          jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
                           damaged, small_inline=not network).run(plan)
-            _cleanup_stash(block.remote)
+            _cleanup_meta(block.remote)
             try:
                 syncfs(block.remote)
             except OSError as e:
@@ -331,7 +331,7 @@ def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
     return out
 
 
-def _cleanup_stash(remote: str) -> None:
+def _cleanup_meta(remote: str) -> None:
     """Remove the run's emptied stash folders, and the folder of patch redo files
     (empty once every patch finished: a redo file is removed right after its target
     is durable)."""

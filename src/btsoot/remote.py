@@ -76,9 +76,9 @@ def is_network(remote: str) -> bool:
     return kind in NETWORK_FS or kind.startswith("fuse")  # sshfs, rclone mount, ...
 
 
-def default_jobs(remote: str) -> int:
-    """Parallel transfers for a remote (see NETWORK_FS)."""
-    return NETWORK_JOBS if is_network(remote) else LOCAL_JOBS
+def default_jobs(network: bool) -> int:
+    """Parallel transfers for a remote, by is_network() (see NETWORK_FS)."""
+    return NETWORK_JOBS if network else LOCAL_JOBS
 
 
 def meta(remote: str, *parts: str) -> str:

@@ -497,7 +497,7 @@ class SnapshotWriter:
                 pass
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(path: str | bytes) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

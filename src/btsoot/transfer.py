@@ -20,7 +20,7 @@ import xxhash
 
 from . import scanner
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
-from .snapshot import FILE, Entry
+from .snapshot import FILE, Entry, fsync_dir
 
 _BUF = 1 << 20
 _CHUNK = 1 << 30
@@ -204,14 +204,11 @@ _SYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBA
 
 def sync_dir(path: bytes) -> None:
     """fsync a folder (its entries), where the file system supports that."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync_dir(path)
     except OSError as e:
         if e.errno not in _SYNC_DIR_UNSUPPORTED:  # some network file systems cannot
             raise
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
