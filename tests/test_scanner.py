@@ -591,6 +591,29 @@ def test_line_functions_agree_between_implementations() -> None:
 
 # --- small-file copies ----------------------------------------------------------
 
+AT_FDCWD = -100  # copy_small's tmp and final are paths, not names in a folder
+
+
+def test_copy_small_writes_beneath_a_folder_descriptor_never_through_a_link(
+        scan: ModuleType, tmp_path: Path) -> None:
+    src = touch(tmp_path / "src", b"y" * 300)
+    st = src.stat()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "victim").write_bytes(b"keep")
+    dfd = os.open(tmp_path / "out", os.O_PATH | os.O_DIRECTORY)
+    try:
+        digest, err, _ = scan.copy_small(os.fsencode(src), dfd, b".t", b"f", 300, st.st_mtime_ns,
+                                         0o644, None)
+        assert err == 0 and (tmp_path / "out" / "f").read_bytes() == b"y" * 300
+        # A temp name that is a symlink planted on the remote is never written through.
+        os.symlink(tmp_path / "victim", tmp_path / "out" / ".t")
+        assert scan.copy_small(os.fsencode(src), dfd, b".t", b"g", 300, st.st_mtime_ns, 0o644,
+                               None)[1:] == (errno.ELOOP, 1)
+        assert (tmp_path / "victim").read_bytes() == b"keep"
+    finally:
+        os.close(dfd)
+
+
 def test_copy_small_copies_hashes_and_renames(scan: ModuleType, tmp_path: Path) -> None:
     data = os.urandom(5000)
     src = touch(tmp_path / "src", data)
@@ -598,7 +621,7 @@ def test_copy_small_copies_hashes_and_renames(scan: ModuleType, tmp_path: Path) 
     st = src.stat()
     (tmp_path / "out").mkdir()
     tmp, final = tmp_path / "out" / ".tmp", tmp_path / "out" / "f"
-    digest, err, _ = scan.copy_small(os.fsencode(src), os.fsencode(tmp), os.fsencode(final),
+    digest, err, _ = scan.copy_small(os.fsencode(src), AT_FDCWD, os.fsencode(tmp), os.fsencode(final),
                                      st.st_size, st.st_mtime_ns, 0o100640, None)
     assert (digest, err) == (xxhash.xxh3_128_hexdigest(data), 0)
     assert final.read_bytes() == data and not tmp.exists()
@@ -607,7 +630,7 @@ def test_copy_small_copies_hashes_and_renames(scan: ModuleType, tmp_path: Path) 
     # With the digest known, a match is required; empty files work too.
     empty = touch(tmp_path / "empty")
     est = empty.stat()
-    assert scan.copy_small(os.fsencode(empty), os.fsencode(tmp), os.fsencode(final), 0,
+    assert scan.copy_small(os.fsencode(empty), AT_FDCWD, os.fsencode(tmp), os.fsencode(final), 0,
                            est.st_mtime_ns, 0o600, xxhash.xxh3_128_hexdigest(b""))[1] == 0
     assert final.read_bytes() == b""
 
@@ -620,22 +643,22 @@ def test_copy_small_refuses_a_changed_source_and_reports_each_side(scan: ModuleT
     tmp, final = os.fsencode(tmp_path / "out" / ".tmp"), os.fsencode(tmp_path / "out" / "f")
     s = os.fsencode(src)
     # Size, mtime or content not those expected: CHANGED, nothing written.
-    assert scan.copy_small(s, tmp, final, 99, st.st_mtime_ns, 0o600, None)[1] == CHANGED
-    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns + 1, 0o600, None)[1] == CHANGED
-    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns, 0o600, "0" * 32)[1] == CHANGED
+    assert scan.copy_small(s, AT_FDCWD, tmp, final, 99, st.st_mtime_ns, 0o600, None)[1] == CHANGED
+    assert scan.copy_small(s, AT_FDCWD, tmp, final, 100, st.st_mtime_ns + 1, 0o600, None)[1] == CHANGED
+    assert scan.copy_small(s, AT_FDCWD, tmp, final, 100, st.st_mtime_ns, 0o600, "0" * 32)[1] == CHANGED
     assert os.listdir(tmp_path / "out") == []
     # Errors say which side they come from; a failed write leaves no temp file.
-    assert scan.copy_small(s + b"-gone", tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
+    assert scan.copy_small(s + b"-gone", AT_FDCWD, tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
         errno.ENOENT, 0)
     os.symlink(src, tmp_path / "link")
-    assert scan.copy_small(os.fsencode(tmp_path / "link"), tmp, final, 100, st.st_mtime_ns,
+    assert scan.copy_small(os.fsencode(tmp_path / "link"), AT_FDCWD, tmp, final, 100, st.st_mtime_ns,
                            0o600, None)[1:] == (errno.ELOOP, 0)
-    assert scan.copy_small(s, os.fsencode(tmp_path / "no" / "t"), final, 100, st.st_mtime_ns,
+    assert scan.copy_small(s, AT_FDCWD, os.fsencode(tmp_path / "no" / "t"), final, 100, st.st_mtime_ns,
                            0o600, None)[1:] == (errno.ENOENT, 1)
     os.mkdir(final)
     os.mkdir(os.path.join(final, b"full"))  # rename onto a non-empty folder fails
-    assert scan.copy_small(s, tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
+    assert scan.copy_small(s, AT_FDCWD, tmp, final, 100, st.st_mtime_ns, 0o600, None)[1:] == (
         errno.EISDIR, 1)
     assert sorted(os.listdir(tmp_path / "out")) == ["f"]
     with pytest.raises(ValueError):
-        scan.copy_small(s, tmp, final, scan.SMALL_COPY_MAX, 0, 0o600, None)
+        scan.copy_small(s, AT_FDCWD, tmp, final, scan.SMALL_COPY_MAX, 0, 0o600, None)

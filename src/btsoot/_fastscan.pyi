@@ -61,14 +61,16 @@ def line_same(line: bytes, w: WalkEntry, racy_before: int) -> bool:
 
 SMALL_COPY_MAX: int
 
-def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, mode: int,
-               expect_digest: str | None) -> tuple[str | None, int, int]:
+def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mtime_ns: int,
+               mode: int, expect_digest: str | None) -> tuple[str | None, int, int]:
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
 
     The source must have size and mtime_ns before and after it is read, and
     hash to expect_digest when that is given; else err is CHANGED and nothing
-    is written. Then the bytes go to tmp (created, mode 0600), get mode and
-    mtime_ns, and tmp is renamed onto final. err is 0, CHANGED, or an errno;
+    is written. Then the bytes go to tmp (created, mode 0600, never through a
+    link), get mode and mtime_ns, and tmp is renamed onto final; tmp and final
+    are names in the folder dir_fd (or paths, with os's AT_FDCWD, -100). err
+    is 0, CHANGED, or an errno;
     side says where an errno came from: 0 the source, 1 the remote (tmp is
     removed then).
     """

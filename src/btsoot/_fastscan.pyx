@@ -63,7 +63,6 @@ from cpython.buffer cimport PyBUF_READ
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc cimport errno as c_errno
 from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, errno
-from libc.stdio cimport rename
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy, strcmp, strlen
@@ -72,7 +71,7 @@ from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_CREAT, O_DI
                           posix_fadvise)
 from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmod, fstat, fstatat, futimens, stat, struct_stat
 from posix.time cimport timespec
-from posix.unistd cimport close, read, unlink, write
+from posix.unistd cimport close, read, write
 
 import os
 
@@ -87,6 +86,10 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     Py_ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
+    int unlinkat(int dirfd, const char* path, int flags)
+
+cdef extern from "<stdio.h>" nogil:
+    int renameat(int olddirfd, const char* oldpath, int newdirfd, const char* newpath)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
@@ -758,10 +761,11 @@ def line_same(bytes line, tuple w, long long racy_before):
 SMALL_COPY_MAX = _BUFSIZE
 
 
-cdef int _write_out(const char* tmp, const char* final, const char* buf, size_t n,
+cdef int _write_out(int dfd, const char* tmp, const char* final, const char* buf, size_t n,
                     int mode, long long mtime_ns) noexcept nogil:
-    """Write buf to tmp (new), set mode and mtime, rename onto final; 0 or errno."""
-    cdef int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    """Write buf to tmp (new), set mode and mtime, rename onto final, both names
+    relative to the folder descriptor dfd; 0 or errno."""
+    cdef int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
     cdef Py_ssize_t w
     cdef size_t done = 0
     cdef int err = 0
@@ -789,20 +793,23 @@ cdef int _write_out(const char* tmp, const char* final, const char* buf, size_t 
             err = errno
     if close(fd) != 0 and err == 0:
         err = errno
-    if err == 0 and rename(tmp, final) != 0:
+    if err == 0 and renameat(dfd, tmp, dfd, final) != 0:
         err = errno
     if err != 0:
-        unlink(tmp)
+        unlinkat(dfd, tmp, 0)
     return err
 
 
-def copy_small(src, tmp, final, long long size, long long mtime_ns, int mode, expect_digest):
+def copy_small(src, int dir_fd, tmp, final, long long size, long long mtime_ns, int mode,
+               expect_digest):
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
 
     The source must have `size` and `mtime_ns` before and after it is read, and
     hash to expect_digest when that is given; else err is CHANGED and nothing
-    is written. Then the bytes go to tmp (created, mode 0600), get `mode` and
-    `mtime_ns`, and tmp is renamed onto final. err is 0, CHANGED, or an errno;
+    is written. Then the bytes go to tmp (created, mode 0600, never through a
+    link), get `mode` and `mtime_ns`, and tmp is renamed onto final; tmp and
+    final are names in the folder dir_fd (or paths, with AT_FDCWD, as `os`
+    spells it: -100). err is 0, CHANGED, or an errno;
     side says where an errno came from: 0 the source, 1 the remote (tmp is
     removed then).
     """
@@ -832,7 +839,7 @@ def copy_small(src, tmp, final, long long size, long long mtime_ns, int mode, ex
         if expect_digest is not None and digest != expect_digest:
             return (None, K_CHANGED, 0)
         with nogil:
-            err = _write_out(ctmp, cfinal, r.buf, r.got, mode, mtime_ns)
+            err = _write_out(dir_fd, ctmp, cfinal, r.buf, r.got, mode, mtime_ns)
         if err != 0:
             return (None, err, 1)
         return (digest, 0, 0)

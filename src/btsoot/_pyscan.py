@@ -209,10 +209,11 @@ def line_same(line: bytes, w: tuple, racy_before: int) -> bool:
 # --- small-file copies (see _fastscan.copy_small) ------------------------------
 
 SMALL_COPY_MAX = _BUFSIZE
+AT_FDCWD = -100  # Linux's value: "paths, not names in a folder descriptor"
 
 
-def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, mode: int,
-               expect_digest: str | None) -> tuple[str | None, int, int]:
+def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mtime_ns: int,
+               mode: int, expect_digest: str | None) -> tuple[str | None, int, int]:
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side); see _fastscan."""
     if size >= SMALL_COPY_MAX:
         raise ValueError("copy_small: file too large")
@@ -243,8 +244,10 @@ def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, m
     digest = xxhash.xxh3_128_hexdigest(data)
     if expect_digest is not None and digest != expect_digest:
         return None, CHANGED, 0
+    dfd = None if dir_fd == AT_FDCWD else dir_fd
     try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=dfd)
     except OSError as e:
         return None, e.errno or _errno.EIO, 1
     try:
@@ -256,10 +259,10 @@ def copy_small(src: bytes, tmp: bytes, final: bytes, size: int, mtime_ns: int, m
             os.utime(out, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(out)
-        os.rename(tmp, final)
+        os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
     except OSError as e:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dfd)
         except OSError:
             pass
         return None, e.errno or _errno.EIO, 1

@@ -22,6 +22,7 @@ from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError
 from .execute import ExecStats, Executor
 from .journal import Journal, replay
 from .plan import Plan, make_plan
+from .remotefs import Remote
 from .scan import ScanStats, scan
 from .snapshot import Entry, Header, SnapshotReader, SnapshotWriter, fsync_dir, new_id, sort_key
 from .state import BlockState, Head
@@ -167,13 +168,25 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             prev_empty = next(r.raw(), None) is None
     check_source(block, prev_header, override, prev_empty)
     rmt.check_remote(block.remote, block.name, head.head is not None)
+    try:
+        remote = Remote(block.remote)
+    except OSError as e:
+        raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
+    with remote:
+        return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
+                    progress, t0)
+
+
+def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
+         remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
+         progress: Progress | None, t0: float) -> BackupResult:
     run_id = new_id()  # also the id of the snapshot this run commits
 
     # A crashed run left a journal: rebuild what the remote holds now.
     base = committed
     if os.path.exists(st.journal):
         res.resumed = True
-        base = _recover(st, committed, block.remote, run_id)
+        base = _recover(st, committed, remote, run_id)
     elif committed is None and (remote_snaps := rmt.list_snapshots(block.remote)):
         # The local state is gone but the remote carries this block's snapshots
         # (a reinstalled machine): plan against what the remote says it holds.
@@ -243,7 +256,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         # The first run writes the remote's identity and snapshot folder even when
         # there is nothing to copy (an empty source): its commit writes there.
         try:
-            rmt.init_remote(block.remote, block.name)
+            rmt.init_remote(remote, block.name)
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
     if not plan.empty or res.resumed:
@@ -254,11 +267,11 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         st.remove_bases(keep=base)
         try:
             network = rmt.is_network(block.remote)
-            ex = Executor(block.source, block.remote, journal, run_id,
+            ex = Executor(block.source, remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
                           damaged, small_inline=not network).run(plan)
-            _cleanup_meta(block.remote)
+            _cleanup_meta(remote)
             try:
                 syncfs(block.remote)
             except OSError as e:
@@ -278,7 +291,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         res.snapshot = head.head
     else:
         res.snapshot, res.remote_meta_bytes = _commit(
-            block, st, sres.header, committed, head, ex, unchanged)
+            block, remote, st, sres.header, committed, head, ex, unchanged)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -288,7 +301,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     return res
 
 
-def _recover(st: BlockState, committed: str | None, remote: str, run_id: str) -> str:
+def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str) -> str:
     from .journal import read_journal
 
     header, _ = read_journal(st.journal)
@@ -299,7 +312,11 @@ def _recover(st: BlockState, committed: str | None, remote: str, run_id: str) ->
             raise StateError(f"{st.journal}: its base snapshot {base_path} is missing")
         with SnapshotReader(base_path) as r:
             model = {e.path: e for e in r}
-    model = replay(st.journal, os.fsencode(remote), model)
+    try:
+        model = replay(st.journal, remote, model)
+    except OSError as e:
+        raise FatalIOError(f"remote: cannot finish the interrupted run at "
+                           f"{os.fsdecode(e.filename or remote.root)}: {e.strerror}") from None
     return _write_base(st, (model[k] for k in sorted(model, key=sort_key)), run_id)
 
 
@@ -331,28 +348,28 @@ def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
     return out
 
 
-def _cleanup_meta(remote: str) -> None:
+def _cleanup_meta(remote: Remote) -> None:
     """Remove the run's emptied stash folders, and the folder of patch redo files
     (empty once every patch finished: a redo file is removed right after its target
     is durable)."""
     try:
-        os.rmdir(rmt.meta(remote, "patch"))
+        remote.rmdir(rmt.meta_rel("patch"))
     except OSError:
         pass
-    stash = rmt.meta(remote, "stash")
+    stash = rmt.meta_rel("stash")
     try:
-        runs = os.listdir(stash)
-    except FileNotFoundError:
+        runs = remote.listdir(stash)
+    except (FileNotFoundError, NotADirectoryError):
         return
     for r in runs:
         try:
-            os.rmdir(os.path.join(stash, r))
+            remote.rmdir(stash + b"/" + r)
         except OSError:
             pass
 
 
-def _commit(block: Block, st: BlockState, header: Header, committed: str | None, head: Head,
-            ex: ExecStats, unchanged: bool) -> tuple[str, int]:
+def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
+            head: Head, ex: ExecStats, unchanged: bool) -> tuple[str, int]:
     """Write the snapshot of what the remote now holds; then point head at it.
 
     Usually that is the scan itself, renamed into place; entries whose transfer
@@ -391,11 +408,11 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
         )
         try:
             if full:
-                meta_bytes = rmt.write_full(block.remote, hdr, _read(out)())
+                meta_bytes = rmt.write_full(remote, hdr, _read(out)())
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:
                 assert head.remote_head is not None and committed is not None
-                meta_bytes, _ = rmt.write_delta(block.remote, hdr, head.remote_head,
+                meta_bytes, _ = rmt.write_delta(remote, hdr, head.remote_head,
                                                 committed, out)
                 head.deltas += 1
                 head.delta_bytes += meta_bytes
@@ -415,7 +432,7 @@ def _commit(block: Block, st: BlockState, header: Header, committed: str | None,
     kept = st.prune(block.keep_snapshots, {snap_id})
     if meta_bytes:
         try:
-            rmt.prune(block.remote, set(kept) | {head.remote_head})
+            rmt.prune(remote, set(kept) | {head.remote_head})
         except OSError:
             pass
     return snap_id, meta_bytes

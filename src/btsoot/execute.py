@@ -39,6 +39,7 @@ from .plan import (
     Symlink,
     parent,
 )
+from .remotefs import Remote
 from .snapshot import DIR, Entry
 from .transfer import (
     SourceChanged,
@@ -46,7 +47,6 @@ from .transfer import (
     matches,
     patch_file,
     set_attrs,
-    sync_dir,
     temp_name,
     write_file,
 )
@@ -74,7 +74,7 @@ class Executor:
     def __init__(
         self,
         source: str,
-        remote: str,
+        remote: Remote,
         journal: Journal,
         run_id: str,
         jobs: int = 4,
@@ -83,7 +83,8 @@ class Executor:
         small_inline: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
-        self.dst = os.fsencode(remote)
+        # Every remote operation goes through it: beneath the root, never via a link.
+        self.remote = remote
         self.journal = journal
         self.run_id = run_id
         self.jobs = max(1, jobs)
@@ -99,10 +100,6 @@ class Executor:
         # pool (local disks: see remote.NETWORK_FS).
         self.small_inline = small_inline
         self.short = ShortPaths()
-
-    def r(self, rel: bytes) -> bytes:
-        """The remote path of rel, shortened if it is longer than the kernel takes."""
-        return self.short(self.dst + b"/" + rel)
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -156,7 +153,7 @@ class Executor:
         why = e.strerror or str(e)
         if e.errno == errno.ENOSPC:
             why = "no space left on the remote"
-        return FatalIOError(f"remote: {what} {os.fsdecode(path)}: {why}")
+        return FatalIOError(f"remote: {what} {self.remote.show(path)}: {why}")
 
     # --- single operations ---------------------------------------------------
 
@@ -174,14 +171,14 @@ class Executor:
         changed = False
         for d in sorted(f for f in folders if f):
             try:
-                st = os.lstat(self.r(d))
+                st = self.remote.lstat(d)
             except OSError:
                 continue
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode) and mode & 0o300 != 0o300:
                 i = self.journal.begin(op_record("attr", entry=Entry(d, DIR, 0, 0,
                                                                      st.st_mode | 0o700)))
-                os.chmod(self.r(d), mode | 0o700)
+                self.remote.chmod(d, mode | 0o700)
                 self.journal.done(i)
                 changed = True
         return changed
@@ -195,9 +192,9 @@ class Executor:
         with self._lock:
             self._aside += 1
             dst = DAMAGED + b"/" + self.run_id.encode() + b"/" + str(self._aside).encode()
-        os.makedirs(self.r(dst.rpartition(b"/")[0]), exist_ok=True)
+        self.remote.makedirs(dst.rpartition(b"/")[0])
         i = self.journal.begin(op_record("move", src=path, dst=dst))
-        os.rename(self.r(path), self.r(dst))
+        self.remote.rename(path, dst)
         self.journal.done(i)
         with self._lock:
             self.stats.set_aside.append((path, dst))
@@ -208,50 +205,51 @@ class Executor:
             if isinstance(op, Mkdir):
                 i = self.journal.begin(op_record("mkdir", entry=op.entry))
                 try:
-                    os.mkdir(self.r(op.path), 0o700)
+                    self.remote.mkdir(op.path, 0o700)
                 except FileExistsError:
-                    if not os.path.isdir(self.r(op.path)):
+                    if not self.remote.isdir(op.path):  # a link to a folder is no folder
                         if not self._set_aside(op.path):
                             raise
-                        os.mkdir(self.r(op.path), 0o700)
+                        self.remote.mkdir(op.path, 0o700)
                 self.journal.done(i)
             elif isinstance(op, Move):
                 if op.dst.startswith(STASH + b"/") and not self._stash_ready:
-                    os.makedirs(self.r(op.dst.rpartition(b"/")[0]), exist_ok=True)
+                    self.remote.makedirs(op.dst.rpartition(b"/")[0])
                     self._stash_ready = True
                 i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
-                os.rename(self.r(op.src), self.r(op.dst))
-                self.short.forget()  # cached folder descriptors may have moved
+                self.remote.rename(op.src, op.dst)
                 if op.entry is not None and op.entry.kind == "file":
-                    set_attrs(self.r(op.dst), op.entry)
+                    set_attrs(self.remote, op.dst, op.entry)
                 self.journal.done(i)
             elif isinstance(op, Symlink):
                 tmp = temp_name(op.path, f"{self.run_id}-l")
                 i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
                 try:
-                    make_symlink(self.r(tmp), self.r(op.path), op.entry)
+                    with self.remote.at(op.path) as (dfd, name):
+                        make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
                 except OSError as e:
                     if e.errno not in _IN_THE_WAY or not self._set_aside(op.path):
                         raise
-                    make_symlink(self.r(tmp), self.r(op.path), op.entry)
+                    with self.remote.at(op.path) as (dfd, name):
+                        make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
                 self.journal.done(i)
             elif isinstance(op, Delete):
                 i = self.journal.begin(op_record("del", path=op.path))
                 try:
-                    os.unlink(self.r(op.path))
+                    self.remote.unlink(op.path)
                 except FileNotFoundError:
                     pass
                 self.journal.done(i)
             elif isinstance(op, Rmdir):
                 i = self.journal.begin(op_record("del", path=op.path))
                 try:
-                    os.rmdir(self.r(op.path))
+                    self.remote.rmdir(op.path)
                 except FileNotFoundError:
                     pass
                 self.journal.done(i)
             elif isinstance(op, SetAttr):
                 i = self.journal.begin(op_record("attr", entry=op.entry))
-                set_attrs(self.r(op.path), op.entry)
+                set_attrs(self.remote, op.path, op.entry)
                 self.journal.done(i)
         except OSError as e:
             if isinstance(e, PermissionError) and retry and self._make_writable(op):
@@ -265,9 +263,8 @@ class Executor:
         describes, or has other hard links that must keep the old content; the
         source changed): then nothing was written to it, and a full copy follows."""
         assert op.old is not None and op.patch is not None
-        target = self.r(op.path)
         try:
-            st = os.lstat(target)
+            st = self.remote.lstat(op.path)
         except OSError:
             return False
         if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & stat.S_IWUSR
@@ -275,12 +272,12 @@ class Executor:
             return False
         try:
             if not self._patch_ready:
-                os.makedirs(self.r(PATCH), exist_ok=True)
-                sync_dir(self.r(PATCH.rpartition(b"/")[0]))
+                self.remote.makedirs(PATCH)
+                self.remote.sync_dir(PATCH.rpartition(b"/")[0])
                 self._patch_ready = True
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
             i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo))
-            n = patch_file(self.s(op.path), self.r(redo), target, op.entry, op.patch)
+            n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
         except SourceChanged:
             return False
         except OSError as e:
@@ -304,14 +301,20 @@ class Executor:
             tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}")
             i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
             try:
+                tmp_name = tmp.rpartition(b"/")[2]
                 if isinstance(op, RemoteCopy):
-                    n, _, _ = write_file(self.r(op.src), self.r(tmp), self.r(op.path), entry,
-                                         False)
+                    sfd = self.remote.open_file(op.src)
+                    try:
+                        with self.remote.at(op.path) as (dfd, name):
+                            n, _, _ = write_file(sfd, dfd, tmp_name, name, entry, False)
+                    finally:
+                        os.close(sfd)
                     with self._lock:
                         self.stats.bytes_remote_copied += n
                 else:
-                    n, digest, chunks = write_file(self.s(op.path), self.r(tmp),
-                                                   self.r(op.path), entry, True)
+                    with self.remote.at(op.path) as (dfd, name):
+                        n, digest, chunks = write_file(self.s(op.path), dfd, tmp_name, name,
+                                                       entry, True)
                     with self._lock:
                         self.stats.bytes_sent += n
                     if entry.digest is None:  # hashed while sent
@@ -359,7 +362,7 @@ class Executor:
     def _source_failed(self, op: Copy | RemoteCopy, why: str) -> None:
         self.stats.errors.append((op.path, why))
         # The remote keeps what it held at this path, if anything.
-        keep = op.old if op.old is not None and matches(self.r(op.path), op.old) else None
+        keep = op.old if op.old is not None and matches(self.remote, op.path, op.old) else None
         self.stats.failed[op.path] = keep
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from .errors import StateError
+from .remotefs import Remote
 from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
 
 FORMAT = "btsoot-journal"
@@ -188,23 +189,17 @@ def _needs_entry(rec: dict[str, Any]) -> Entry:
     return e
 
 
-def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, Entry]:
+def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, Entry]:
     """Apply a crashed run's journal to `base` (what the remote held before it).
 
     Completed operations are applied as recorded. An operation that began but
     did not finish is checked on the remote, on its own paths only, and
     applied if it happened; its temp file, if any, is removed.
     """
-    from .longpath import ShortPaths
     from .transfer import apply_redo, matches  # late: transfer imports snapshot only
 
     header, recs = read_journal(path)
     model = base
-
-    short = ShortPaths()
-
-    def r(p: bytes) -> bytes:
-        return short(remote + b"/" + p)
 
     def unsettle(p: bytes) -> None:
         """Folder p's remote attributes are unknown now: creating, renaming or
@@ -220,11 +215,7 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
         unsettle(p.rpartition(b"/")[0])
 
     def exists(p: bytes) -> bool:
-        try:
-            os.lstat(r(p))
-            return True
-        except FileNotFoundError:
-            return False
+        return remote.lexists(p)
 
     for rec, completed in recs:
         t = rec.get("t")
@@ -232,17 +223,17 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
             tmp = decode_path(rec, "tmp") if "tmp" in rec or "tmp_b64" in rec else None
             if tmp is not None and not completed:
                 try:
-                    os.unlink(r(tmp))
-                except FileNotFoundError:
+                    remote.unlink(tmp)
+                except (FileNotFoundError, NotADirectoryError):
                     pass
                 except OSError as err:
-                    raise StateError(f"cannot remove temp file {os.fsdecode(r(tmp))}: "
+                    raise StateError(f"cannot remove temp file {remote.show(tmp)}: "
                                      f"{err.strerror}") from None
             e = _needs_entry(rec)
             touch(e.path)
             if completed:
                 model[e.path] = e
-            elif matches(r(e.path), e):
+            elif matches(remote, e.path, e):
                 old = model.get(e.path)
                 if (old is not None and old.kind == FILE and old.size == e.size
                         and old.mtime_ns == e.mtime_ns and old.digest != e.digest):
@@ -254,20 +245,20 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                     model[e.path] = e
         elif t == "patch":
             e = _needs_entry(rec)
-            redo = r(decode_path(rec, "redo"))
+            redo = decode_path(rec, "redo")
             touch(e.path)
-            if not completed and os.path.lexists(redo):
+            if not completed and remote.lexists(redo):
                 # Complete and verified: the target may be half-written, and this
                 # finishes it; else it never changed (see transfer.patch_file).
                 try:
-                    completed = apply_redo(redo, r(e.path))
-                    os.unlink(redo)
+                    completed = apply_redo(remote, redo, e.path)
+                    remote.unlink(redo)
                 except OSError as err:
-                    raise StateError(f"cannot finish the update of {os.fsdecode(r(e.path))} "
-                                     f"from {os.fsdecode(redo)}: {err.strerror}") from None
+                    raise StateError(f"cannot finish the update of {remote.show(e.path)} "
+                                     f"from {remote.show(redo)}: {err.strerror}") from None
             if completed:
                 model[e.path] = e
-            elif matches(r(e.path), e):  # finished, only the done record was lost
+            elif matches(remote, e.path, e):  # finished, only the done record was lost
                 old = model.get(e.path)
                 if old is not None and old.size == e.size and old.mtime_ns == e.mtime_ns:
                     model[e.path] = replace(e, digest=None, chunks=None)  # cannot tell
@@ -276,7 +267,7 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
         elif t == "mkdir":
             e = _needs_entry(rec)
             touch(e.path)
-            if completed or os.path.isdir(r(e.path)):
+            if completed or remote.isdir(e.path):
                 model[e.path] = e
                 unsettle(e.path)
         elif t == "attr":
@@ -306,9 +297,9 @@ def replay(path: str, remote: bytes, base: dict[bytes, Entry]) -> dict[bytes, En
                 # A file's move also sets its final attributes; if that did not happen,
                 # the remote holds the moved entry as it was. A folder's move sets
                 # none: it keeps the old folder's until its "attr" operation.
-                if final is not None and final.kind != DIR and (completed or matches(r(dst), final)):
+                if final is not None and final.kind != DIR and (
+                        completed or matches(remote, dst, final)):
                     model[dst] = final
         else:
             raise StateError(f"{path}: unknown journal record {t!r}")
-    short.close()
     return model

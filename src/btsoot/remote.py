@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from .errors import FatalIOError, GuardError, StateError
+from .remotefs import Remote
 from .snapshot import (
     Entry,
     Header,
@@ -31,7 +32,6 @@ from .snapshot import (
     _get_bytes,
     _put_bytes,
     entry_from_dict,
-    fsync_dir,
     sort_key,
 )
 
@@ -85,6 +85,11 @@ def meta(remote: str, *parts: str) -> str:
     return os.path.join(remote, META, *parts)
 
 
+def meta_rel(*parts: str) -> bytes:
+    """A path in the remote's own folder, relative to the remote (for `Remote`)."""
+    return os.fsencode("/".join((META, *parts)))
+
+
 def read_block_id(remote: str) -> dict[str, Any] | None:
     try:
         with open(meta(remote, "block.json"), "rb") as f:
@@ -121,41 +126,42 @@ def check_remote(remote: str, block: str, has_committed: bool) -> None:
             )
 
 
-def init_remote(remote: str, block: str) -> None:
-    os.makedirs(meta(remote, "snapshots"), exist_ok=True)
-    if read_block_id(remote) is None:
-        path = meta(remote, "block.json")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+def init_remote(remote: Remote, block: str) -> None:
+    remote.makedirs(meta_rel("snapshots"))
+    if read_block_id(os.fsdecode(remote.root)) is None:
+        path, tmp = meta_rel("block.json"), meta_rel("block.json.tmp")
+        with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(orjson.dumps({"format": "btsoot-remote", "version": 1, "block": block,
                                   "created_ns": time.time_ns()}))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        remote.rename(tmp, path)
 
 
 def _strip(e: Entry) -> Entry:
     return replace(e, ino=0, dev=0) if e.ino or e.dev else e
 
 
-def write_full(remote: str, header: Header, entries: Iterable[Entry]) -> int:
-    path = meta(remote, "snapshots", f"{header.id}.full.jsonl.gz")
-    w = SnapshotWriter(path, replace(header, kind="full", base=None), compress=True)
-    try:
-        for e in entries:
-            w.write(_strip(e))
-    except BaseException:
-        w.abort()
-        raise
-    w.commit()
-    return os.path.getsize(path)
+def write_full(remote: Remote, header: Header, entries: Iterable[Entry]) -> int:
+    rel = meta_rel("snapshots", f"{header.id}.full.jsonl.gz")
+    with remote.path(rel) as path:
+        w = SnapshotWriter(os.fsdecode(path), replace(header, kind="full", base=None),
+                           compress=True)
+        try:
+            for e in entries:
+                w.write(_strip(e))
+        except BaseException:
+            w.abort()
+            raise
+        w.commit()
+    return remote.lstat(rel).st_size
 
 
 def _strip_obj(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ("ino", "dev")}
 
 
-def write_delta(remote: str, header: Header, base_id: str,
+def write_delta(remote: Remote, header: Header, base_id: str,
                 old_path: str, new_path: str) -> tuple[int, int]:
     """Write the delta between two local snapshot files; returns (bytes, records).
 
@@ -163,7 +169,13 @@ def write_delta(remote: str, header: Header, base_id: str,
     the very same line) and decodes nothing twice: a day's delta of a large
     tree costs one read of each snapshot.
     """
-    path = meta(remote, "snapshots", f"{header.id}.delta.jsonl.gz")
+    rel = meta_rel("snapshots", f"{header.id}.delta.jsonl.gz")
+    with remote.path(rel) as path:
+        return _write_delta(os.fsdecode(path), header, base_id, old_path, new_path)
+
+
+def _write_delta(path: str, header: Header, base_id: str,
+                 old_path: str, new_path: str) -> tuple[int, int]:
     w = SnapshotWriter(path, replace(header, kind="delta", base=base_id), compress=True)
     try:
         with SnapshotReader(old_path) as ro, SnapshotReader(new_path) as rn:
@@ -267,35 +279,31 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
     return header, [table[k] for k in sorted(table, key=sort_key)]
 
 
-def prune(remote: str, keep_ids: set[str]) -> None:
+def prune(remote: Remote, keep_ids: set[str]) -> None:
     """Remove remote snapshot files that no kept snapshot's chain needs."""
-    snaps = list_snapshots(remote)
+    root = os.fsdecode(remote.root)
+    snaps = list_snapshots(root)
     needed: set[str] = set()
     for sid in keep_ids:
         if sid in snaps:
             try:
-                needed.update(os.path.basename(p) for p in chain(remote, sid))
+                needed.update(os.path.basename(p) for p in chain(root, sid))
             except StateError:
                 continue
     if not needed:
         return
     removed = False
+    d = meta_rel("snapshots")
     # Temp files of snapshots a killed run was writing (only the run holding the
     # block's lock writes here, and that is this one).
-    d = meta(remote, "snapshots")
-    for n in os.listdir(d):
-        if ".jsonl.gz.tmp." in n:
-            try:
-                os.unlink(os.path.join(d, n))
-                removed = True
-            except OSError:
-                pass
-    for _sid, (_, path) in snaps.items():
-        if os.path.basename(path) not in needed:
-            try:
-                os.unlink(path)
-                removed = True
-            except OSError:
-                pass
+    names = [os.fsdecode(n) for n in remote.listdir(d)]
+    doomed = [n for n in names if ".jsonl.gz.tmp." in n]
+    doomed += [os.path.basename(p) for _, p in snaps.values() if os.path.basename(p) not in needed]
+    for n in doomed:
+        try:
+            remote.unlink(d + b"/" + os.fsencode(n))
+            removed = True
+        except OSError:
+            pass
     if removed:
-        fsync_dir(meta(remote, "snapshots"))
+        remote.sync_dir(d)

@@ -425,7 +425,8 @@ class SnapshotWriter:
     def __init__(self, path: str, header: Header, compress: bool = False) -> None:
         self.path = path
         self.tmp = f"{path}.tmp.{os.getpid()}"
-        self._raw = open(self.tmp, "wb")  # noqa: SIM115
+        # Never through a link planted at the temp name (the remote's copy is written here too).
+        self._raw = open(self.tmp, "wb", opener=_nofollow)  # noqa: SIM115
         self._f: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
             if compress
@@ -495,6 +496,10 @@ class SnapshotWriter:
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
 def fsync_dir(path: str | bytes) -> None:

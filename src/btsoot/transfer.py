@@ -19,8 +19,9 @@ import orjson
 import xxhash
 
 from . import scanner
+from .remotefs import Remote
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
-from .snapshot import FILE, Entry, fsync_dir
+from .snapshot import FILE, Entry
 
 _BUF = 1 << 20
 _CHUNK = 1 << 30
@@ -124,9 +125,11 @@ class SourceChanged(Exception):
     """The source file's size or mtime moved while it was copied."""
 
 
-def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
+def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry,
                check_source: bool) -> tuple[int, str | None, list[str] | None]:
-    """Copy src to dst_tmp, set mode and mtime, rename onto dst_final.
+    """Copy src (a path, or an open descriptor the caller closes) to dst_tmp, set
+    mode and mtime, rename onto dst_final; both are names in the remote folder
+    dfd (see remotefs), so nothing is written through a link.
 
     With check_source, the source's size and mtime must equal the entry's
     before and after the copy, and the bytes written must hash to the entry's
@@ -143,28 +146,29 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
         # Most files: the compiled core reads, hashes, writes and renames with two
         # GIL hand-offs instead of a dozen (which, with several transfer threads,
         # cost more than the copying).
-        digest, err, side = scanner.copy_small(src_path, dst_tmp, dst_final, entry.size,
+        assert isinstance(src, bytes)
+        digest, err, side = scanner.copy_small(src, dfd, dst_tmp, dst_final, entry.size,
                                                entry.mtime_ns, entry.mode, entry.digest)
         if err == scanner.CHANGED:
             raise SourceChanged()
         if err:
-            raise OSError(err, os.strerror(err), src_path if side == 0 else dst_tmp)
+            raise OSError(err, os.strerror(err), src if side == 0 else dst_tmp)
         return entry.size, digest, None
-    sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if isinstance(src, bytes) else src
     try:
         st = os.fstat(sfd)
         if check_source and (st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns):
             raise SourceChanged()
-        dfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600)
+        tfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=dfd)
         try:
             chunks = None
             if check_source:
                 n, digest, chunks = copy_hashed(
-                    sfd, dfd, entry.size, *((CHUNK_SIZE, CHUNK_THRESHOLD)
+                    sfd, tfd, entry.size, *((CHUNK_SIZE, CHUNK_THRESHOLD)
                                             if entry.digest is None else (0, 0)))
             else:
-                n, digest = copy_fd(sfd, dfd, entry.size), None
+                n, digest = copy_fd(sfd, tfd, entry.size), None
             if n != entry.size:
                 raise SourceChanged()
             if check_source:
@@ -172,19 +176,21 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
                 if (st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns
                         or (entry.digest is not None and digest != entry.digest)):
                     raise SourceChanged()
-            os.fchmod(dfd, entry.mode & 0o7777)
+            os.fchmod(tfd, entry.mode & 0o7777)
         except BaseException:
-            os.close(dfd)
-            _unlink_quiet(dst_tmp)
+            os.close(tfd)
+            _unlink_quiet(dfd, dst_tmp)
             raise
-        os.close(dfd)
+        os.close(tfd)
     finally:
-        os.close(sfd)
+        if isinstance(src, bytes):
+            os.close(sfd)
     try:
-        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-        os.rename(dst_tmp, dst_final)
+        # After the close: a network file system may flush (and re-time) at close.
+        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        os.rename(dst_tmp, dst_final, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
-        _unlink_quiet(dst_tmp)
+        _unlink_quiet(dfd, dst_tmp)
         raise
     return n, digest, chunks
 
@@ -199,16 +205,6 @@ def write_file(src_path: bytes, dst_tmp: bytes, dst_final: bytes, entry: Entry,
 # bytes twice is harmless). Never the old and new content mixed for good.
 
 PATCH_FORMAT = "btsoot-patch"
-_SYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-
-
-def sync_dir(path: bytes) -> None:
-    """fsync a folder (its entries), where the file system supports that."""
-    try:
-        fsync_dir(path)
-    except OSError as e:
-        if e.errno not in _SYNC_DIR_UNSUPPORTED:  # some network file systems cannot
-            raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -217,10 +213,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def patch_file(src_path: bytes, redo_path: bytes, target: bytes, entry: Entry,
+def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entry: Entry,
                idx: tuple[int, ...]) -> int:
     """Bring the remote file `target` to entry's content by writing only the chunks
-    in idx, read from src_path; returns the bytes of those chunks.
+    in idx, read from src_path, through the redo file `redo` (both paths relative
+    to the remote); returns the bytes of those chunks.
 
     Every chunk read must hash to the entry's chunk digest, and the source's size
     and mtime must equal the entry's before and after, else SourceChanged is
@@ -237,8 +234,7 @@ def patch_file(src_path: bytes, redo_path: bytes, target: bytes, entry: Entry,
         header = {"format": PATCH_FORMAT, "size": entry.size, "mode": entry.mode & 0o7777,
                   "mtime": entry.mtime_ns, "chunk_size": CHUNK_SIZE,
                   "chunks": [[i, entry.chunks[i]] for i in idx]}
-        rfd = os.open(redo_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600)
+        rfd = remote.open(redo, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             _write_all(rfd, orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
             sent = 0
@@ -259,23 +255,27 @@ def patch_file(src_path: bytes, redo_path: bytes, target: bytes, entry: Entry,
             os.fsync(rfd)
         except BaseException:
             os.close(rfd)
-            _unlink_quiet(redo_path)
+            try:
+                remote.unlink(redo)
+            except OSError:
+                pass
             raise
         os.close(rfd)
     finally:
         os.close(sfd)
-    sync_dir(os.path.dirname(redo_path))
-    apply_redo(redo_path, target, check=False)
-    os.unlink(redo_path)
+    remote.sync_dir(redo.rpartition(b"/")[0])
+    apply_redo(remote, redo, target, check=False)
+    remote.unlink(redo)
     return sent
 
 
-def apply_redo(redo_path: bytes, target: bytes, check: bool = True) -> bool:
+def apply_redo(remote: Remote, redo: bytes, target: bytes, check: bool = True) -> bool:
     """Write a redo file's chunks into target, set its size, mode and mtime, and
     make it durable. With check (replay after a crash), the redo file is read
     and verified in full first, and one that is incomplete or damaged changes
-    nothing: False. The target must be a regular file (never a link)."""
-    with open(redo_path, "rb") as f:
+    nothing: False. The target must be a regular file (never a link). Both paths
+    are relative to the remote."""
+    with os.fdopen(remote.open_file(redo), "rb") as f:
         try:
             h = orjson.loads(f.readline())
             size, mode, mtime = int(h["size"]), int(h["mode"]), int(h["mtime"])
@@ -292,10 +292,10 @@ def apply_redo(redo_path: bytes, target: bytes, check: bool = True) -> bool:
             for _, n, d in spans:
                 if xxhash.xxh3_128_hexdigest(f.read(n)) != d:
                     return False
-        tfd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        tfd = remote.open(target, os.O_WRONLY)
         try:
             if not stat.S_ISREG(os.fstat(tfd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", target)
+                raise OSError(errno.EINVAL, "not a regular file", remote.show(target))
             pos = start
             for off, n, _ in spans:
                 buf = os.pread(f.fileno(), n, pos)
@@ -312,46 +312,49 @@ def apply_redo(redo_path: bytes, target: bytes, check: bool = True) -> bool:
     return True
 
 
-def make_symlink(dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
+def make_symlink(dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
+    """A symlink at dst_final, made under dst_tmp and renamed (names in folder dfd)."""
     assert entry.target is not None
-    _unlink_quiet(dst_tmp)
-    os.symlink(entry.target, dst_tmp)
+    _unlink_quiet(dfd, dst_tmp)
+    os.symlink(entry.target, dst_tmp, dir_fd=dfd)
     try:
-        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        os.utime(dst_tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dfd, follow_symlinks=False)
     except OSError:
         pass  # some file systems cannot set a link's time; the link itself is what matters
-    os.rename(dst_tmp, dst_final)
+    os.rename(dst_tmp, dst_final, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
-def set_attrs(path: bytes, entry: Entry) -> None:
+def set_attrs(remote: Remote, rel: bytes, entry: Entry) -> None:
+    """Give the remote entry rel entry's mode and mtime (a link: its own mtime only)."""
     if entry.kind != "symlink":
-        os.chmod(path, entry.mode & 0o7777)
+        remote.chmod(rel, entry.mode & 0o7777)
     try:
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        remote.utime(rel, entry.mtime_ns)
     except OSError:
         if entry.kind != "symlink":
             raise
 
 
-def matches(path: bytes, entry: Entry) -> bool:
-    """Does the remote path look like entry (size+mtime, or link target)? One lstat."""
+def matches(remote: Remote, rel: bytes, entry: Entry) -> bool:
+    """Does the remote entry rel look like entry (size+mtime, or link target)? One lstat."""
     try:
-        st = os.lstat(path)
+        st = remote.lstat(rel)
     except OSError:
         return False
     if entry.kind == FILE:
-        return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+        return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and (
+            st.st_mtime_ns == entry.mtime_ns)
     if entry.kind == "symlink":
         try:
-            return os.readlink(path) == entry.target
+            return stat.S_ISLNK(st.st_mode) and remote.readlink(rel) == entry.target
         except OSError:
             return False
-    return os.path.isdir(path)
+    return stat.S_ISDIR(st.st_mode)
 
 
-def _unlink_quiet(path: bytes) -> None:
+def _unlink_quiet(dfd: int, name: bytes) -> None:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dfd)
     except OSError:
         pass
 

@@ -22,7 +22,9 @@ import errno
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +33,9 @@ import xxhash
 from . import remote as rmt
 from . import scanner
 from .config import Block, Lock
-from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, UsageError
+from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, FatalIOError, UsageError
 from .plan import is_under
+from .remotefs import Remote
 from .restore import (
     EntryChecker,
     Found,
@@ -170,25 +173,34 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
         progress("total", sum(e.size for e in to_hash))
         progress("phase", "verify")
     # Chunk digests off: the whole-file digest is what the snapshot is checked against.
-    results = scanner.hash_files((root + b"/" + e.path for e in to_hash), jobs,
-                                 chunk_threshold=1 << 62)
-    for e, (digest, _chunks, _size, _mtime, _ino, err) in zip(to_hash, results, strict=True):
-        if err == 0:
-            if digest != e.digest:
-                corrupt(e.path, "does not match its snapshot digest")
-        elif err in (errno.ENOENT, errno.ENOTDIR):
-            res.missing.append(e.path)
-            res.missing_files += 1
-        elif err == errno.EIO:
-            corrupt(e.path, "cannot be read: I/O error")
-        elif err == scanner.CHANGED:
-            res.errors.append((e.path, "changed while it was read"))
-        else:
-            res.errors.append((e.path, f"cannot be read: {os.strerror(err)}"))
-        res.checked_files += 1
-        res.checked_bytes += e.size
-        if progress is not None:
-            progress("progress", (res.checked_files, res.checked_bytes))
+    # Each file is read through its folder's descriptor (see remotefs), held until its
+    # result is back: a folder swapped for a link meanwhile cannot redirect the read.
+    try:
+        remote = Remote(root)
+    except OSError as err:
+        raise FatalIOError(f"remote {source.remote}: {err.strerror}") from None
+    held: deque[AbstractContextManager[bytes]] = deque()
+
+    def paths() -> Iterator[bytes]:
+        for e in to_hash:
+            cm: AbstractContextManager[bytes] = remote.path(e.path)
+            try:
+                p = cm.__enter__()
+            except OSError as err:  # a folder on the way is gone or is no folder now
+                cm = nullcontext(b"\0")  # an impossible path: reported as missing below
+                p = cm.__enter__()
+                if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+            held.append(cm)
+            yield p
+
+    with remote:
+        results = scanner.hash_files(paths(), jobs, chunk_threshold=1 << 62)
+        for e, r in zip(to_hash, results, strict=True):
+            held.popleft().__exit__(None, None, None)
+            _hashed(res, e, r)
+            if progress is not None:
+                progress("progress", (res.checked_files, res.checked_bytes))
     res.durations["hash"] = time.monotonic() - t
     if res.missing or res.corrupt:
         res.result, res.exit_code = "damaged", EXIT_DAMAGE
@@ -196,6 +208,25 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
         res.result, res.exit_code = "partial", EXIT_PARTIAL
     res.durations["total"] = time.monotonic() - t0
     return res
+
+
+def _hashed(res: VerifyResult, e: Entry, r: tuple) -> None:
+    """Account one file's hash result."""
+    digest, _chunks, _size, _mtime, _ino, err = r
+    if err == 0:
+        if digest != e.digest:
+            res.corrupt.append((e.path, "does not match its snapshot digest"))
+    elif err in (errno.ENOENT, errno.ENOTDIR):
+        res.missing.append(e.path)
+        res.missing_files += 1
+    elif err == errno.EIO:
+        res.corrupt.append((e.path, "cannot be read: I/O error"))
+    elif err == scanner.CHANGED:
+        res.errors.append((e.path, "changed while it was read"))
+    else:
+        res.errors.append((e.path, f"cannot be read: {os.strerror(err)}"))
+    res.checked_files += 1
+    res.checked_bytes += e.size
 
 
 def _checked(source: SnapshotSource, checker: EntryChecker,
