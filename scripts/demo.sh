@@ -5,15 +5,15 @@
 # restore from the remote alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-$PYTHON -m pip install -q --disable-pip-version-check -e .
+. scripts/venv.sh
+venv_setup .
 
 demo=${DEMO_DIR:-$PWD/demo}
 rm -rf "$demo"
 mkdir -p "$demo/source" "$demo/offsite"
 export BTSOOT_CONFIG="$demo/config.toml" BTSOOT_STATE="$demo/state"
 
-$PYTHON - "$demo/source" <<'PY'
+"$PY" - "$demo/source" <<'PY'
 import os, random, sys
 root = sys.argv[1]
 rnd = random.Random(7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -37,9 +38,15 @@ def test_wheel_contents(wheel: Path) -> None:
 
 def test_wheel_installs_and_runs(wheel: Path, tmp_path: Path) -> None:
     venv_dir = tmp_path / "venv"
-    # System site packages provide the runtime dependencies without a download.
-    venv.create(venv_dir, with_pip=True, system_site_packages=True)
+    venv.create(venv_dir, with_pip=True)
     py = venv_dir / "bin" / "python"
+    # The runtime dependencies come from the test environment's site folders, added
+    # as plain paths (no download; and their .pth files, an editable btsoot's
+    # among them, are not run), after the new environment's own.
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(purelib, "_test_deps.pth").write_text("".join(p + "\n" for p in sorted(ours)))
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
                     str(wheel)], check=True, timeout=300)
     exe = venv_dir / "bin" / "btsoot"
