@@ -13,18 +13,18 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import remote as rmt
 from .config import Block, Lock
 from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
 from .execute import ExecStats, Executor
-from .journal import Journal, replay
+from .journal import UNKNOWN_MTIME, Journal, replay
 from .plan import Plan, make_plan
 from .remotefs import Remote
 from .scan import ScanStats, scan
-from .snapshot import Entry, Header, SnapshotReader, SnapshotWriter, fsync_dir, new_id, sort_key
+from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, fsync_dir, new_id, sort_key
 from .state import BlockState, Head
 from .transfer import syncfs
 
@@ -43,6 +43,9 @@ class BackupResult:
     execution: ExecStats | None = None
     remote_meta_bytes: int = 0
     durations: dict[str, float] = field(default_factory=dict)
+    # The pass before this one, when the remote had lost content below a folder that
+    # had to be made again (see Executor._repair): this pass sent it back.
+    earlier: BackupResult | None = None
 
     def _operations(self, ex: ExecStats) -> dict[str, int]:
         """The plan's operations, as they ran: a patch that had to send the whole
@@ -54,6 +57,22 @@ class BackupResult:
         return {k: v for k, v in c.items() if v}
 
     def summary(self) -> dict[str, Any]:
+        out = self._summary()
+        if self.earlier is not None:
+            first = self.earlier.summary()
+            ops = Counter(first["operations"]) + Counter(out["operations"])
+            out["operations"] = dict(ops)
+            for k in ("bytes_sent", "bytes_remote_copied", "remote_snapshot_bytes", "hashed_files",
+                      "hashed_bytes", "refetched", "repaired"):
+                out[k] += first[k]
+            for k in ("set_aside", "remade"):
+                out[k] = first[k] + out[k]
+            out["passes"] = first["passes"] + 1
+            out["durations"]["total"] = round(first["durations"].get("total", 0.0)
+                                              + out["durations"].get("total", 0.0), 3)
+        return out
+
+    def _summary(self) -> dict[str, Any]:
         s = self.scan or ScanStats()
         ex = self.execution or ExecStats()
         errors = list(s.errors) + list(ex.errors)
@@ -80,6 +99,11 @@ class BackupResult:
             # What stood where a damaged entry had to go, kept in REMOTE/.btsoot/damaged/.
             "set_aside": [{"path": p.decode("utf-8", "backslashreplace"),
                            "to": d.decode("utf-8", "backslashreplace")} for p, d in ex.set_aside],
+            # Folders found missing or replaced on the remote, made again (their content
+            # sent again in a second pass), and content gone from the remote re-sent.
+            "remade": sorted(p.decode("utf-8", "backslashreplace") for p in ex.lost),
+            "refetched": ex.refetched,
+            "passes": 1,
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
 
@@ -139,6 +163,12 @@ def backup(
             st.remove_bases()  # a run killed after its commit left them; nothing names them
         try:
             res = _backup(block, st, dry_run, checksum, override, jobs, progress)
+            if res.execution is not None and res.execution.lost:
+                # Folders of the remote were made again, empty: the plan against the
+                # snapshot just committed sends what they held.
+                again = _backup(block, st, dry_run, checksum, override, jobs, progress)
+                again.earlier = res
+                res = again
         except BtsootError as e:
             if not dry_run:
                 st.log_run({"started": started, "result": "failed", "exit_code": e.exit_code,
@@ -270,7 +300,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             ex = Executor(block.source, remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
-                          damaged, small_inline=not network).run(plan)
+                          small_inline=not network).run(plan)
             _cleanup_meta(remote)
             try:
                 syncfs(block.remote)
@@ -359,7 +389,7 @@ def _cleanup_meta(remote: Remote) -> None:
     stash = rmt.meta_rel("stash")
     try:
         runs = remote.listdir(stash)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # none made (or not a folder: left alone)
         return
     for r in runs:
         try:
@@ -377,7 +407,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
     """
     snap_id = header.id
     out = st.snapshot_path(snap_id)
-    if ex.failed or ex.updated:
+    if ex.failed or ex.updated or ex.lost:
         w = SnapshotWriter(out, header)
         try:
             with SnapshotReader(st.scan) as r:
@@ -387,6 +417,14 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
                         if keep is not None:
                             w.write(keep)
                         continue
+                    if ex.lost and _within(e.path, ex.lost):
+                        if e.path in ex.lost:
+                            # Made again empty, mode 0700: the next plan sets its attributes.
+                            if e.kind == DIR:
+                                w.write(replace(e, mtime_ns=UNKNOWN_MTIME))
+                            continue
+                        if not _within(e.path, ex.placed):
+                            continue  # not on the remote any more: the next pass sends it
                     w.write(ex.updated.get(e.path, e))
         except BaseException:
             w.abort()

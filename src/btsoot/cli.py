@@ -173,6 +173,9 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                 res.execution.errors if res.execution else []):
             click.echo(f"btsoot: {block.name}: cannot back up {display_path(path)}: {why}",
                        err=True)
+        for aside in s["set_aside"] if not quiet else []:
+            click.echo(f"btsoot: {block.name}: warning: {aside['path']} on the remote: found what "
+                       f"btsoot did not put there; kept in {aside['to']}", err=True)
         for path in res.scan.skipped if res.scan and not quiet else []:
             click.echo(f"btsoot: {block.name}: warning: skipped {display_path(path)}: "
                        "not a file, folder or link (fifo, socket or device)", err=True)
@@ -197,7 +200,9 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
                if repaired else "")
             + (f"; {len(s['set_aside'])} in the way moved to .btsoot/damaged/"
-               if s.get("set_aside") else ""))
+               if s.get("set_aside") else "")
+            + (f"; {len(s['remade'])} remote folders made again" if s.get("remade") else "")
+            + (f"; {s['refetched']} gone from the remote sent again" if s.get("refetched") else ""))
 
 
 @main_group.command("diff")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from . import scanner
 from .errors import FatalIOError
-from .journal import Journal, op_record
+from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
 from .plan import (
     DAMAGED,
@@ -39,8 +39,8 @@ from .plan import (
     Symlink,
     parent,
 )
-from .remotefs import Remote
-from .snapshot import DIR, Entry
+from .remotefs import Blocked, Remote
+from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (
     SourceChanged,
     make_symlink,
@@ -52,6 +52,9 @@ from .transfer import (
 )
 
 COPY_RETRIES = 3
+# Folders repaired on the way to one operation before the run gives up (a remote
+# that keeps changing under it).
+MAX_REPAIRS = 64
 
 
 @dataclass(slots=True)
@@ -68,6 +71,11 @@ class ExecStats:
     # path -> corrected entry (a file re-hashed after it changed during the copy)
     updated: dict[bytes, Entry] = field(default_factory=dict)
     errors: list[tuple[bytes, str]] = field(default_factory=list)
+    # Folders made again empty (what stood there was no folder, or nothing did): what
+    # the snapshot has below them and this run did not put back (`placed`) is lost.
+    lost: set[bytes] = field(default_factory=set)
+    placed: set[bytes] = field(default_factory=set)
+    refetched: int = 0  # content gone from the remote, sent again from the source
 
 
 class Executor:
@@ -79,7 +87,6 @@ class Executor:
         run_id: str,
         jobs: int = 4,
         on_progress: Callable[[ExecStats], None] | None = None,
-        damaged: set[bytes] | None = None,
         small_inline: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
@@ -93,8 +100,7 @@ class Executor:
         self._stash_ready = False
         self._patch_ready = False
         self._lock = threading.Lock()  # stats are added to from every transfer thread
-        # Paths `btsoot verify` found damaged: whatever is there may be in the way.
-        self.damaged = damaged or set()
+        self._repair_lock = threading.Lock()
         self._aside = 0
         # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
         # pool (local disks: see remote.NETWORK_FS).
@@ -183,12 +189,14 @@ class Executor:
                 changed = True
         return changed
 
-    def _set_aside(self, path: bytes) -> bool:
-        """Move what blocks a damaged path (a file where a folder belongs, a folder
-        where a file does) to REMOTE/.btsoot/damaged/RUN/N; never deleted. False
-        if path is not one `btsoot verify` reported."""
-        if path not in self.damaged:
-            return False
+    def _set_aside(self, path: bytes) -> None:
+        """Move what stands at path and does not belong there (a link or file where a
+        folder belongs, a folder where a file does, what someone left in a folder
+        being deleted) to REMOTE/.btsoot/damaged/RUN/N: never followed, never
+        deleted, reported."""
+        if path == DAMAGED.partition(b"/")[0] or not path:
+            raise FatalIOError(f"remote: {self.remote.show(path)} is not a folder "
+                               "(replaced by a link or a file?); nothing there was touched")
         with self._lock:
             self._aside += 1
             dst = DAMAGED + b"/" + self.run_id.encode() + b"/" + str(self._aside).encode()
@@ -198,64 +206,158 @@ class Executor:
         self.journal.done(i)
         with self._lock:
             self.stats.set_aside.append((path, dst))
-        return True
 
-    def _one(self, op: Op, retry: bool = True) -> None:
-        try:
-            if isinstance(op, Mkdir):
-                i = self.journal.begin(op_record("mkdir", entry=op.entry))
+    def _repair(self, rel: bytes) -> None:
+        """A folder on the way to an operation's path is missing or is no folder (see
+        remotefs.Blocked): set aside what stands there and make the folder again.
+        It is empty: what the snapshot has below it is lost (stats.lost), and the
+        commit leaves out what this run did not put back."""
+        with self._repair_lock:
+            try:
+                st: os.stat_result | None = self.remote.lstat(rel)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                return  # another thread repaired it
+            if st is not None:
+                self._set_aside(rel)
+            i = self.journal.begin(op_record("mkdir", entry=Entry(rel, DIR, 0, UNKNOWN_MTIME,
+                                                                  stat.S_IFDIR | 0o700)))
+            self.remote.mkdir(rel, 0o700)
+            self.journal.done(i)
+            with self._lock:
+                self.stats.lost.add(rel)
+
+    def _placed(self, path: bytes) -> None:
+        """path now holds what the plan put there (tracked once something is lost)."""
+        if self.stats.lost:
+            with self._lock:
+                self.stats.placed.add(path)
+
+    def _one(self, op: Op) -> None:
+        unlocked = False
+        for _ in range(MAX_REPAIRS):
+            try:
+                self._apply(op)
+                return
+            except Blocked as e:
                 try:
+                    self._repair(e.rel)
+                except OSError as e2:
+                    raise self._fatal(e2, "repair", e.rel) from None
+            except OSError as e:
+                if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
+                    unlocked = True
+                    continue
+                where = op.src if isinstance(op, Move) else op.path
+                raise self._fatal(e, type(op).__name__.lower(), where) from None
+        raise FatalIOError(f"remote: {self.remote.show(op.path if not isinstance(op, Move) else op.dst)}"
+                           ": the folders on its way keep changing")
+
+    def _apply(self, op: Op) -> None:
+        if isinstance(op, Mkdir):
+            i = self.journal.begin(op_record("mkdir", entry=op.entry))
+            try:
+                self.remote.mkdir(op.path, 0o700)
+            except FileExistsError:
+                if not self.remote.isdir(op.path):  # a link to a folder is no folder
+                    self._set_aside(op.path)
                     self.remote.mkdir(op.path, 0o700)
-                except FileExistsError:
-                    if not self.remote.isdir(op.path):  # a link to a folder is no folder
-                        if not self._set_aside(op.path):
-                            raise
-                        self.remote.mkdir(op.path, 0o700)
-                self.journal.done(i)
-            elif isinstance(op, Move):
-                if op.dst.startswith(STASH + b"/") and not self._stash_ready:
-                    self.remote.makedirs(op.dst.rpartition(b"/")[0])
-                    self._stash_ready = True
-                i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
+            self.journal.done(i)
+            self._placed(op.path)
+        elif isinstance(op, Move):
+            if op.dst.startswith(STASH + b"/") and not self._stash_ready:
+                self.remote.makedirs(op.dst.rpartition(b"/")[0])
+                self._stash_ready = True
+            i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
+            try:
                 self.remote.rename(op.src, op.dst)
-                if op.entry is not None and op.entry.kind == "file":
-                    set_attrs(self.remote, op.dst, op.entry)
-                self.journal.done(i)
-            elif isinstance(op, Symlink):
-                tmp = temp_name(op.path, f"{self.run_id}-l")
-                i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
-                try:
-                    with self.remote.at(op.path) as (dfd, name):
-                        make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
-                except OSError as e:
-                    if e.errno not in _IN_THE_WAY or not self._set_aside(op.path):
-                        raise
-                    with self.remote.at(op.path) as (dfd, name):
-                        make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
-                self.journal.done(i)
-            elif isinstance(op, Delete):
-                i = self.journal.begin(op_record("del", path=op.path))
-                try:
-                    self.remote.unlink(op.path)
-                except FileNotFoundError:
-                    pass
-                self.journal.done(i)
-            elif isinstance(op, Rmdir):
-                i = self.journal.begin(op_record("del", path=op.path))
-                try:
-                    self.remote.rmdir(op.path)
-                except FileNotFoundError:
-                    pass
-                self.journal.done(i)
-            elif isinstance(op, SetAttr):
-                i = self.journal.begin(op_record("attr", entry=op.entry))
+            except Blocked:
+                raise
+            except FileNotFoundError:
+                self.journal.done(i)  # nothing moved: recovery finds neither path changed
+                self._content_gone(op)
+                return
+            except OSError as e:
+                if e.errno not in _IN_THE_WAY:
+                    raise
+                self._set_aside(op.dst)  # something stands where the content goes
+                self.remote.rename(op.src, op.dst)
+            if op.entry is not None and op.entry.kind == FILE:
+                set_attrs(self.remote, op.dst, op.entry)
+            self.journal.done(i)
+            self._placed(op.dst)
+        elif isinstance(op, Symlink):
+            tmp = temp_name(op.path, f"{self.run_id}-l")
+            i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
+            try:
+                with self.remote.at(op.path) as (dfd, name):
+                    make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
+            except Blocked:
+                raise
+            except OSError as e:
+                if e.errno not in _IN_THE_WAY:
+                    raise
+                self._set_aside(op.path)
+                with self.remote.at(op.path) as (dfd, name):
+                    make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
+            self.journal.done(i)
+            self._placed(op.path)
+        elif isinstance(op, Delete):
+            i = self.journal.begin(op_record("del", path=op.path))
+            try:
+                self.remote.unlink(op.path)
+            except (FileNotFoundError, Blocked):
+                pass
+            except IsADirectoryError:  # a folder where a file was: not ours to delete
+                self._set_aside(op.path)
+            self.journal.done(i)
+        elif isinstance(op, Rmdir):
+            i = self.journal.begin(op_record("del", path=op.path))
+            try:
+                self.remote.rmdir(op.path)
+            except (FileNotFoundError, Blocked):
+                pass  # gone, or a folder above it is (repaired by what goes there)
+            except OSError as e:
+                # Not empty: someone left something in it (.DS_Store, Thumbs.db, @eaDir,
+                # .nfsXXXX); or no folder at all (a link). Kept, never a stop.
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                self._set_aside(op.path)
+            self.journal.done(i)
+        elif isinstance(op, SetAttr):
+            i = self.journal.begin(op_record("attr", entry=op.entry))
+            try:
                 set_attrs(self.remote, op.path, op.entry)
+            except Blocked:
+                raise
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOENT) or op.entry.kind == SYMLINK:
+                    raise
+                # A link where a file or folder belongs, or nothing there at all.
                 self.journal.done(i)
-        except OSError as e:
-            if isinstance(e, PermissionError) and retry and self._make_writable(op):
-                return self._one(op, retry=False)
-            where = op.src if isinstance(op, Move) else op.path
-            raise self._fatal(e, type(op).__name__.lower(), where) from None
+                if e.errno == errno.ELOOP:
+                    self._set_aside(op.path)
+                self._content_gone(Move(op.path, op.path, op.entry))
+                return
+            self.journal.done(i)
+
+    def _content_gone(self, op: Move) -> None:
+        """A move's (or an attribute change's) content is not on the remote: someone
+        removed it. A file is sent again from the source, a folder made again
+        (what belongs below it is lost: see _repair); a stash slot is remembered,
+        and its move out of the stash comes here again."""
+        e = op.entry
+        if e is None:
+            return
+        with self._lock:
+            self.stats.refetched += 1
+        if e.kind == FILE:
+            self._transfer(Copy(op.dst, e, None))
+        elif e.kind == SYMLINK:
+            self._one(Symlink(op.dst, e))
+        else:
+            self._repair(op.dst)
 
     def _patch(self, op: Copy) -> bool:
         """Write only op's changed chunks into the remote file, in place. False when
@@ -297,13 +399,24 @@ class Executor:
                 self.stats.unpatched += 1
         entry = op.entry
         unlocked = cleared = False
-        for attempt in range(COPY_RETRIES + 1):
-            tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}")
+        attempt = repairs = 0
+        while attempt <= COPY_RETRIES:
+            tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
             i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
             try:
                 tmp_name = tmp.rpartition(b"/")[2]
                 if isinstance(op, RemoteCopy):
-                    sfd = self.remote.open_file(op.src)
+                    try:
+                        sfd = self.remote.open_file(op.src)
+                    except Blocked:
+                        raise
+                    except OSError:
+                        # The content to copy is gone from the remote (or is no file):
+                        # the source has it.
+                        with self._lock:
+                            self.stats.refetched += 1
+                        op = Copy(op.path, op.entry, None)
+                        continue
                     try:
                         with self.remote.at(op.path) as (dfd, name):
                             n, _, _ = write_file(sfd, dfd, tmp_name, name, entry, False)
@@ -325,13 +438,24 @@ class Executor:
                         with self._lock:
                             self.stats.hashed_files += 1
                             self.stats.hashed_bytes += n
+                        self._placed(op.path)
                         return
                 self.journal.done(i)
                 if entry is not op.entry:
                     self.stats.updated[op.path] = entry
+                self._placed(op.path)
                 return
             except SourceChanged:
                 pass
+            except Blocked as e:
+                repairs += 1
+                if repairs > MAX_REPAIRS:
+                    raise self._fatal(e, "write", op.path) from None
+                try:
+                    self._repair(e.rel)
+                except OSError as e2:
+                    raise self._fatal(e2, "repair", e.rel) from None
+                continue
             except OSError as e:
                 if isinstance(op, Copy) and _is_source_error(e, self.src):
                     self._source_failed(op, os.strerror(e.errno or errno.EIO))
@@ -339,11 +463,16 @@ class Executor:
                 if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
                     unlocked = True
                     continue
-                if e.errno in _IN_THE_WAY and not cleared and self._set_aside(op.path):
+                if e.errno in _IN_THE_WAY and not cleared:
                     cleared = True
+                    try:
+                        self._set_aside(op.path)
+                    except OSError as e2:
+                        raise self._fatal(e2, "set aside", op.path) from None
                     continue
                 raise self._fatal(e, "write", op.path) from None
             # The source changed under us: hash it again and retry with the new state.
+            attempt += 1
             r = scanner.hash_file(self.s(op.path), scanner.CHUNK_SIZE,
                                   scanner.CHUNK_THRESHOLD)
             digest, chunks, size, mtime, ino, err = r

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from .errors import StateError
+from .plan import DAMAGED
 from .remotefs import Remote
 from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
 
@@ -292,6 +293,8 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                     moved = [src] if top is not None else []
                 for k in moved:
                     old = model.pop(k)
+                    if dst.startswith(DAMAGED + b"/"):
+                        continue  # set aside: kept on the remote, no longer part of the mirror
                     nk = dst + k[len(src):]
                     model[nk] = old.with_path(nk)
                 # A file's move also sets its final attributes; if that did not happen,

@@ -37,7 +37,7 @@ from .snapshot import DIR, FILE, SYMLINK, Entry, sort_key
 
 STASH = b".btsoot/stash"
 PATCH = b".btsoot/patch"  # redo files of in-place updates (see transfer.patch_file)
-DAMAGED = b".btsoot/damaged"  # what blocked a path `btsoot verify` found damaged (kept)
+DAMAGED = b".btsoot/damaged"  # what stood where it should not (kept, never deleted)
 # A file is patched in place only if at most this share of its bytes changed:
 # beyond it, writing the whole file once beats writing the changes twice.
 PATCH_MAX_SHARE = 0.5

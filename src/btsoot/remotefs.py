@@ -65,6 +65,15 @@ def split(rel: bytes) -> list[bytes]:
     return parts
 
 
+class Blocked(OSError):
+    """A folder on the way to a path is missing (ENOENT) or is no folder (ENOTDIR:
+    a link, a file). `rel` is that folder's path: the caller may repair it."""
+
+    def __init__(self, err: int, rel: bytes, shown: str) -> None:
+        super().__init__(err, os.strerror(err), shown)
+        self.rel = rel
+
+
 class _Slot:
     __slots__ = ("fd", "refs", "live")
 
@@ -129,8 +138,13 @@ class Remote:
                 self._cache.move_to_end(b"/".join(comps[:k]))
         try:
             for j in range(k, len(comps)):
-                fd = os.open(comps[j], _DIR_FLAGS, dir_fd=cur.fd)
                 key = b"/".join(comps[: j + 1])
+                try:
+                    fd = os.open(comps[j], _DIR_FLAGS, dir_fd=cur.fd)
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                        raise Blocked(e.errno, key, self.show(key)) from None
+                    raise
                 with self._lock:
                     found = self._cache.get(key)
                     if found is not None:  # another thread opened it meanwhile
@@ -218,17 +232,15 @@ class Remote:
     def lexists(self, rel: bytes) -> bool:
         try:
             self.lstat(rel)
-        except FileNotFoundError:
-            return False
-        except NotADirectoryError:
-            return False  # a folder above it is not a folder: rel is not there
+        except (FileNotFoundError, NotADirectoryError, Blocked):
+            return False  # or a folder above it is not a folder: rel is not there
         return True
 
     def isdir(self, rel: bytes) -> bool:
         """Is rel a real folder (not a link to one)?"""
         try:
             return stat.S_ISDIR(self.lstat(rel).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, Blocked):
             return False
 
     def readlink(self, rel: bytes) -> bytes:
@@ -248,8 +260,7 @@ class Remote:
                 self.mkdir(done, mode)
             except FileExistsError:
                 if not self.isdir(done):
-                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
-                                             self.show(done)) from None
+                    raise Blocked(errno.ENOTDIR, done, self.show(done)) from None
 
     def rename(self, src: bytes, dst: bytes) -> None:
         with self.at(src) as (sfd, sname), self.at(dst) as (dfd, dname):
