@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -173,6 +174,12 @@ def backup(
             if not dry_run:
                 st.log_run({"started": started, "result": "failed", "exit_code": e.exit_code,
                             "error": e.message})
+            raise
+        except KeyboardInterrupt as e:
+            if not dry_run:
+                signum = getattr(e, "signum", signal.SIGINT)
+                st.log_run({"started": started, "result": "interrupted",
+                            "exit_code": 128 + signum, "error": signal.Signals(signum).name})
             raise
         if not dry_run:
             s = res.summary()

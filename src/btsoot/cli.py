@@ -7,6 +7,7 @@ on stderr and exits with its code (see README, "Exit codes").
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import orjson
 
 from . import __version__
 from .config import Block, Config, parse_max_delete, validate_name
-from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError
+from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError, Stopped
 
 
 def _human(n: float) -> str:
@@ -215,7 +216,19 @@ def diff_cmd(ctx: click.Context, name: str, checksum: bool) -> None:
                override=True, jobs=None, as_json=False, quiet=False)
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _stopped(e: Stopped) -> int:
+    click.echo(f"btsoot: stopped by {signal.Signals(e.signum).name}; the next run picks up "
+               "where this one ended", err=True)
+    return 128 + e.signum
+
+
 def main(argv: list[str] | None = None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         rv = main_group.main(args=argv, prog_name="btsoot", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -224,12 +237,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         code = EXIT_USAGE
-    except click.exceptions.Abort:
-        click.echo("btsoot: aborted", err=True)
-        code = 130
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, Stopped):  # click turns an interrupt into Abort
+            code = _stopped(e.__cause__)
+        else:
+            click.echo("btsoot: aborted", err=True)
+            code = 130
     except BtsootError as e:
         click.echo(f"btsoot: error: {e.message}", err=True)
         code = e.exit_code
+    except Stopped as e:
+        code = _stopped(e)
     except KeyboardInterrupt:
         click.echo("btsoot: interrupted", err=True)
         code = 130

@@ -54,3 +54,13 @@ class DamageError(BtsootError):
 
 class StateError(BtsootError):
     exit_code = EXIT_STATE
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (systemd, a timeout, a shutdown) arrived: the run ends
+    the way an interrupt ends it (temp files removed, the journal kept for the
+    next run), with exit code 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

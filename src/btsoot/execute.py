@@ -115,37 +115,43 @@ class Executor:
         ops = plan.ops
         i = 0
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="btsoot-copy") as pool:
-            while i < len(ops):
-                if isinstance(ops[i], (Copy, RemoteCopy)):
-                    j = i
-                    while j < len(ops) and isinstance(ops[j], (Copy, RemoteCopy)):
-                        j += 1
-                    if self.jobs == 1:
-                        for op in ops[i:j]:
-                            self._transfer(op)  # type: ignore[arg-type]
-                            self._progress()
-                    else:
-                        # A bounded window: memory stays flat however many files are
-                        # sent, and after a fatal error few transfers are still queued.
-                        window: deque[Future] = deque()
-                        for op in ops[i:j]:
-                            if (self.small_inline and isinstance(op, Copy) and op.patch is None
-                                    and op.entry.size < scanner.SMALL_COPY_MAX):
-                                self._transfer(op)
+            try:
+                while i < len(ops):
+                    if isinstance(ops[i], (Copy, RemoteCopy)):
+                        j = i
+                        while j < len(ops) and isinstance(ops[j], (Copy, RemoteCopy)):
+                            j += 1
+                        if self.jobs == 1:
+                            for op in ops[i:j]:
+                                self._transfer(op)  # type: ignore[arg-type]
                                 self._progress()
-                                continue
-                            window.append(pool.submit(self._transfer, op))  # type: ignore[arg-type]
-                            if len(window) >= self.jobs * 8:
+                        else:
+                            # A bounded window: memory stays flat however many files are
+                            # sent, and after a fatal error few transfers are still queued.
+                            window: deque[Future] = deque()
+                            for op in ops[i:j]:
+                                if (self.small_inline and isinstance(op, Copy) and op.patch is None
+                                        and op.entry.size < scanner.SMALL_COPY_MAX):
+                                    self._transfer(op)
+                                    self._progress()
+                                    continue
+                                window.append(pool.submit(self._transfer, op))  # type: ignore[arg-type]
+                                if len(window) >= self.jobs * 8:
+                                    window.popleft().result()
+                                    self._progress()
+                            while window:
                                 window.popleft().result()
                                 self._progress()
-                        while window:
-                            window.popleft().result()
-                            self._progress()
-                    i = j
-                else:
-                    self._one(ops[i])
-                    self._progress()
-                    i += 1
+                        i = j
+                    else:
+                        self._one(ops[i])
+                        self._progress()
+                        i += 1
+            except BaseException:
+                # Stopped (a signal, a fatal error): what is queued never starts; what
+                # runs finishes or cleans up after itself.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         self.journal.sync()
         self.short.close()
         return self.stats

@@ -145,8 +145,11 @@ class BlockState:
         os.replace(tmp, self.damaged)
 
     def log_run(self, record: dict[str, Any]) -> None:
+        # A message may name a path that is not UTF-8 (os.fsdecode's surrogates, which
+        # JSON cannot hold): such bytes are written as \xNN, like every other output.
+        clean = {k: _printable(v) if isinstance(v, str) else v for k, v in record.items()}
         with open(self.runs, "ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
+            f.write(orjson.dumps(clean) + b"\n")
 
     def last_run(self) -> dict[str, Any] | None:
         try:
@@ -165,3 +168,7 @@ class BlockState:
             except orjson.JSONDecodeError:
                 continue
         return None
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
