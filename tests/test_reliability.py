@@ -1461,3 +1461,17 @@ def test_paths_longer_than_path_max(block) -> None:
     finally:
         os.close(a)
         os.close(b)
+    # verify reads the deep file as backup wrote it, and finds it corrupt when it is.
+    env.run("verify", "b", check=0)
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(20):
+            nfd = os.open(b"%02d" % i + b"d" * 248, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open(b"leaf", os.O_WRONLY, dir_fd=fd)
+        os.write(f, b"DEEP")
+        os.close(f)
+    finally:
+        os.close(fd)
+    assert "corrupt" in env.run("verify", "b", check=7).stdout

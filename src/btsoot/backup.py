@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import mounts
+from . import profile as profiles
 from . import remote as rmt
 from .config import Block, Lock
 from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
@@ -134,7 +136,12 @@ def check_source(block: Block, previous: Header | None, override: bool,
         raise GuardError(f"source {src} cannot be read: {e.strerror}") from None
     if override or previous is None:
         return
-    if previous.source_dev and os.stat(src).st_dev != previous.source_dev:
+    moved = bool(previous.source_dev) and os.stat(src).st_dev != previous.source_dev
+    if moved and previous.source_fs is not None:
+        # Another device number: the same file system remounted (a reboot, another
+        # USB port) passes; another one, or the empty folder under a mount point, not.
+        moved = not mounts.same_file_system(previous.source_fs, mounts.identity(src))
+    if moved:
         raise GuardError(
             f"source {src} is on a different file system than at the last backup "
             "(an unmounted disk?); use --override if this is intended"
@@ -219,6 +226,23 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
          progress: Progress | None, t0: float) -> BackupResult:
     run_id = new_id()  # also the id of the snapshot this run commits
 
+    # What the remote can hold (probed at the first run and when the remote's file
+    # system changes): how names are stored, whether case folds. Recovery needs it
+    # too: the journal names paths as the source has them.
+    if dry_run:
+        prof = profiles.load(remote) or profiles.Profile()
+    else:
+        try:
+            if head.head is None:
+                # The first run writes the remote's identity and snapshot folder even
+                # when there is nothing to copy (an empty source): its commit writes there.
+                rmt.init_remote(remote, block.name)
+            prof = profiles.ensure(remote)
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
+    remote.encode = prof.codec().encode
+    remote.mtime_step = prof.mtime_granularity_ns
+
     # A crashed run left a journal: rebuild what the remote holds now.
     base = committed
     if os.path.exists(st.journal):
@@ -265,12 +289,15 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     res.durations["scan"] = time.monotonic() - t
     if any(p == b"" for p, _ in sres.stats.errors):
         raise GuardError(f"source {block.source} cannot be listed; nothing was changed")
+    diff = sres.diff if base == committed else None
+    if prof.case_insensitive and _drop_case_twins(st, base, sres):
+        diff = None  # the scan's own diff still has them
 
     t = time.monotonic()
     if progress:
         progress("phase", "plan")
-    plan = make_plan(_read(base), _read(st.scan), run_id=run_id,
-                     diff=sres.diff if base == committed else None, patch=block.patch_in_place)
+    plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
+                     patch=block.patch_in_place)
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -289,13 +316,6 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         return res
 
     ex = ExecStats()
-    if head.head is None and not res.adopted:
-        # The first run writes the remote's identity and snapshot folder even when
-        # there is nothing to copy (an empty source): its commit writes there.
-        try:
-            rmt.init_remote(remote, block.name)
-        except OSError as e:
-            raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
     if not plan.empty or res.resumed:
         t = time.monotonic()
         if progress:
@@ -355,6 +375,62 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
         raise FatalIOError(f"remote: cannot finish the interrupted run at "
                            f"{os.fsdecode(e.filename or remote.root)}: {e.strerror}") from None
     return _write_base(st, (model[k] for k in sorted(model, key=sort_key)), run_id)
+
+
+def _fold(name: bytes) -> str:
+    """name as a case-folding file system compares it (simple upper case mapping,
+    as exFAT's and NTFS's upcase tables do)."""
+    text = name.decode("utf-8", "surrogateescape")
+    return "".join(u if len(u := c.upper()) == 1 else c for c in text)
+
+
+def _drop_case_twins(st: BlockState, base: str | None, sres: Any) -> bool:
+    """On a remote that folds case, two names of one folder that differ only in case
+    are one file there: one would overwrite the other. Keep one twin (the one the
+    remote already holds, else the first in order), leave the others (and what is
+    below them) out of this run's snapshot, and list them (exit 3). True if any."""
+    groups: dict[tuple[bytes, str], list[bytes]] = {}
+    stack: list[bytes] = [b""]
+    names: dict[bytes, dict[str, bytes]] = {b"": {}}
+    with SnapshotReader(st.scan) as r:
+        for e in r:
+            par = e.path.rpartition(b"/")[0]
+            while len(stack) > 1 and stack[-1] != par:
+                names.pop(stack.pop(), None)
+            key = _fold(e.path.rpartition(b"/")[2])
+            seen = names.setdefault(par, {})
+            if key in seen:
+                groups.setdefault((par, key), [seen[key]]).append(e.path)
+            else:
+                seen[key] = e.path
+            if e.kind == DIR:
+                stack.append(e.path)
+                names[e.path] = {}
+    if not groups:
+        return False
+    members = {p for g in groups.values() for p in g}
+    on_remote = {e.path for e in _read(base)() if e.path in members} if base else set()
+    dropped: dict[bytes, bytes] = {}
+    for g in groups.values():
+        keep = next((p for p in g if p in on_remote), g[0])
+        dropped.update((p, keep) for p in g if p != keep)
+    out = st.scan + ".twins"
+    w = SnapshotWriter(out, sres.header)
+    try:
+        with SnapshotReader(st.scan) as r:
+            gone = set(dropped)
+            w.write_all(e for e in r if not _within(e.path, gone))
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+    os.replace(out, st.scan)
+    for p, keep in sorted(dropped.items()):
+        sres.stats.errors.append((p, "the remote folds case and holds "
+                                  f"{keep.rpartition(b'/')[2].decode('utf-8', 'backslashreplace')}"
+                                  " there: not sent"))
+    sres.rewritten = True
+    return True
 
 
 def _within(path: bytes, paths: set[bytes]) -> bool:

@@ -197,13 +197,53 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
         f"; sent {_human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
     repaired = s.get("repaired", 0)
     return (f"{s['block']}: {head}: {what}; {s['files']} files, {_human(s['bytes'])}{extra}"
-            + (f"; {len(s['errors'])} unreadable" if s["errors"] else "")
+            + (f"; {len(s['errors'])} not backed up" if s["errors"] else "")
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
                if repaired else "")
             + (f"; {len(s['set_aside'])} in the way moved to .btsoot/damaged/"
                if s.get("set_aside") else "")
             + (f"; {len(s['remade'])} remote folders made again" if s.get("remade") else "")
             + (f"; {s['refetched']} gone from the remote sent again" if s.get("refetched") else ""))
+
+
+@main_group.command("doctor")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@click.pass_context
+def doctor_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Probe what the block's remote can hold (case, names, timestamps, links) and
+    keep the result on it; backups use it from then on."""
+    from . import profile as profiles
+    from . import remote as rmt
+    from .config import Lock
+    from .errors import FatalIOError
+    from .remotefs import Remote
+    from .state import BlockState
+
+    block = load_config(ctx).get(name)
+    st = BlockState(block.state)
+    st.ensure()
+    with Lock(st.lock, f"block {block.name!r}"):
+        rmt.check_remote(block.remote, block.name, st.load_head().head is not None)
+        try:
+            with Remote(block.remote) as remote:
+                if rmt.read_block_id(block.remote) is not None:
+                    p = profiles.probe(remote)
+                    profiles.save(remote, p)
+                else:  # not backed up into yet: probe, but leave nothing behind
+                    remote.makedirs(profiles.PROBE.rpartition(b"/")[0])
+                    try:
+                        p = profiles.probe(remote)
+                    finally:
+                        remote.rmdir(profiles.PROBE.rpartition(b"/")[0])
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot probe: {e.strerror}") from None
+    if as_json:
+        click.echo(p.to_json().decode())
+        return
+    click.echo(f"{name}: remote {block.remote}")
+    for what, value in profiles.describe(p):
+        click.echo(f"  {what:<22} {value}")
 
 
 @main_group.command("diff")

@@ -101,6 +101,7 @@ class Executor:
         self._patch_ready = False
         self._lock = threading.Lock()  # stats are added to from every transfer thread
         self._repair_lock = threading.Lock()
+        self._unstorable: set[bytes] = set()  # paths the remote refused (see _cannot_hold)
         self._aside = 0
         # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
         # pool (local disks: see remote.NETWORK_FS).
@@ -240,7 +241,33 @@ class Executor:
             with self._lock:
                 self.stats.placed.add(path)
 
+    def _cannot_hold(self, path: bytes, e: OSError, old: Entry | None = None) -> None:
+        """The remote refuses this entry (a name too long once encoded, a file larger
+        than it allows, a symlink where it has none): listed, exit 3; the remote
+        keeps what it held there. A folder's whole subtree is left out."""
+        why = os.strerror(e.errno or errno.EIO)
+        with self._lock:
+            self.stats.errors.append((path, f"the remote cannot hold it: {why}"))
+            keep = old if old is not None and matches(self.remote, path, old) else None
+            self.stats.failed[path] = keep
+            self._unstorable.add(path)
+
+    def _below_unstorable(self, path: bytes) -> bool:
+        """Is path inside a folder the remote refused? Then it is left out too."""
+        if not self._unstorable or path in self._unstorable:
+            return False
+        p = path
+        while b"/" in p:
+            p = p.rpartition(b"/")[0]
+            if p in self._unstorable:
+                with self._lock:
+                    self.stats.failed[path] = None
+                return True
+        return False
+
     def _one(self, op: Op) -> None:
+        if self._below_unstorable(op.dst if isinstance(op, Move) else op.path):
+            return
         unlocked = False
         for _ in range(MAX_REPAIRS):
             try:
@@ -255,6 +282,10 @@ class Executor:
                 if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
                     unlocked = True
                     continue
+                refused = _CANNOT_HOLD | (_NO_LINKS if isinstance(op, Symlink) else set())
+                if e.errno in refused and isinstance(op, (Mkdir, Symlink, Move)):
+                    self._cannot_hold(op.dst if isinstance(op, Move) else op.path, e)
+                    return
                 where = op.src if isinstance(op, Move) else op.path
                 raise self._fatal(e, type(op).__name__.lower(), where) from None
         raise FatalIOError(f"remote: {self.remote.show(op.path if not isinstance(op, Move) else op.dst)}"
@@ -376,7 +407,8 @@ class Executor:
         except OSError:
             return False
         if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & stat.S_IWUSR
-                and st.st_size == op.old.size and st.st_mtime_ns == op.old.mtime_ns):
+                and st.st_size == op.old.size
+                and self.remote.same_mtime(st.st_mtime_ns, op.old.mtime_ns)):
             return False
         try:
             if not self._patch_ready:
@@ -398,6 +430,8 @@ class Executor:
         return True
 
     def _transfer(self, op: Copy | RemoteCopy) -> None:
+        if self._below_unstorable(op.path):
+            return
         if isinstance(op, Copy) and op.patch is not None:
             if self._patch(op):
                 return
@@ -469,6 +503,9 @@ class Executor:
                 if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
                     unlocked = True
                     continue
+                if e.errno in _CANNOT_HOLD:
+                    self._cannot_hold(op.path, e, op.old)
+                    return
                 if e.errno in _IN_THE_WAY and not cleared:
                     cleared = True
                     try:
@@ -503,6 +540,11 @@ class Executor:
 
 # A rename onto a path that holds a folder (or a folder blocking a file's parent).
 _IN_THE_WAY = {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}
+# What a remote says of an entry it cannot hold: a name too long (once encoded) or
+# that it refuses, a file larger than it allows.
+_CANNOT_HOLD = {errno.ENAMETOOLONG, errno.EFBIG, errno.EILSEQ, errno.EINVAL}
+# ... and of a symlink, where it has none (exFAT, FAT).
+_NO_LINKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
 
 
 def _is_source_error(e: OSError, src_root: bytes) -> bool:

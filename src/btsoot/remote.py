@@ -14,7 +14,6 @@ Inode and device numbers are machine-local and are not stored here.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 
 from .errors import FatalIOError, GuardError, StateError
+from .mounts import mount_of
 from .remotefs import Remote
 from .snapshot import (
     Entry,
@@ -51,24 +51,8 @@ LOCAL_JOBS = 2
 
 
 def fs_type(path: str) -> str:
-    """The file system type of the mount holding path (from /proc/self/mountinfo),
-    or "" if it cannot be told."""
-    try:
-        target = os.path.realpath(path)
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
-    except OSError:
-        return ""
-    best, kind = -1, ""
-    for line in lines:
-        fields, _, rest = line.partition(" - ")
-        parts = fields.split(" ")
-        if len(parts) < 5 or not rest:
-            continue
-        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
-        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= best:
-            best, kind = len(mnt), rest.split(" ")[0]
-    return kind
+    """The file system type of the mount holding path, or "" if it cannot be told."""
+    return mount_of(path)[1]
 
 
 def is_network(remote: str) -> bool:

@@ -33,7 +33,7 @@ import resource
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,6 +53,10 @@ def _raise_fd_limit() -> None:
 
 
 _raise_fd_limit()
+
+
+def _same(name: bytes) -> bytes:
+    return name
 
 
 def split(rel: bytes) -> list[bytes]:
@@ -84,10 +88,16 @@ class _Slot:
 
 
 class Remote:
-    """The remote folder `root`; every path given is relative to it (bytes)."""
+    """The remote folder `root`; every path given is relative to it (bytes), in the
+    source's names: each is stored under `encode(name)` (see names.py)."""
 
     def __init__(self, root: str | bytes, limit: int = CACHE_LIMIT) -> None:
         self.root = os.fsencode(root)
+        # How a name is stored (names.Codec.encode); set from the remote's profile.
+        self.encode: Callable[[bytes], bytes] = _same
+        # The finest mtime step the remote keeps (sshfs and exFAT: whole seconds);
+        # set from the profile. A remote mtime within it of the recorded one is equal.
+        self.mtime_step = 1
         self.limit = limit
         fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._root = _Slot(fd)  # never evicted; refs stays >= 1 until close()
@@ -115,6 +125,10 @@ class Remote:
         """rel as a full path, for messages."""
         return os.fsdecode(self.root + b"/" + rel if rel else self.root)
 
+    def same_mtime(self, remote_ns: int, recorded_ns: int) -> bool:
+        """Is the mtime found on the remote the recorded one, as far as it keeps time?"""
+        return abs(remote_ns - recorded_ns) < self.mtime_step
+
     # --- folder descriptors --------------------------------------------------
 
     def _acquire(self, rel: bytes) -> _Slot:
@@ -140,7 +154,7 @@ class Remote:
             for j in range(k, len(comps)):
                 key = b"/".join(comps[: j + 1])
                 try:
-                    fd = os.open(comps[j], _DIR_FLAGS, dir_fd=cur.fd)
+                    fd = os.open(self.encode(comps[j]), _DIR_FLAGS, dir_fd=cur.fd)
                 except OSError as e:
                     if e.errno in (errno.ENOENT, errno.ENOTDIR):
                         raise Blocked(e.errno, key, self.show(key)) from None
@@ -211,7 +225,7 @@ class Remote:
         if name in (b"", b".", b"..") or (sep and not head):
             raise OSError(errno.EINVAL, "not a plain path below the remote root", self.show(rel))
         with self.dir(head) as fd:
-            yield fd, name
+            yield fd, self.encode(name)
 
     @contextmanager
     def path(self, rel: bytes) -> Iterator[bytes]:

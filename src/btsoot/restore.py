@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import xxhash
 
+from . import profile as profiles
 from . import remote as rmt
 from . import scanner
 from .config import Block, Lock
@@ -53,7 +54,9 @@ from .errors import (
     StateError,
     UsageError,
 )
+from .names import Codec, decode, encode_path
 from .plan import is_under, merge, parent
+from .remotefs import Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader
 from .state import BlockState
 from .transfer import copy_fd, syncfs, temp_name
@@ -246,6 +249,64 @@ def walk_found(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
             unlistable.add(rel)
             continue
         yield Found(rel, _KIND[kind], size, mtime, mode, extra if kind == scanner.SYMLINK else None)
+
+
+def walk_decoded(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
+                 unlistable: set[bytes]) -> Iterator[Found]:
+    """Like walk_found, for a remote that stores names encoded (see names.py): each
+    name found is decoded, and each folder's names are sorted as the source's
+    names sort, so the walk merges with a snapshot. Folders are opened with
+    O_NOFOLLOW from their parent: a link is reported, never followed."""
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise FatalIOError(f"{os.fsdecode(root)}: cannot be listed: {e.strerror}") from None
+
+    def listing(fd: int, rel: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            stored = [os.fsencode(n) for n in os.listdir(fd)]
+        except OSError as e:
+            errors.append((rel, f"cannot be listed: {e.strerror}"))
+            unlistable.add(rel)
+            return []
+        return sorted(((decode(n), n) for n in stored), key=lambda t: t[0], reverse=True)
+
+    stack = [(top, b"", listing(top, b""))]
+    try:
+        while stack:
+            fd, rel, todo = stack[-1]
+            if not todo:
+                os.close(fd)
+                stack.pop()
+                continue
+            name, stored = todo.pop()
+            path = rel + b"/" + name if rel else prefix + name
+            try:
+                st = os.stat(stored, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            m = st.st_mode
+            if stat.S_ISLNK(m):
+                try:
+                    target: bytes | None = os.readlink(stored, dir_fd=fd)
+                except OSError:
+                    target = None
+                yield Found(path, SYMLINK, st.st_size, st.st_mtime_ns, m, target)
+            elif stat.S_ISDIR(m):
+                yield Found(path, DIR, 0, st.st_mtime_ns, m)
+                try:
+                    cfd = os.open(stored, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    errors.append((path, f"cannot be listed: {e.strerror}"))
+                    unlistable.add(path)
+                    continue
+                stack.append((cfd, path, listing(cfd, path)))
+            else:
+                kind = FILE if stat.S_ISREG(m) else "special"
+                yield Found(path, kind, st.st_size if kind == FILE else 0, st.st_mtime_ns, m)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
 
 
 #: plan.merge over a snapshot and what is found on disk (it needs only `.path`).
@@ -476,6 +537,16 @@ def _only_roots(only: Iterable[str | bytes], bases: Iterable[str]) -> list[bytes
     return out
 
 
+def _codec(remote: str) -> Codec:
+    """The name encoding the remote's profile describes (none if it has no profile)."""
+    try:
+        with Remote(remote) as r:
+            p = profiles.load(r)
+    except OSError:
+        p = None
+    return p.codec() if p is not None else Codec()
+
+
 class _Restorer:
     def __init__(self, source: SnapshotSource, dest: str, res: RestoreResult,
                  roots: list[bytes], delete: bool, dry_run: bool, checksum: bool,
@@ -484,6 +555,8 @@ class _Restorer:
         self.source = source
         self.dest = os.fsencode(dest)
         self.remote = os.fsencode(source.remote)
+        # How the backup stored names the remote cannot hold (see names.py).
+        self.codec = _codec(source.remote)
         self.res = res
         self.roots = roots
         self.delete = delete
@@ -959,7 +1032,7 @@ class _Restorer:
                 if prfd is None:
                     d.rerr = d.parent.rerr
                     return None
-                d.rfd = os.open(self._name(d.path), _DIR_FLAGS, dir_fd=prfd)
+                d.rfd = os.open(self.codec.encode(self._name(d.path)), _DIR_FLAGS, dir_fd=prfd)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 d.rerr = f"missing on the remote (its folder {show(d.path)}/ is missing)"
@@ -999,10 +1072,10 @@ class _Restorer:
                  src: bytes | None) -> tuple[int, int, str]:
         try:
             if src is None:
-                sfd = os.open(name, _READ_FLAGS, dir_fd=rfd)
+                sfd = os.open(self.codec.encode(name), _READ_FLAGS, dir_fd=rfd)
             else:
                 assert self._root_rfd is not None
-                sfd = _open_below(self._root_rfd, src)
+                sfd = _open_below(self._root_rfd, encode_path(self.codec, src))
         except OSError as err:
             if err.errno in (errno.ENOENT, errno.ENOTDIR):
                 return DAMAGED, 0, "missing on the remote"

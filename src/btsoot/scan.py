@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__, scanner
+from . import __version__, mounts, scanner
 from .longpath import ShortPaths
 from .plan import Diff
 from .snapshot import (
@@ -151,6 +151,7 @@ def scan(
         created_ns=started,
         scan_started_ns=started,
         source_dev=st.st_dev,
+        source_fs=mounts.identity(source),
         chunk_size=scanner.CHUNK_SIZE,
         chunk_threshold=scanner.CHUNK_THRESHOLD,
         tool=f"btsoot {__version__}",

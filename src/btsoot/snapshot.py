@@ -82,6 +82,8 @@ class Header:
     created_ns: int
     scan_started_ns: int
     source_dev: int = 0
+    # The source's file system as mounts.identity() names it (survives a remount).
+    source_fs: dict[str, Any] | None = None
     chunk_size: int = 0
     chunk_threshold: int = 0
     base: str | None = None  # for remote deltas: the snapshot id this applies to
@@ -100,6 +102,7 @@ class Header:
             "created_ns": self.created_ns,
             "scan_started_ns": self.scan_started_ns,
             "source_dev": self.source_dev,
+            "source_fs": self.source_fs,
             "hash": HASH,
             "chunk_size": self.chunk_size,
             "chunk_threshold": self.chunk_threshold,
@@ -126,6 +129,7 @@ class Header:
                 created_ns=int(d["created_ns"]),
                 scan_started_ns=int(d["scan_started_ns"]),
                 source_dev=int(d.get("source_dev", 0)),
+                source_fs=d["source_fs"] if isinstance(d.get("source_fs"), dict) else None,
                 chunk_size=int(d.get("chunk_size", 0)),
                 chunk_threshold=int(d.get("chunk_threshold", 0)),
                 base=d.get("base"),

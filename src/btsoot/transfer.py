@@ -343,7 +343,7 @@ def matches(remote: Remote, rel: bytes, entry: Entry) -> bool:
         return False
     if entry.kind == FILE:
         return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and (
-            st.st_mtime_ns == entry.mtime_ns)
+            remote.same_mtime(st.st_mtime_ns, entry.mtime_ns))
     if entry.kind == "symlink":
         try:
             return stat.S_ISLNK(st.st_mode) and remote.readlink(rel) == entry.target

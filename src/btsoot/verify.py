@@ -30,6 +30,7 @@ from typing import Any
 
 import xxhash
 
+from . import profile as profiles
 from . import remote as rmt
 from . import scanner
 from .config import Block, Lock
@@ -43,6 +44,7 @@ from .restore import (
     merge_found,
     open_snapshot,
     show,
+    walk_decoded,
     walk_found,
 )
 from .snapshot import DIR, FILE, SYMLINK, Entry
@@ -125,8 +127,15 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
     t0 = time.monotonic()
     res = VerifyResult(snapshot=source.header.id, remote=source.remote)
     root = os.fsencode(source.remote)
+    try:
+        remote = Remote(root)
+    except OSError as err:
+        raise FatalIOError(f"remote {source.remote}: {err.strerror}") from None
+    codec = (profiles.load(remote) or profiles.Profile()).codec()
+    remote.encode = codec.encode
     unlistable: set[bytes] = set()
-    found = (f for f in walk_found(root, b"", res.errors, unlistable)
+    walk = walk_decoded if codec.active else walk_found
+    found = (f for f in walk(root, b"", res.errors, unlistable)
              if not is_under(f.path, rmt.META.encode()))
     checker = EntryChecker(f"snapshot {source.header.id}")
     to_hash: list[Entry] = []
@@ -175,10 +184,6 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
     # Chunk digests off: the whole-file digest is what the snapshot is checked against.
     # Each file is read through its folder's descriptor (see remotefs), held until its
     # result is back: a folder swapped for a link meanwhile cannot redirect the read.
-    try:
-        remote = Remote(root)
-    except OSError as err:
-        raise FatalIOError(f"remote {source.remote}: {err.strerror}") from None
     held: deque[AbstractContextManager[bytes]] = deque()
 
     def paths() -> Iterator[bytes]:

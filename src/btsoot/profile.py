@@ -1,0 +1,238 @@
+"""What a remote's file system can hold, found by small experiments and kept on it.
+
+A USB disk with exFAT folds case, rejects `:` and names that are not UTF-8,
+keeps whole seconds and has no symlinks; sshfs keeps whole seconds; an SMB
+share drops trailing dots. btsoot writes by name into such a folder, so it
+must know. The profile is probed once, inside `REMOTE/.btsoot/probe/` (a
+few dozen small operations), stored in `REMOTE/.btsoot/profile.json`, and
+probed again when the remote's identity changes (another file system type,
+mount source, or file system id: a swapped disk, a remount elsewhere), which
+each run checks without touching the remote. `btsoot doctor NAME` probes and
+prints it.
+
+What follows from it: names are encoded (see names.py), case twins are
+reported instead of one overwriting the other, and a remote file's mtime is
+compared at the granularity it keeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from . import mounts
+from .names import Codec
+from .remotefs import Remote
+
+FORMAT = "btsoot-profile"
+VERSION = 1
+PROBE = b".btsoot/probe"
+PROFILE = b".btsoot/profile.json"
+# Characters some remote file systems (exFAT, FAT, NTFS in Windows mode, SMB) refuse.
+CANDIDATES = b'"*:<>?\\|' + bytes(range(1, 32)) + b"\x7f"
+_T = 1_600_000_001_123_456_789  # an mtime with every digit significant
+
+
+@dataclass(slots=True)
+class Profile:
+    identity: dict[str, Any] = field(default_factory=dict)
+    probed_ns: int = 0
+    case_insensitive: bool = False
+    forbidden: str = ""  # characters refused in names
+    utf8_only: bool = False  # names that are not UTF-8 refused
+    no_trailing: str = ""  # characters a name may not end with (stripped or refused)
+    name_max: int = 255
+    mtime_granularity_ns: int = 1
+    symlinks: bool = True
+    hard_links: bool = True  # links can be made and link counts are reported
+    modes: bool = True  # permission bits are kept
+    sync_reaches_disk: bool = True  # syncfs makes writes durable at the far end
+
+    def codec(self) -> Codec:
+        return Codec(frozenset(self.forbidden.encode("latin-1")), self.utf8_only,
+                     frozenset(self.no_trailing.encode("latin-1")))
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"format": FORMAT, "version": VERSION, **asdict(self)},
+                            option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Profile | None:
+        try:
+            d = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+            return None
+        p = cls()
+        for k, default in asdict(cls()).items():
+            v = d.get(k, default)
+            if type(v) is not type(default):
+                return None
+            setattr(p, k, v)
+        if not all(c in CANDIDATES.decode("latin-1") for c in p.forbidden) or (
+                not set(p.no_trailing) <= {".", " "}) or p.mtime_granularity_ns < 1:
+            return None
+        return p
+
+
+def identity(root: str | bytes) -> dict[str, Any]:
+    """What names the remote's file system without touching it (see mounts.py)."""
+    return mounts.identity(root)
+
+
+def load(remote: Remote) -> Profile | None:
+    try:
+        fd = remote.open_file(PROFILE)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return Profile.from_json(f.read(1 << 16))
+
+
+def save(remote: Remote, p: Profile) -> None:
+    tmp = PROFILE + b".tmp"
+    with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+        f.write(p.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    remote.rename(tmp, PROFILE)
+
+
+def ensure(remote: Remote) -> Profile:
+    """The remote's profile: the stored one while the remote is the same file
+    system, else probed (and stored) again."""
+    ident = identity(remote.root)
+    p = load(remote)
+    if p is not None and p.identity == ident:
+        return p
+    p = probe(remote)
+    save(remote, p)
+    return p
+
+
+def probe(remote: Remote) -> Profile:
+    """Find out by experiment, in REMOTE/.btsoot/probe/, what the remote holds."""
+    p = Profile(identity=identity(remote.root), probed_ns=time.time_ns())
+    _clear(remote)
+    remote.makedirs(PROBE)
+    try:
+        _probe(remote, p)
+    finally:
+        _clear(remote)
+    return p
+
+
+def _clear(remote: Remote) -> None:
+    try:
+        names = remote.listdir(PROBE)
+    except OSError:
+        return
+    for n in names:
+        rel = PROBE + b"/" + n
+        try:
+            if remote.isdir(rel):
+                remote.rmdir(rel)
+            else:
+                remote.unlink(rel)
+        except OSError:
+            pass
+    try:
+        remote.rmdir(PROBE)
+    except OSError:
+        pass
+
+
+def _make(remote: Remote, name: bytes) -> bool:
+    """Create file PROBE/name; True if the remote lists it back byte for byte."""
+    try:
+        os.close(remote.open(PROBE + b"/" + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except OSError:
+        return False
+    try:
+        return name in remote.listdir(PROBE)
+    finally:
+        for n in remote.listdir(PROBE):
+            remote.unlink(PROBE + b"/" + n)
+
+
+def _probe(remote: Remote, p: Profile) -> None:
+    # Characters: one name with all of them first; one by one only if it fails.
+    if not _make(remote, b"x" + CANDIDATES + b"x"):
+        p.forbidden = "".join(chr(c) for c in CANDIDATES
+                              if not _make(remote, b"x" + bytes((c,)) + b"x"))
+    p.utf8_only = not _make(remote, b"x\xff\xfex")
+    p.no_trailing = "".join(c for c in ". " if not _make(remote, b"t" + c.encode()))
+    try:
+        p.name_max = os.statvfs(remote.root).f_namemax or 255
+    except OSError:
+        pass
+
+    f = PROBE + b"/Ab"
+    fd = remote.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    os.close(fd)
+    p.case_insensitive = remote.lexists(PROBE + b"/aB")
+
+    remote.utime(f, _T)
+    got = remote.lstat(f).st_mtime_ns
+    for g in (1, 100, 1_000, 1_000_000, 10_000_000, 1_000_000_000, 2_000_000_000):
+        if abs(got - _T) < g:
+            p.mtime_granularity_ns = g
+            break
+    else:
+        p.mtime_granularity_ns = 2_000_000_000
+
+    try:
+        remote.chmod(f, 0o640)
+        p.modes = stat.S_IMODE(remote.lstat(f).st_mode) == 0o640
+        remote.chmod(f, 0o600)
+        p.modes = p.modes and stat.S_IMODE(remote.lstat(f).st_mode) == 0o600
+    except OSError:
+        p.modes = False
+
+    try:
+        remote.symlink(b"target", PROBE + b"/l")
+        p.symlinks = remote.readlink(PROBE + b"/l") == b"target"
+    except OSError:
+        p.symlinks = False
+
+    try:
+        with remote.at(f) as (dfd, name), remote.at(PROBE + b"/h") as (dfd2, name2):
+            os.link(name, name2, src_dir_fd=dfd, dst_dir_fd=dfd2, follow_symlinks=False)
+        p.hard_links = remote.lstat(f).st_nlink == 2
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        p.hard_links = False
+    # A per-file fsync reaches an sshfs server; syncfs on the mount does not.
+    p.sync_reaches_disk = not p.identity.get("type", "").startswith("fuse")
+
+
+def describe(p: Profile) -> list[tuple[str, str]]:
+    """The profile as (what, value) lines for a person."""
+    ident = p.identity
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in p.forbidden)
+    gran = p.mtime_granularity_ns
+    return [
+        ("file system", f"{ident.get('type') or '?'} ({ident.get('source') or '?'})"),
+        ("case", "insensitive: names differing only in case are one file"
+         if p.case_insensitive else "sensitive"),
+        ("characters refused", shown or "none"),
+        ("names not UTF-8", "refused" if p.utf8_only else "kept"),
+        ("trailing dot or space", "refused" if p.no_trailing else "kept"),
+        ("longest name", f"{p.name_max} bytes"),
+        ("timestamps", "nanoseconds" if gran == 1 else f"{gran / 1e9:g} s" if gran >= 10**9
+         else f"{gran} ns"),
+        ("symlinks", "yes" if p.symlinks else "no"),
+        ("hard links", "yes" if p.hard_links else "no"),
+        ("permission bits", "kept" if p.modes else "not kept"),
+        ("sync", "reaches the disk" if p.sync_reaches_disk else
+         "may not reach the server's disk (a FUSE mount)"),
+        ("names encoded", "yes (see docs/design.md)" if p.codec().active else "no"),
+    ]

@@ -1,0 +1,84 @@
+"""The source guard and remounts: the same file system under another device number
+passes; another file system, or the empty folder under a mount point, stops the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def need(*tools: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (loop mounts)")
+    for t in tools:
+        if shutil.which(t) is None:
+            pytest.skip(f"needs {t}")
+
+
+def sh(*args: str | os.PathLike) -> str:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
+                          timeout=60).stdout.strip()
+
+
+def ext4_image(path: Path, files: dict[str, bytes]) -> None:
+    sh("truncate", "-s", "32M", path)
+    sh("mkfs.ext4", "-q", "-F", path)
+    mnt = path.with_suffix(".fill")
+    mnt.mkdir()
+    with mounted(path, mnt):
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+    mnt.rmdir()
+
+
+@contextmanager
+def mounted(image: Path, at: Path) -> Iterator[str]:
+    """image on a loop device of its own, mounted at `at`; yields the device."""
+    dev = sh("losetup", "-f", "--show", image)
+    try:
+        sh("mount", dev, at)
+        try:
+            yield dev
+        finally:
+            sh("umount", at)
+    finally:
+        sh("losetup", "-d", dev)
+
+
+def test_a_remounted_source_passes_another_file_system_does_not(env, tmp_path: Path) -> None:
+    need("mkfs.ext4", "losetup")
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    ext4_image(a, {"photo.jpg": b"p" * 5000, "notes.txt": b"n" * 300})
+    ext4_image(b, {"photo.jpg": b"q" * 5000, "other.txt": b"o" * 10})
+    src, dst, elsewhere = tmp_path / "src", tmp_path / "remote", tmp_path / "elsewhere"
+    for d in (src, dst, elsewhere):
+        d.mkdir()
+    with mounted(a, src) as first:
+        env.run("add", "b", src, dst, check=0)
+        env.run("backup", "b", check=0)
+        dev_before = os.stat(src).st_dev
+    # Another disk takes the device the source had; the source comes back on another.
+    with mounted(b, elsewhere) as taken:
+        assert taken == first
+        with mounted(a, src):
+            assert os.stat(src).st_dev != dev_before
+            r = env.run("backup", "b", check=0)
+            assert "nothing" in r.stdout
+        # Another file system at the source's path: stopped, nothing changed.
+        (elsewhere / "x").write_bytes(b"x")
+    with mounted(b, src):
+        r = env.run("backup", "b", check=4)
+        assert "different file system" in r.stderr
+    assert (dst / "photo.jpg").read_bytes() == b"p" * 5000 and (dst / "notes.txt").exists()
+    # The mount point alone (the disk not mounted): stopped as well.
+    r = env.run("backup", "b", check=4)
+    assert "different file system" in r.stderr or "empty" in r.stderr
+    assert (dst / "notes.txt").exists()
