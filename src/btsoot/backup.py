@@ -24,6 +24,7 @@ from .config import Block, Lock
 from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
 from .execute import ExecStats, Executor
 from .journal import UNKNOWN_MTIME, Journal, replay
+from .names import fold
 from .plan import Plan, make_plan
 from .remotefs import Remote
 from .scan import ScanStats, scan
@@ -297,7 +298,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     if progress:
         progress("phase", "plan")
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
-                     patch=block.patch_in_place)
+                     patch=block.patch_in_place, fold=fold if prof.case_insensitive else None)
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -377,27 +378,20 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
     return _write_base(st, (model[k] for k in sorted(model, key=sort_key)), run_id)
 
 
-def _fold(name: bytes) -> str:
-    """name as a case-folding file system compares it (simple upper case mapping,
-    as exFAT's and NTFS's upcase tables do)."""
-    text = name.decode("utf-8", "surrogateescape")
-    return "".join(u if len(u := c.upper()) == 1 else c for c in text)
-
-
 def _drop_case_twins(st: BlockState, base: str | None, sres: Any) -> bool:
     """On a remote that folds case, two names of one folder that differ only in case
     are one file there: one would overwrite the other. Keep one twin (the one the
     remote already holds, else the first in order), leave the others (and what is
     below them) out of this run's snapshot, and list them (exit 3). True if any."""
-    groups: dict[tuple[bytes, str], list[bytes]] = {}
+    groups: dict[tuple[bytes, bytes], list[bytes]] = {}
     stack: list[bytes] = [b""]
-    names: dict[bytes, dict[str, bytes]] = {b"": {}}
+    names: dict[bytes, dict[bytes, bytes]] = {b"": {}}
     with SnapshotReader(st.scan) as r:
         for e in r:
             par = e.path.rpartition(b"/")[0]
             while len(stack) > 1 and stack[-1] != par:
                 names.pop(stack.pop(), None)
-            key = _fold(e.path.rpartition(b"/")[2])
+            key = fold(e.path.rpartition(b"/")[2])
             seen = names.setdefault(par, {})
             if key in seen:
                 groups.setdefault((par, key), [seen[key]]).append(e.path)

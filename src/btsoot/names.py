@@ -130,3 +130,12 @@ def decode_path(path: bytes) -> bytes:
     if b"\xef" not in path:
         return path
     return b"/".join(decode(c) for c in path.split(b"/"))
+
+
+def fold(path: bytes) -> bytes:
+    """path as a case-folding remote (exFAT, NTFS, SMB) compares it: each character
+    upper-cased where its upper case is one character (their upcase tables map
+    characters one to one; `ß` stays)."""
+    text = path.decode("utf-8", "surrogateescape")
+    out = "".join(u if len(u := c.upper()) == 1 else c for c in text)
+    return out.encode("utf-8", "surrogateescape")

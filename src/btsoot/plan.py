@@ -242,6 +242,7 @@ def make_plan(
     run_id: str = "run",
     diff: Diff | None = None,
     patch: bool = True,
+    fold: Callable[[bytes], bytes] | None = None,
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
@@ -251,7 +252,10 @@ def make_plan(
     to find content that stays on the remote (for remote-side copies) and,
     without `diff.dirs`, the entries of unchanged folders whose mtime must be
     set again because something inside them changed. patch=False never plans
-    in-place updates of large files (always whole copies).
+    in-place updates of large files (always whole copies). `fold` maps a path to
+    the one a case-folding remote takes it for: an old entry that only differs
+    in case from a new one is an obstacle like any other (stashed before the new
+    one is written, else writing one and deleting the other hits the same file).
     """
     plan = Plan()
     if diff is None:
@@ -328,7 +332,16 @@ def make_plan(
 
     # Structure, top-down: stash what blocks a path right before it is created.
     created = set(added) | set(move_entries)
-    structure: dict[bytes, Op | None] = {p: None for p in removed if p in created}
+    obstacles = {p for p in removed if p in created}
+    blockers: dict[bytes, list[bytes]] = defaultdict(list)  # created path -> its case twins
+    if fold is not None:
+        folded = {fold(q): q for q in created}
+        for p in removed:
+            twin = folded.get(fold(p))
+            if twin is not None and twin != p:
+                obstacles.add(p)
+                blockers[twin].append(p)
+    structure: dict[bytes, Op | None] = {p: None for p in obstacles}
     for x, y in dir_moves:
         structure[y] = Move(x, y, move_entries[y])
     for p, e in added.items():
@@ -336,7 +349,10 @@ def make_plan(
             structure[p] = Mkdir(p, e)
     ops: list[Op] = []
     for p in sorted(structure, key=sort_key):
-        if p in removed and p in created and loc(p) == p:
+        for b in sorted(blockers.get(p, ()), key=sort_key):
+            if loc(b) == b:
+                ops.append(stash(b))  # before its case twin is made
+        if p in obstacles and loc(p) == p:
             ops.append(stash(p))
         op = structure[p]
         if isinstance(op, Move):
