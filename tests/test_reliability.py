@@ -836,6 +836,8 @@ def test_full_disk(env: Env, small_remote: Path) -> None:
     assert r.returncode == 6, (r.returncode, r.stderr)
     assert "no space left" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # Stopped before the first write: it could not fit (free space checked first).
+    assert "nothing was changed" in r.stderr and tree_state(dst, ignore_top=()) == first
     # Nothing committed; what the committed snapshot lists is there or journalled.
     assert head_id(env) == head
     assert_interrupted_ok(env, dst, hist)
@@ -844,7 +846,7 @@ def test_full_disk(env: Env, small_remote: Path) -> None:
     assert r.returncode == 6, r.stderr
     assert head_id(env) == head
     assert_interrupted_ok(env, dst, hist)
-    assert not [n for n in os.listdir(dst / "big") if TEMP_RE.match(os.fsencode(n))]
+    assert not [p for p in dst.rglob("*") if TEMP_RE.match(os.fsencode(p.name))]
     # Free space by deleting source content: the next run completes and mirrors.
     shutil.rmtree(src / "big")
     write(src / "big" / "b0", rng.randbytes(1 << 20))
@@ -860,6 +862,30 @@ def test_full_disk(env: Env, small_remote: Path) -> None:
     assert head_id(env) == head
     assert_interrupted_ok(env, dst, hist)
     subprocess.run(["mount", "-o", "remount,size=64m", dst], check=True)
+    env.run("backup", "b", check=0)
+    assert_done(env, src, dst)
+
+
+@needs_root
+def test_running_out_of_inodes_mid_run(env: Env, small_remote: Path) -> None:
+    """The bytes to send fit (the free-space check passes) but the remote runs out of
+    room while files are written (inodes, and a block per tiny file): exit 6,
+    nothing committed, resumable once there is room."""
+    src, dst = env.root / "src", small_remote
+    src.mkdir()
+    env.run("add", "b", src, dst, check=0)
+    write(src / "first", b"1")
+    env.run("backup", "b", check=0)
+    head, hist = head_id(env), History()
+    for d in range(50):
+        for i in range(100):  # 5000 files > the 4096 inodes of the remote
+            write(src / f"d{d}" / f"f{i}", b"x")
+    r = env.run("backup", "b")
+    assert r.returncode == 6, (r.returncode, r.stderr)
+    assert "no space left" in r.stderr and "Traceback" not in r.stderr
+    assert head_id(env) == head
+    assert_interrupted_ok(env, dst, hist)
+    subprocess.run(["mount", "-o", "remount,size=64m,nr_inodes=20000", dst], check=True)
     env.run("backup", "b", check=0)
     assert_done(env, src, dst)
 

@@ -317,6 +317,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         return res
 
     ex = ExecStats()
+    _check_space(block.remote, plan.copy_bytes)
     if not plan.empty or res.resumed:
         t = time.monotonic()
         if progress:
@@ -357,6 +358,26 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         res.result = "nothing"
     res.durations["total"] = time.monotonic() - t0
     return res
+
+
+def _check_space(remote: str, need: int) -> None:
+    """Stop before a run that cannot fit: the bytes to send must be free on the
+    remote (a replaced file's old version stays until its new one is complete).
+    A file system that reports no sizes at all (some FUSE mounts) is not judged."""
+    if not need:
+        return
+    try:
+        sv = os.statvfs(remote)
+    except OSError:
+        return
+    free = sv.f_bavail * sv.f_frsize
+    if sv.f_blocks and free < need:
+        raise FatalIOError(f"remote {remote}: no space left on the remote for this run: it sends "
+                           f"{_mib(need)}, {_mib(free)} are free; nothing was changed")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str) -> str:
