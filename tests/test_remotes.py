@@ -332,3 +332,24 @@ def test_a_folder_replaced_by_its_case_variant_on_exfat(env: Env, mounted: tuple
     r = env.run("restore", "--from", remote, "--to", env.root / "back", check=0)
     assert "Traceback" not in r.stderr
     assert_mirror(src, env.root / "back")
+
+
+@pytest.mark.parametrize("mounted", ["exfat"], indirect=True)
+def test_restore_into_a_case_folding_destination_reports_what_it_cannot_hold(
+        env: Env, mounted: tuple[str, Path]) -> None:
+    """The remote (ext4 here) holds A.txt and a.txt; restored onto exFAT, one name
+    is lost to the other: reported, exit 3, never counted as restored."""
+    _, dest = mounted
+    src, remote = env.root / "src", env.root / "remote"
+    put(src / "A.txt", b"upper\n")
+    put(src / "a.txt", b"lower\n")
+    put(src / "keep", b"k\n")
+    remote.mkdir()
+    env.run("add", "b", src, remote, check=0)
+    env.run("backup", "b", check=0)
+    r = env.run("restore", "--from", remote, "--to", dest / "r", "--json", check=3)
+    summary = json.loads(r.stdout)
+    assert summary["copied_files"] == 2
+    assert [e["path"] for e in summary["errors"]] in (["A.txt"], ["a.txt"])
+    survivor = "a.txt" if summary["errors"][0]["path"] == "A.txt" else "A.txt"
+    assert sorted(os.listdir(dest / "r")) == sorted([survivor, "keep"])

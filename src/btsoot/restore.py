@@ -491,6 +491,8 @@ class _Dir:
     rerr: str | None = None  # why the remote folder could not be opened
     stale: bool = False  # existed with another mode or mtime than the snapshot's
     parent: _Dir | None = None
+    # (name, kind) of the files and links written into it: checked when it is done
+    written: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True, frozen=True)
@@ -832,6 +834,8 @@ class _Restorer:
 
     def _finish(self, d: _Dir) -> None:
         """Everything inside d is done: give it its mode and mtime, close it."""
+        if d.written and d.fd is not None:
+            self._check_written(d)
         if d.entry is not None and d.fd is not None:
             try:
                 _set_attrs(d.fd, d.entry, not self.dry_run)
@@ -841,6 +845,28 @@ class _Restorer:
             except OSError as e:
                 self._dest_error(e, d.path, "cannot set attributes")
         self._close(d)
+
+    def _check_written(self, d: _Dir) -> None:
+        """Is every name written into d there, byte for byte? A destination that folds
+        case keeps one of two twins; one that refuses or rewrites names keeps none:
+        such a file is reported (exit 3), never counted as restored."""
+        assert d.fd is not None
+        try:
+            there = {os.fsencode(n) for n in os.listdir(d.fd)}
+        except OSError as e:
+            self._dest_error(e, d.path, "cannot be listed")
+            return
+        for name, kind in d.written:
+            if name in there:
+                continue
+            path = d.path + b"/" + name if d.path else name
+            self.res.errors.append((path, "not in the destination after it was written: its "
+                                    "file system refused or merged the name (case?)"))
+            if kind == FILE:
+                self.res.copied_files -= 1
+            else:
+                self.res.symlinks -= 1
+        d.written.clear()
 
     def _close(self, d: _Dir) -> None:
         for fd in (d.fd, d.rfd):
@@ -943,6 +969,7 @@ class _Restorer:
             except OSError:
                 pass
             os.rename(tmp, name, src_dir_fd=cur.fd, dst_dir_fd=cur.fd)
+            cur.written.append((name, SYMLINK))
         except OSError as e:
             self.res.symlinks -= 1
             try:
@@ -996,6 +1023,8 @@ class _Restorer:
             fut, d = self._inflight.popleft()
             for job, outcome, n, msg in fut.result():
                 self._account(job, outcome, n, msg)
+                if outcome == COPIED:
+                    d.written.append((job.name, FILE))
             d.pending -= 1
             if d.pending == 0 and d.left:
                 self._finish(d)
