@@ -156,13 +156,18 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
             with reporter:
                 res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
                              jobs=jobs, progress=reporter.update)
-        except BtsootError as e:
+        except Exception as e:  # noqa: BLE001 - one block's failure never stops the others
             if len(names) == 1 and not all_:
                 raise
-            click.echo(f"btsoot: {block.name}: {e.message}", err=True)
-            worst = max(worst, e.exit_code)
-            summaries.append({"block": block.name, "result": "failed", "exit_code": e.exit_code,
-                              "error": e.message})
+            if isinstance(e, BtsootError):
+                code, message = e.exit_code, e.message
+            else:
+                code, message = EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}"
+            message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            click.echo(f"btsoot: {block.name}: {message}", err=True)
+            worst = max(worst, code)
+            summaries.append({"block": block.name, "result": "failed", "exit_code": code,
+                              "error": message})
             continue
         worst = max(worst, res.exit_code)
         s = res.summary()

@@ -217,10 +217,14 @@ def chain(remote: str, snap_id: str | None = None) -> list[str]:
             raise StateError(f"{remote}: no snapshot {cand!r}")
         files: list[str] = []
         cur: str | None = cand
+        seen: set[str] = set()
         try:
             while cur is not None:
                 if cur not in snaps:
                     raise StateError(f"{remote}: snapshot chain broken at {cur!r}")
+                if cur in seen:  # a delta based on itself, or on a later one: never ends
+                    raise StateError(f"{remote}: snapshot chain of {cand!r} loops at {cur!r}")
+                seen.add(cur)
                 kind, path = snaps[cur]
                 files.append(path)
                 if kind == "full":

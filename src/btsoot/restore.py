@@ -1291,4 +1291,8 @@ def restore_from(
     if not os.path.isdir(remote):
         raise GuardError(f"remote {remote} does not exist or is not a folder "
                          "(is the share mounted?)")
+    if not os.path.isdir(rmt.meta(remote)):
+        # Like a missing remote (an unmounted share's mount point), not damaged state.
+        raise GuardError(f"remote {remote} holds no btsoot backup (no {rmt.META}/ folder; "
+                         "is the share mounted?)")
     return restore(open_snapshot(remote, snapshot), to, **kw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import stat
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -203,12 +204,20 @@ def entry_from_dict(d: Any, where: str) -> Entry:
         if path is None or kind not in _KINDS:
             raise ValueError("missing path or unknown type")
         chunks = d.get("chunks")
+        size, mtime, mode = d.get("size", 0), d["mtime"], d["mode"]
+        if not all(type(v) is int for v in (size, mtime, mode)):
+            raise ValueError("size, mtime and mode must be integers")
+        if not 0 <= size < _I64 or not -_I64 < mtime < _I64:
+            raise ValueError("size or mtime out of range")
+        fmt = stat.S_IFMT(mode)
+        if mode & ~0o177777 or fmt not in (0, _IFMT[kind]):
+            raise ValueError(f"mode {mode:o} is not one a {kind} can have")
         return Entry(
             path=path,
             kind=kind,
-            size=int(d.get("size", 0)),
-            mtime_ns=int(d["mtime"]),
-            mode=int(d["mode"]),
+            size=size,
+            mtime_ns=mtime,
+            mode=mode,
             ino=int(d.get("ino", 0)),
             dev=int(d.get("dev", 0)),
             digest=_opt_str(d.get("digest")),
@@ -218,6 +227,9 @@ def entry_from_dict(d: Any, where: str) -> Entry:
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{where}: bad snapshot entry ({e})") from None
 
+
+_I64 = 1 << 63  # what the kernel's times and sizes hold
+_IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 
 _INTS = ("mtime", "mode")
 _OPT_INTS = ("size", "ino", "dev")
