@@ -260,10 +260,12 @@ def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mti
         finally:
             os.close(out)
         os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-    except OSError as e:
+    except BaseException as e:  # an interrupt (SIGINT, SIGTERM) too: no temp file left
         try:
             os.unlink(tmp, dir_fd=dfd)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         return None, e.errno or _errno.EIO, 1
     return digest, 0, 0
