@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from btsoot.names import Codec, decode, decode_path, encode_path
+from btsoot.names import Codec, decode, decode_path, encode_path, fold
 
 EXFAT = Codec(frozenset(b'"*:<>?\\|' + bytes(range(1, 32))), True, frozenset())
 SMB = Codec(frozenset(b'"*:<>?\\|'), False, frozenset(b". "))
@@ -50,3 +50,16 @@ def test_any_name_round_trips_and_holds_nothing_refused() -> None:
             if codec.utf8_only:
                 stored.decode("utf-8")
     assert decode_path(encode_path(STRICT, b"a:b/c?d/e.")) == b"a:b/c?d/e."
+
+
+def test_an_escaped_twin_decodes_exactly_and_folds_to_no_other_name() -> None:
+    rng = random.Random(11)
+    letters = b"aAbBzZ\xc3\xa9\xc3\x89.:- "
+    seen: dict[bytes, bytes] = {}
+    for _ in range(5000):
+        name = bytes(rng.choice(letters) for _ in range(rng.randint(1, 6)))
+        stored = EXFAT.escape(name)
+        assert decode(stored) == name
+        key = fold(stored)
+        assert not any(chr(b).isalpha() for b in key if b < 0x80), stored
+        assert seen.setdefault(key, name) == name  # two names never fold to one

@@ -241,8 +241,11 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             prof = profiles.ensure(remote)
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
-    remote.encode = prof.codec().encode
+    codec = prof.codec()
+    remote.encode, remote.escape = codec.encode, codec.escape
     remote.mtime_step = prof.mtime_granularity_ns
+    if prof.case_insensitive:
+        remote.escaped = _escaped_in(committed)
 
     # A crashed run left a journal: rebuild what the remote holds now.
     base = committed
@@ -291,8 +294,11 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     if any(p == b"" for p, _ in sres.stats.errors):
         raise GuardError(f"source {block.source} cannot be listed; nothing was changed")
     diff = sres.diff if base == committed else None
-    if prof.case_insensitive and _drop_case_twins(st, base, sres):
-        diff = None  # the scan's own diff still has them
+    if prof.case_insensitive:
+        marked = _mark_case_twins(st, base, sres)
+        if marked:
+            diff = None  # the scan's own diff does not know the marks
+        remote.escaped |= marked | _escaped_in(base)
 
     t = time.monotonic()
     if progress:
@@ -399,11 +405,26 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
     return _write_base(st, (model[k] for k in sorted(model, key=sort_key)), run_id)
 
 
-def _drop_case_twins(st: BlockState, base: str | None, sres: Any) -> bool:
+def _escaped_in(path: str | None) -> set[bytes]:
+    """The paths a snapshot records as stored under their escaped name."""
+    out: set[bytes] = set()
+    if path is None:
+        return out
+    with SnapshotReader(path) as r:
+        for p, obj, line in r.raw():
+            if b'"esc":true' in line and obj.get("esc") is True:
+                out.add(p)
+    return out
+
+
+def _mark_case_twins(st: BlockState, base: str | None, sres: Any) -> set[bytes]:
     """On a remote that folds case, two names of one folder that differ only in case
-    are one file there: one would overwrite the other. Keep one twin (the one the
-    remote already holds, else the first in order), leave the others (and what is
-    below them) out of this run's snapshot, and list them (exit 3). True if any."""
+    would be one file there. One of them keeps its name (the one the remote already
+    holds under it, else the first in order); the others are stored escaped
+    (names.Codec.escape), and a name stored escaped stays so while it exists, so
+    its place on the remote never moves. Marks them in this run's snapshot;
+    returns the paths marked."""
+    before = _escaped_in(base)
     groups: dict[tuple[bytes, bytes], list[bytes]] = {}
     stack: list[bytes] = [b""]
     names: dict[bytes, dict[bytes, bytes]] = {b"": {}}
@@ -421,31 +442,32 @@ def _drop_case_twins(st: BlockState, base: str | None, sres: Any) -> bool:
             if e.kind == DIR:
                 stack.append(e.path)
                 names[e.path] = {}
-    if not groups:
-        return False
+    if not groups and not before:
+        return set()
     members = {p for g in groups.values() for p in g}
-    on_remote = {e.path for e in _read(base)() if e.path in members} if base else set()
-    dropped: dict[bytes, bytes] = {}
+    in_base = {e.path for e in _read(base)() if e.path in members} if base else set()
+    escaped = set(before)
     for g in groups.values():
-        keep = next((p for p in g if p in on_remote), g[0])
-        dropped.update((p, keep) for p in g if p != keep)
+        plain = [p for p in g if p not in before]
+        keep = next((p for p in plain if p in in_base), plain[0] if plain else None)
+        escaped.update(p for p in g if p != keep)
     out = st.scan + ".twins"
+    marked: set[bytes] = set()
     w = SnapshotWriter(out, sres.header)
     try:
         with SnapshotReader(st.scan) as r:
-            gone = set(dropped)
-            w.write_all(e for e in r if not _within(e.path, gone))
+            for e in r:
+                if e.path in escaped:
+                    marked.add(e.path)
+                    e = replace(e, escaped=True)
+                w.write(e)
     except BaseException:
         w.abort()
         raise
     w.commit()
     os.replace(out, st.scan)
-    for p, keep in sorted(dropped.items()):
-        sres.stats.errors.append((p, "the remote folds case and holds "
-                                  f"{keep.rpartition(b'/')[2].decode('utf-8', 'backslashreplace')}"
-                                  " there: not sent"))
     sres.rewritten = True
-    return True
+    return marked
 
 
 def _within(path: bytes, paths: set[bytes]) -> bool:

@@ -220,6 +220,9 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
 
     for rec, completed in recs:
         t = rec.get("t")
+        named = record_entry(rec)
+        if named is not None and named.escaped:
+            remote.escaped.add(named.path)  # stored under its escaped name
         if t == "put":
             tmp = decode_path(rec, "tmp") if "tmp" in rec or "tmp_b64" in rec else None
             if tmp is not None and not completed:

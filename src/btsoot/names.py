@@ -97,6 +97,20 @@ class Codec:
             out[-1:] = _CODES[out[-1]]
         return bytes(out)
 
+    def escape(self, name: bytes) -> bytes:
+        """The name to store for the second of two case twins: every letter and every
+        byte of a non-ASCII character escaped as well, so that no case folding can
+        take it for another name (it decodes like any encoded name)."""
+        out = bytearray()
+        last = len(name) - 1
+        for i, b in enumerate(name):
+            if (b >= 0x80 or chr(b).isalpha() or b in self.forbidden
+                    or (i == last and b in self.no_trailing)):
+                out += _CODES[b]
+            else:
+                out.append(b)
+        return bytes(out)
+
     def decode(self, stored: bytes) -> bytes:
         """The source's name for a name found on the remote."""
         return decode(stored)

@@ -10,9 +10,9 @@ mount source, or file system id: a swapped disk, a remount elsewhere), which
 each run checks without touching the remote. `btsoot doctor NAME` probes and
 prints it.
 
-What follows from it: names are encoded (see names.py), case twins are
-reported instead of one overwriting the other, and a remote file's mtime is
-compared at the granularity it keeps.
+What follows from it: names are encoded (see names.py), case twins are stored
+apart (one under an escaped name) instead of one overwriting the other, and a
+remote file's mtime is compared at the granularity it keeps.
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ class Remote:
         self.root = os.fsencode(root)
         # How a name is stored (names.Codec.encode); set from the remote's profile.
         self.encode: Callable[[bytes], bytes] = _same
+        # Paths stored under their escaped name (case twins, see snapshot.Entry.escaped).
+        self.escaped: set[bytes] = set()
+        self.escape: Callable[[bytes], bytes] = _same
         # The finest mtime step the remote keeps (sshfs and exFAT: whole seconds);
         # set from the profile. A remote mtime within it of the recorded one is equal.
         self.mtime_step = 1
@@ -125,6 +128,12 @@ class Remote:
         """rel as a full path, for messages."""
         return os.fsdecode(self.root + b"/" + rel if rel else self.root)
 
+    def _stored(self, rel: bytes, name: bytes) -> bytes:
+        """The name under which the entry rel (last component `name`) is stored."""
+        if self.escaped and rel in self.escaped:
+            return self.escape(name)
+        return self.encode(name)
+
     def same_mtime(self, remote_ns: int, recorded_ns: int) -> bool:
         """Is the mtime found on the remote the recorded one, as far as it keeps time?"""
         return abs(remote_ns - recorded_ns) < self.mtime_step
@@ -154,7 +163,7 @@ class Remote:
             for j in range(k, len(comps)):
                 key = b"/".join(comps[: j + 1])
                 try:
-                    fd = os.open(self.encode(comps[j]), _DIR_FLAGS, dir_fd=cur.fd)
+                    fd = os.open(self._stored(key, comps[j]), _DIR_FLAGS, dir_fd=cur.fd)
                 except OSError as e:
                     if e.errno in (errno.ENOENT, errno.ENOTDIR):
                         raise Blocked(e.errno, key, self.show(key)) from None
@@ -225,7 +234,7 @@ class Remote:
         if name in (b"", b".", b"..") or (sep and not head):
             raise OSError(errno.EINVAL, "not a plain path below the remote root", self.show(rel))
         with self.dir(head) as fd:
-            yield fd, self.encode(name)
+            yield fd, self._stored(rel, name)
 
     @contextmanager
     def path(self, rel: bytes) -> Iterator[bytes]:

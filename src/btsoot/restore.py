@@ -1049,6 +1049,12 @@ class _Restorer:
             res.errors.append((e.path, msg))
         self._done(e)
 
+    def _stored(self, e: Entry | None, name: bytes) -> bytes:
+        """The name under which the backup stored entry e (see names.py)."""
+        if e is not None and e.escaped:
+            return self.codec.escape(name)
+        return self.codec.encode(name)
+
     def _remote_dir(self, d: _Dir) -> int | None:
         """d's folder on the remote, opened with O_NOFOLLOW from its parent (main thread)."""
         if d.rfd is not None or d.rerr is not None:
@@ -1061,7 +1067,8 @@ class _Restorer:
                 if prfd is None:
                     d.rerr = d.parent.rerr
                     return None
-                d.rfd = os.open(self.codec.encode(self._name(d.path)), _DIR_FLAGS, dir_fd=prfd)
+                d.rfd = os.open(self._stored(d.entry, self._name(d.path)), _DIR_FLAGS,
+                                dir_fd=prfd)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 d.rerr = f"missing on the remote (its folder {show(d.path)}/ is missing)"
@@ -1101,7 +1108,7 @@ class _Restorer:
                  src: bytes | None) -> tuple[int, int, str]:
         try:
             if src is None:
-                sfd = os.open(self.codec.encode(name), _READ_FLAGS, dir_fd=rfd)
+                sfd = os.open(self._stored(e, name), _READ_FLAGS, dir_fd=rfd)
             else:
                 assert self._root_rfd is not None
                 sfd = _open_below(self._root_rfd, encode_path(self.codec, src))

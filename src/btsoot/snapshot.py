@@ -55,6 +55,9 @@ class Entry:
     digest: str | None = None
     chunks: tuple[str, ...] | None = None
     target: bytes | None = None
+    # Stored on the remote under its escaped name (names.Codec.escape): the second
+    # of two names that a case-folding remote takes for one. Kept while it exists.
+    escaped: bool = False
 
     def with_path(self, path: bytes) -> Entry:
         return replace(self, path=path)
@@ -188,6 +191,8 @@ def entry_to_dict(e: Entry) -> dict[str, Any]:
         d["chunks"] = list(e.chunks)
     if e.target is not None:
         _put_bytes(d, "target", e.target)
+    if e.escaped:
+        d["esc"] = True
     return d
 
 
@@ -223,6 +228,7 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             digest=_opt_str(d.get("digest")),
             chunks=tuple(_opt_str(c) for c in chunks) if chunks is not None else None,
             target=_get_bytes(d, "target"),
+            escaped=d.get("esc") is True,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{where}: bad snapshot entry ({e})") from None

@@ -131,10 +131,11 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
         remote = Remote(root)
     except OSError as err:
         raise FatalIOError(f"remote {source.remote}: {err.strerror}") from None
-    codec = (profiles.load(remote) or profiles.Profile()).codec()
-    remote.encode = codec.encode
+    prof = profiles.load(remote) or profiles.Profile()
+    codec = prof.codec()
+    remote.encode, remote.escape = codec.encode, codec.escape
     unlistable: set[bytes] = set()
-    walk = walk_decoded if codec.active else walk_found
+    walk = walk_decoded if codec.active or prof.case_insensitive else walk_found
     found = (f for f in walk(root, b"", res.errors, unlistable)
              if not is_under(f.path, rmt.META.encode()))
     checker = EntryChecker(f"snapshot {source.header.id}")
@@ -148,7 +149,7 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
 
     s: Entry | None
     d: Found | None
-    for s, d in merge_found(_checked(source, checker, res), found):
+    for s, d in merge_found(_checked(source, checker, res, remote), found):
         path = s.path if s is not None else d.path  # type: ignore[union-attr]
         if skip is not None and is_under(path, skip):
             if s is not None and s.kind == FILE and d is None:
@@ -234,11 +235,13 @@ def _hashed(res: VerifyResult, e: Entry, r: tuple) -> None:
     res.checked_bytes += e.size
 
 
-def _checked(source: SnapshotSource, checker: EntryChecker,
-             res: VerifyResult) -> Iterator[Entry]:
+def _checked(source: SnapshotSource, checker: EntryChecker, res: VerifyResult,
+             remote: Remote) -> Iterator[Entry]:
     """The snapshot's entries, each refused if unsafe to join below the remote; counted."""
     for e in source.entries():
         checker.check(e)
+        if e.escaped:
+            remote.escaped.add(e.path)
         if e.kind == FILE:
             res.files += 1
             res.file_bytes += e.size
