@@ -130,3 +130,41 @@ def test_what_someone_changed_on_the_remote_is_set_aside_and_mended(block) -> No
     assert_mirror(src, dst)
     env.run("verify", "b", check=0)
     assert "nothing" in env.run("backup", "b", check=0).stdout
+
+
+def test_a_file_larger_than_the_remote_allows_is_listed_and_the_rest_committed(block) -> None:
+    """FAT32 holds no file of 4 GiB or more: EFBIG. RLIMIT_FSIZE gives the same error
+    here: the file is named (exit 3), everything else is backed up, and the next run
+    says the same, neither more nor less."""
+    import resource
+    import subprocess
+    import sys
+
+    env, src, dst = block
+    build(src)
+    (src / "d" / "big.img").write_bytes(os.urandom(3 << 20))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "btsoot", "backup", "b"], env=env.vars(),
+                              capture_output=True, text=True, timeout=120, preexec_fn=limited)
+
+    for _ in range(2):
+        r = run()
+        assert r.returncode == 3, (r.returncode, r.stderr)
+        assert "cannot back up d/big.img: the remote cannot hold it: File too large" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (dst / "d" / "big.img").exists()
+        assert not [p for p in dst.rglob(".btsoot-tmp-*")]
+        t = (src / "d").stat().st_mtime_ns
+        (src / "d" / "big.img").rename(env.root / "big.img")
+        os.utime(src / "d", ns=(t, t))
+        try:
+            assert_mirror(src, dst)  # everything else is there
+        finally:
+            (env.root / "big.img").rename(src / "d" / "big.img")
+            os.utime(src / "d", ns=(t, t))
+    env.run("backup", "b", check=0)  # without the limit it goes through
+    assert_mirror(src, dst)
