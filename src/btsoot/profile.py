@@ -52,6 +52,8 @@ class Profile:
     symlinks: bool = True
     hard_links: bool = True  # links can be made and link counts are reported
     modes: bool = True  # permission bits are kept
+    owners: bool = False  # a file's owner and group can be set (root, a local disk)
+    xattrs: bool = False  # extended attributes (user.*) are kept
     sync_reaches_disk: bool = True  # syncfs makes writes durable at the far end
 
     def codec(self) -> Codec:
@@ -210,6 +212,22 @@ def _probe(remote: Remote, p: Profile) -> None:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
             raise
         p.hard_links = False
+    try:
+        with remote.at(f) as (dfd, name):
+            os.chown(name, 4242, 4243, dir_fd=dfd, follow_symlinks=False)
+        st = remote.lstat(f)
+        p.owners = (st.st_uid, st.st_gid) == (4242, 4243)
+    except OSError:
+        p.owners = False
+    try:
+        fd = remote.open(f, os.O_RDONLY)
+        try:
+            os.setxattr(fd, "user.btsoot-probe", b"1")
+            p.xattrs = os.getxattr(fd, "user.btsoot-probe") == b"1"
+        finally:
+            os.close(fd)
+    except OSError:
+        p.xattrs = False
     # A per-file fsync reaches an sshfs server; syncfs on the mount does not.
     p.sync_reaches_disk = not p.identity.get("type", "").startswith("fuse")
 
@@ -232,6 +250,8 @@ def describe(p: Profile) -> list[tuple[str, str]]:
         ("symlinks", "yes" if p.symlinks else "no"),
         ("hard links", "yes" if p.hard_links else "no"),
         ("permission bits", "kept" if p.modes else "not kept"),
+        ("owners", "kept" if p.owners else "not kept"),
+        ("extended attributes", "kept" if p.xattrs else "not kept"),
         ("sync", "reaches the disk" if p.sync_reaches_disk else
          "may not reach the server's disk (a FUSE mount)"),
         ("names encoded", "yes (see docs/design.md)" if p.codec().active else "no"),
