@@ -54,7 +54,7 @@ from .errors import (
     StateError,
     UsageError,
 )
-from .names import Codec, decode, encode_path
+from .names import Codec, decode
 from .plan import is_under, merge, parent
 from .remotefs import Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader
@@ -394,22 +394,6 @@ def _remove(parent_fd: int, name: bytes) -> None:
             os.close(dfd)
 
 
-def _open_below(root_fd: int, rel: bytes) -> int:
-    """Open file rel for reading below root_fd, following no symlink on the way."""
-    *dirs, name = rel.split(b"/")
-    fd = root_fd
-    try:
-        for part in dirs:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            if fd != root_fd:
-                os.close(fd)
-            fd = nfd
-        return os.open(name, _READ_FLAGS, dir_fd=fd)
-    finally:
-        if fd != root_fd:
-            os.close(fd)
-
-
 def _is_empty_dir(parent_fd: int, name: bytes) -> bool:
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
@@ -539,13 +523,9 @@ def _only_roots(only: Iterable[str | bytes], bases: Iterable[str]) -> list[bytes
     return out
 
 
-def _codec(remote: str) -> Codec:
+def _codec(remote: Remote) -> Codec:
     """The name encoding the remote's profile describes (none if it has no profile)."""
-    try:
-        with Remote(remote) as r:
-            p = profiles.load(r)
-    except OSError:
-        p = None
+    p = profiles.load(remote)
     return p.codec() if p is not None else Codec()
 
 
@@ -557,8 +537,14 @@ class _Restorer:
         self.source = source
         self.dest = os.fsencode(dest)
         self.remote = os.fsencode(source.remote)
-        # How the backup stored names the remote cannot hold (see names.py).
-        self.codec = _codec(source.remote)
+        # The remote through the one seam (see remotefs), for reads by path; and how the
+        # backup stored names the remote cannot hold (see names.py).
+        try:
+            self.rem = Remote(source.remote)
+        except OSError as e:
+            raise FatalIOError(f"remote {source.remote}: {e.strerror}") from None
+        self.codec = _codec(self.rem)
+        self.rem.encode, self.rem.escape = self.codec.encode, self.codec.escape
         self.res = res
         self.roots = roots
         self.delete = delete
@@ -653,6 +639,7 @@ class _Restorer:
         finally:
             for d in list(self._open):
                 self._close(d)
+            self.rem.close()
         res = self.res
         if res.damaged:
             res.result, res.exit_code = "damaged", EXIT_DAMAGE
@@ -672,6 +659,8 @@ class _Restorer:
         assert self.source.current is not None
         for e in self.source.current():
             checker.check(e)
+            if e.escaped:
+                self.rem.escaped.add(e.path)
             if e.kind == FILE and e.digest:
                 self._now_path[e.path] = e.digest
                 self._now_digest.setdefault(e.digest, e.path)
@@ -1110,8 +1099,7 @@ class _Restorer:
             if src is None:
                 sfd = os.open(self._stored(e, name), _READ_FLAGS, dir_fd=rfd)
             else:
-                assert self._root_rfd is not None
-                sfd = _open_below(self._root_rfd, encode_path(self.codec, src))
+                sfd = self.rem.open_file(src)  # where the remote holds it now
         except OSError as err:
             if err.errno in (errno.ENOENT, errno.ENOTDIR):
                 return DAMAGED, 0, "missing on the remote"
