@@ -35,6 +35,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CACHE_LIMIT = 256
@@ -85,6 +86,24 @@ class _Slot:
         self.fd = fd
         self.refs = 1
         self.live = True
+
+
+T = TypeVar("T")
+
+
+class _Held(Generic[T]):
+    """A folder descriptor in use: released (never closed under its user) on exit."""
+
+    __slots__ = ("remote", "slot", "value")
+
+    def __init__(self, remote: Remote, slot: _Slot, value: T) -> None:
+        self.remote, self.slot, self.value = remote, slot, value
+
+    def __enter__(self) -> T:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        self.remote._release(self.slot)
 
 
 class Remote:
@@ -141,10 +160,16 @@ class Remote:
     # --- folder descriptors --------------------------------------------------
 
     def _acquire(self, rel: bytes) -> _Slot:
-        if not rel:
-            with self._lock:
+        with self._lock:
+            if not rel:
                 self._root.refs += 1
-            return self._root
+                return self._root
+            # The common case: a folder resolved before (a key was validated when made).
+            hit = self._cache.get(rel)
+            if hit is not None:
+                hit.refs += 1
+                self._cache.move_to_end(rel)
+                return hit
         comps = split(rel)
         with self._lock:
             k = len(comps)
@@ -218,23 +243,22 @@ class Remote:
                 if slot.refs == 0:
                     os.close(slot.fd)
 
-    @contextmanager
-    def dir(self, rel: bytes) -> Iterator[int]:
-        """A descriptor (O_PATH) of the remote folder rel, for `*at` calls."""
+    def dir(self, rel: bytes) -> _Held[int]:
+        """A descriptor (O_PATH) of the remote folder rel, for `*at` calls (a context
+        manager: the descriptor stays open while it is used)."""
         slot = self._acquire(rel)
-        try:
-            yield slot.fd
-        finally:
-            self._release(slot)
+        return _Held(self, slot, slot.fd)
 
-    @contextmanager
-    def at(self, rel: bytes) -> Iterator[tuple[int, bytes]]:
-        """(descriptor of rel's folder, rel's last name)."""
+    def at(self, rel: bytes) -> _Held[tuple[int, bytes]]:
+        """(descriptor of rel's folder, the name rel is stored under there), as a
+        context manager. Every operation on the remote comes through here: it is
+        a class, not a generator, because it runs once per file."""
         head, sep, name = rel.rpartition(b"/")
         if name in (b"", b".", b"..") or (sep and not head):
             raise OSError(errno.EINVAL, "not a plain path below the remote root", self.show(rel))
-        with self.dir(head) as fd:
-            yield fd, self._stored(rel, name)
+        stored = self._stored(rel, name)
+        slot = self._acquire(head)
+        return _Held(self, slot, (slot.fd, stored))
 
     @contextmanager
     def path(self, rel: bytes) -> Iterator[bytes]:
