@@ -11,6 +11,11 @@ Trees (deterministic, generated once and cached under $BTSOOT_BENCH_DIR or
 - large: a few 1 GiB files of random bytes.
 - huge:  1M small files (100 B .. 4 KiB), only with --huge.
 
+Every mtime the generator sets (files, folders, the day's added files) has a
+nanosecond fraction (deterministic per path), as on any real disk: a remote that
+keeps whole seconds (sshfs, SFTP v3) then truncates them, which whole-second
+test trees would hide.
+
 Scenarios, each run by every tool onto its own target, back to back:
 
 - initial:   first backup into an empty target;
@@ -56,6 +61,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -103,7 +109,9 @@ class TreeSpec:
 
     @property
     def layout(self) -> str:
-        return f"v2 {self}\n"
+        # The cache key: bump the version whenever the generator changes, so a tree
+        # cached by an older generator is made again (v3: sub-second mtimes).
+        return f"v3 {self}\n"
 
 
 MANY = TreeSpec("many", 100_000, 200, 256 * KiB, 0.002, 256 * KiB, 4 * MiB)
@@ -111,7 +119,8 @@ HUGE = TreeSpec("huge", 1_000_000, 100, 4 * KiB)
 TOP_NAMES = ["documents", "photos", "music", "movies", "projects", "mail", "archive",
              "scans", "code", "misc"]
 EXTS = [".jpg", ".txt", ".pdf", ".mp3", ".odt", ".png", ".eml", ".c", ".raw", ".dat"]
-OLD_MTIME = 1_600_000_000  # 2020-09: long before any scan (never "racy")
+OLD_MTIME = 1_600_000_000  # 2020-09: long before any scan (never "racy"), whole seconds
+NS = 1_000_000_000
 
 
 def large_spec(n: int) -> TreeSpec:
@@ -170,15 +179,27 @@ def tree_layout(spec: TreeSpec) -> Iterator[tuple[str, int]]:
         n += made
 
 
-def _write_file(path: Path, data: bytes, mtime: int) -> None:
+def sub_second(seconds: int, key: str) -> int:
+    """An mtime in ns: `seconds` plus a fraction of 1..999,999,999 ns derived from
+    key (a path), deterministic and never a whole second."""
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return seconds * NS + 1 + h % (NS - 1)
+
+
+def _set_mtime(path: Path, mtime_ns: int) -> None:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def _write_file(path: Path, data: bytes, mtime_ns: int) -> None:
     with open(path, "wb") as f:
         f.write(data)
-    os.utime(path, (mtime, mtime))
+    _set_mtime(path, mtime_ns)
 
 
-def _set_dir_times(root: Path, mtime: int) -> None:
+def _set_dir_times(root: Path, seconds: int) -> None:
+    """Every folder under root (root included) to `seconds` plus its own fraction."""
     for d, _, _ in sorted(os.walk(root), key=lambda x: -len(x[0])):
-        os.utime(d, (mtime, mtime))
+        _set_mtime(Path(d), sub_second(seconds, "dir:" + os.path.relpath(d, root)))
 
 
 def ensure_tree(spec: TreeSpec) -> Path:
@@ -198,7 +219,7 @@ def ensure_tree(spec: TreeSpec) -> Path:
             with open(tree / f"vm-image-{i}.img", "wb") as f:
                 for _ in range(GiB // (16 * MiB)):
                     f.write(rng.randbytes(16 * MiB))
-            os.utime(tree / f"vm-image-{i}.img", (OLD_MTIME, OLD_MTIME))
+            _set_mtime(tree / f"vm-image-{i}.img", sub_second(OLD_MTIME, f"vm-image-{i}.img"))
     else:
         pool = Pool(1, 64 * MiB)
         rng = random.Random(f"content-{spec.name}")
@@ -208,8 +229,9 @@ def ensure_tree(spec: TreeSpec) -> Path:
             if d not in made_dirs:
                 os.makedirs(tree / d, exist_ok=True)
                 made_dirs.add(d)
+            # the whole seconds from rng (as before), the fraction from the path
             _write_file(tree / rel, pool.content(rng, size, f"{spec.name}:{i}:{rel}"),
-                        OLD_MTIME + rng.randrange(10_000_000))
+                        sub_second(OLD_MTIME + rng.randrange(10_000_000), rel))
     _set_dir_times(tree, OLD_MTIME)
     os.sync()
     marker.write_text(spec.layout)
@@ -282,6 +304,13 @@ def prepare_source(spec: TreeSpec, cache: Path, src: Path, ch: Changes) -> None:
     _set_dir_times(src, OLD_MTIME)
 
 
+def _now_ns() -> int:
+    """The mtime of an in-place edit: now, in ns (the kernel's own stamp is coarse,
+    a multiple of the timer tick, and can fall on a whole second)."""
+    t = time.time_ns()
+    return t + 1 if t % NS == 0 else t
+
+
 def apply_changes(spec: TreeSpec, src: Path, ch: Changes) -> None:
     rng = random.Random(f"apply-{spec.name}")
     total = 0
@@ -293,6 +322,7 @@ def apply_changes(spec: TreeSpec, src: Path, ch: Changes) -> None:
             for k in range(10):
                 f.seek(int((k + rng.random()) * size / 10) - 200)
                 f.write(rng.randbytes(100))
+        _set_mtime(p, _now_ns())
         total += size
         touched.append(ch.edit_1g)
     pool = Pool(2, 16 * MiB)
@@ -306,12 +336,14 @@ def apply_changes(spec: TreeSpec, src: Path, ch: Changes) -> None:
             else:  # grows: append
                 f.seek(0, os.SEEK_END)
                 f.write(rng.randbytes(rng.randrange(KiB, 16 * KiB)))
+        _set_mtime(p, _now_ns())
         total += p.stat().st_size
         touched.append(rel)
     for rel in ch.delete:
         (src / rel).unlink()
     for rel, size in ch.add:
-        _write_file(src / rel, pool.content(rng, size, f"added:{rel}"), int(time.time()) - 3600)
+        _write_file(src / rel, pool.content(rng, size, f"added:{rel}"),
+                    sub_second(int(time.time()) - 3600, "added:" + rel))
         total += size
         touched.append(rel)
     if ch.rename:
@@ -357,7 +389,9 @@ def _index(root: Path, skip_top: set[str]) -> dict[str, tuple]:
             elif os.path.isdir(p):
                 out[r] = ("d",)
             else:
-                out[r] = ("f", st.st_size, int(st.st_mtime))
+                # to the second (SFTP v3 keeps whole seconds; sshfs truncates):
+                # from st_mtime_ns, as a float st_mtime can round x.9999999 up
+                out[r] = ("f", st.st_size, st.st_mtime_ns // NS)
     return out
 
 
