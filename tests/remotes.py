@@ -37,7 +37,7 @@ TIMEOUT = 60.0  # any one command (mkfs of a 320 MiB image takes about a second)
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
-def _need(*tools: str) -> dict[str, str]:
+def need(*tools: str) -> dict[str, str]:
     """The tools' full paths; skip the test if not root or one is missing."""
     if os.geteuid() != 0:
         pytest.skip("mounting file systems needs root")
@@ -179,7 +179,7 @@ def _image(work: Path, kind: str, size_mib: int) -> Path:
 
 @contextlib.contextmanager
 def tmpfs(work: Path) -> Iterator[Path]:
-    _need("mount", "umount")
+    need("mount", "umount")
     mnt = _mountpoint(work, "tmpfs")
     with contextlib.ExitStack() as undo:
         _run(["mount", "-t", "tmpfs", "-o", "size=256m", "btsoot-test", mnt])
@@ -191,7 +191,7 @@ def tmpfs(work: Path) -> Iterator[Path]:
 def _loop_mounted(work: Path, kind: str, size_mib: int, mkfs: list[str]) -> Iterator[Path]:
     """A file system made in an image file and mounted through a loop device
     (`mount -o loop` detaches it again at the unmount)."""
-    _need(mkfs[0], "mount", "umount")
+    need(mkfs[0], "mount", "umount")
     mnt = _mountpoint(work, kind)
     img = _image(work, kind, size_mib)
     with contextlib.ExitStack() as undo:
@@ -222,7 +222,7 @@ def _detach(dev: str) -> None:
 
 @contextlib.contextmanager
 def exfat(work: Path) -> Iterator[Path]:
-    _need("mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount3")
+    need("mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount3")
     mnt = _mountpoint(work, "exfat")
     img = _image(work, "exfat", 96)
     with contextlib.ExitStack() as undo:
@@ -240,23 +240,29 @@ def exfat(work: Path) -> Iterator[Path]:
         yield _fresh_remote(mnt)
 
 
+def _fuse_daemon(undo: contextlib.ExitStack, cmd: list[str], mnt: Path, work: Path,
+                 timeout: float) -> None:
+    """Start a FUSE file system in the foreground as our child (cmd[0]), wait until
+    mnt is mounted; unmounting and ending it go on `undo`."""
+    log = work / f"{cmd[0]}.log"
+    with open(log, "wb") as f:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+    undo.callback(_end_proc, proc)
+    undo.callback(_unmount, mnt, True)
+    _wait(lambda: os.path.ismount(mnt) or proc.poll() is not None, timeout, f"{cmd[0]} to mount {mnt}")
+    if not os.path.ismount(mnt):
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+
+
 @contextlib.contextmanager
 def ntfs(work: Path) -> Iterator[Path]:
-    _need("mkfs.ntfs", "ntfs-3g", "fusermount3")
+    need("mkfs.ntfs", "ntfs-3g", "fusermount3")
     mnt = _mountpoint(work, "ntfs")
     img = _image(work, "ntfs", 96)
     with contextlib.ExitStack() as undo:
         undo.callback(img.unlink, missing_ok=True)
         _run(["mkfs.ntfs", "-F", "-f", "-q", img])
-        log = work / "ntfs-3g.log"
-        with open(log, "wb") as f:  # the child holds its own copy of the descriptor
-            proc = subprocess.Popen(["ntfs-3g", "-o", "no_detach", str(img), str(mnt)],
-                                    stdin=subprocess.DEVNULL, stdout=f, stderr=f)
-        undo.callback(_end_proc, proc)
-        undo.callback(_unmount, mnt, True)
-        _wait(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20, f"ntfs-3g to mount {mnt}")
-        if not os.path.ismount(mnt):
-            raise RuntimeError(f"ntfs-3g exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+        _fuse_daemon(undo, ["ntfs-3g", "-o", "no_detach", str(img), str(mnt)], mnt, work, 20)
         yield _fresh_remote(mnt)
 
 
@@ -278,7 +284,7 @@ def _listening(port: int) -> bool:
 def _sshd(work: Path) -> Iterator[tuple[int, Path]]:
     """Debian's sshd on 127.0.0.1 on a free port, with throwaway keys and its own
     config (root may log in with the user key only); yields (port, user key)."""
-    tools = _need("sshd", "ssh-keygen")
+    tools = need("sshd", "ssh-keygen")
     d = work / "ssh"
     d.mkdir()
     for k in ("host_key", "user_key"):
@@ -309,7 +315,7 @@ def _sshd(work: Path) -> Iterator[tuple[int, Path]]:
 
 @contextlib.contextmanager
 def sshfs(work: Path) -> Iterator[Path]:
-    _need("sshfs", "fusermount3")
+    need("sshfs", "fusermount3")
     served = work / "served"
     served.mkdir(parents=True)
     mnt = _mountpoint(work, "sshfs")
@@ -317,15 +323,8 @@ def sshfs(work: Path) -> Iterator[Path]:
         port, key = undo.enter_context(_sshd(work))
         opts = (f"port={port},IdentityFile={key},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
                 "BatchMode=yes,LogLevel=ERROR")
-        log = work / "sshfs.log"
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(["sshfs", "-f", f"root@127.0.0.1:{served}", str(mnt), "-o", opts],
-                                    stdin=subprocess.DEVNULL, stdout=f, stderr=f)
-        undo.callback(_end_proc, proc)
-        undo.callback(_unmount, mnt, True)
-        _wait(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, f"sshfs to mount {mnt}")
-        if not os.path.ismount(mnt):
-            raise RuntimeError(f"sshfs exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+        _fuse_daemon(undo, ["sshfs", "-f", f"root@127.0.0.1:{served}", str(mnt), "-o", opts],
+                     mnt, work, 30)
         yield _fresh_remote(mnt)
 
 

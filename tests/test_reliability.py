@@ -279,17 +279,8 @@ def torture_run(env: Env, kill_at: int = 0, trace: Path | None = None, slow: flo
     kill_at: SIGKILL at that event (from inside); kill_after: SIGKILL from outside
     that many seconds after the backup started.
     """
-    e = env.vars()
-    e["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + e.get("PYTHONPATH", "")
-    e["TORTURE_KILL_AT"] = str(kill_at)
-    e["TORTURE_SLOW"] = str(slow)
-    if trace is not None:
-        e["TORTURE_TRACE"] = str(trace)
-    r, w = os.pipe()
-    e["TORTURE_READY_FD"] = str(w)
-    p = subprocess.Popen([sys.executable, str(TORTURE), "backup", "b", *args], env=e, pass_fds=(w,),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.close(w)
+    p, r = torture.start(env.vars(), ("backup", "b", *args), kill_at, slow,
+                         str(trace) if trace is not None else None)
     try:
         if kill_after is not None:
             if os.read(r, 1) == b"R":

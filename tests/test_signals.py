@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import torture
 from conftest import assert_mirror
-
-TORTURE = Path(__file__).with_name("torture.py")
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -28,24 +26,20 @@ def test_a_stop_signal_ends_a_backup_cleanly(block, sig: signal.Signals) -> None
         (src / f"d{d}").mkdir()
         for i in range(40):
             (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(3000 + i))
-    e = env.vars()
-    e["PYTHONPATH"] = str(TORTURE.parent) + os.pathsep + e.get("PYTHONPATH", "")
-    e["TORTURE_SLOW"] = "0.004"  # every remote call slowed: the run is still copying
-    r, w = os.pipe()
-    e["TORTURE_READY_FD"] = str(w)
-    p = subprocess.Popen([sys.executable, str(TORTURE), "backup", "b"], env=e, pass_fds=(w,),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    os.close(w)
+    # Every remote call slowed: the run is still copying when the signal comes.
+    p, r = torture.start(env.vars(), ("backup", "b"), slow=0.004)
     try:
         assert os.read(r, 1) == b"R"
         # Wait until files are arriving on the remote, then stop the run.
         for _ in range(2000):
             if any((dst / f"d{d}").is_dir() and any((dst / f"d{d}").iterdir()) for d in range(6)):
                 break
-            p.wait(timeout=0.01) if p.poll() is not None else None
-            subprocess.run(["sleep", "0.01"])
+            if p.poll() is not None:
+                break  # finished before any file arrived: the assertions say so
+            time.sleep(0.01)
         p.send_signal(sig)
-        out, err = p.communicate(timeout=60)
+        _, errb = p.communicate(timeout=60)
+        err = errb.decode(errors="replace")
     finally:
         os.close(r)
         if p.poll() is None:

@@ -4,7 +4,6 @@ passes; another file system, or the empty folder under a mount point, stops the 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from remotes import need
+
 pytestmark = pytest.mark.root
-
-
-def need(*tools: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (loop mounts)")
-    for t in tools:
-        if shutil.which(t) is None:
-            pytest.skip(f"needs {t}")
 
 
 def sh(*args: str | os.PathLike) -> str:

@@ -32,6 +32,30 @@ from typing import Any
 
 import orjson
 
+# --- starting the harness ------------------------------------------------------
+
+
+def start(env: dict[str, str], args: tuple[str, ...], kill_at: int = 0, slow: float = 0.0,
+          trace: str | None = None) -> tuple[Any, int]:
+    """Start `btsoot ARGS` under this harness with env (an Env.vars()); returns the
+    process and the read end of its ready pipe (one byte when the backup starts),
+    which the caller closes."""
+    import subprocess
+
+    e = dict(env)
+    e["PYTHONPATH"] = os.path.dirname(os.path.abspath(__file__)) + os.pathsep + e.get("PYTHONPATH", "")
+    e["TORTURE_KILL_AT"] = str(kill_at)
+    e["TORTURE_SLOW"] = str(slow)
+    if trace is not None:
+        e["TORTURE_TRACE"] = trace
+    r, w = os.pipe()
+    e["TORTURE_READY_FD"] = str(w)
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], env=e, pass_fds=(w,),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(w)
+    return p, r
+
+
 # --- the in-process hooks ----------------------------------------------------
 
 _lock = threading.Lock()

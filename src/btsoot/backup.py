@@ -244,8 +244,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     codec = prof.codec()
     remote.encode, remote.escape = codec.encode, codec.escape
     remote.mtime_step = prof.mtime_granularity_ns
-    if prof.case_insensitive:
-        remote.escaped = _escaped_in(committed)
+    escaped_before = _escaped_in(committed) if prof.case_insensitive else set()
+    remote.escaped = set(escaped_before)
 
     # A crashed run left a journal: rebuild what the remote holds now.
     base = committed
@@ -295,10 +295,12 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         raise GuardError(f"source {block.source} cannot be listed; nothing was changed")
     diff = sres.diff if base == committed else None
     if prof.case_insensitive:
-        marked = _mark_case_twins(st, base, sres)
+        if base != committed:  # recovered: the view of the remote is another file
+            escaped_before = _escaped_in(base)
+        marked = _mark_case_twins(st, base, escaped_before, sres)
         if marked:
             diff = None  # the scan's own diff does not know the marks
-        remote.escaped |= marked | _escaped_in(base)
+        remote.escaped |= marked | escaped_before
 
     t = time.monotonic()
     if progress:
@@ -417,14 +419,14 @@ def _escaped_in(path: str | None) -> set[bytes]:
     return out
 
 
-def _mark_case_twins(st: BlockState, base: str | None, sres: Any) -> set[bytes]:
+def _mark_case_twins(st: BlockState, base: str | None, before: set[bytes],
+                     sres: Any) -> set[bytes]:
     """On a remote that folds case, two names of one folder that differ only in case
     would be one file there. One of them keeps its name (the one the remote already
     holds under it, else the first in order); the others are stored escaped
     (names.Codec.escape), and a name stored escaped stays so while it exists, so
-    its place on the remote never moves. Marks them in this run's snapshot;
-    returns the paths marked."""
-    before = _escaped_in(base)
+    its place on the remote never moves (`before`: the paths base marks). Marks
+    them in this run's snapshot; returns the paths marked."""
     groups: dict[tuple[bytes, bytes], list[bytes]] = {}
     stack: list[bytes] = [b""]
     names: dict[bytes, dict[bytes, bytes]] = {b"": {}}

@@ -12,7 +12,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: unexpected exception (message + log, no traceback)
 EXIT_USAGE = 2  # bad command line or config (click also uses 2)
-EXIT_PARTIAL = 3  # finished, but some source files could not be read
+EXIT_PARTIAL = 3  # finished, but some files could not be read, or the remote cannot hold them
 EXIT_GUARD = 4  # stopped by a safety guard before touching the remote
 EXIT_LOCKED = 5  # another run holds the block's lock
 EXIT_FATAL = 6  # fatal I/O error (remote unreachable, disk full, ...)

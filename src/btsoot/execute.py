@@ -313,7 +313,8 @@ class Executor:
                 raise
             except FileNotFoundError:
                 self.journal.done(i)  # nothing moved: recovery finds neither path changed
-                self._content_gone(op)
+                if op.entry is not None:  # a stash slot: its move out of the stash comes here
+                    self._content_gone(op.dst, op.entry)
                 return
             except OSError as e:
                 if e.errno not in _IN_THE_WAY:
@@ -375,26 +376,22 @@ class Executor:
                 self.journal.done(i)
                 if e.errno == errno.ELOOP:
                     self._set_aside(op.path)
-                self._content_gone(Move(op.path, op.path, op.entry))
+                self._content_gone(op.path, op.entry)
                 return
             self.journal.done(i)
 
-    def _content_gone(self, op: Move) -> None:
-        """A move's (or an attribute change's) content is not on the remote: someone
-        removed it. A file is sent again from the source, a folder made again
-        (what belongs below it is lost: see _repair); a stash slot is remembered,
-        and its move out of the stash comes here again."""
-        e = op.entry
-        if e is None:
-            return
+    def _content_gone(self, path: bytes, e: Entry) -> None:
+        """What a move (or an attribute change) should find at path is not on the
+        remote: someone removed it. A file is sent again from the source, a folder
+        made again (what belongs below it is lost: see _repair)."""
         with self._lock:
             self.stats.refetched += 1
         if e.kind == FILE:
-            self._transfer(Copy(op.dst, e, None))
+            self._transfer(Copy(path, e, None))
         elif e.kind == SYMLINK:
-            self._one(Symlink(op.dst, e))
+            self._one(Symlink(path, e))
         else:
-            self._repair(op.dst)
+            self._repair(path)
 
     def _patch(self, op: Copy) -> bool:
         """Write only op's changed chunks into the remote file, in place. False when

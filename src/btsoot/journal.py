@@ -183,8 +183,8 @@ def record_entry(rec: dict[str, Any], key: str = "entry") -> Entry | None:
     return entry_from_dict(d, "journal") if d is not None else None
 
 
-def _needs_entry(rec: dict[str, Any]) -> Entry:
-    e = record_entry(rec)
+def _needs_entry(rec: dict[str, Any], e: Entry | None) -> Entry:
+    """rec's entry (decoded by the caller), which its kind of record must have."""
     if e is None:
         raise StateError(f"journal record {rec.get('i')!r} ({rec.get('t')!r}) without its entry")
     return e
@@ -233,7 +233,7 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                 except OSError as err:
                     raise StateError(f"cannot remove temp file {remote.show(tmp)}: "
                                      f"{err.strerror}") from None
-            e = _needs_entry(rec)
+            e = _needs_entry(rec, named)
             touch(e.path)
             if completed:
                 model[e.path] = e
@@ -248,7 +248,7 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                 else:
                     model[e.path] = e
         elif t == "patch":
-            e = _needs_entry(rec)
+            e = _needs_entry(rec, named)
             redo = decode_path(rec, "redo")
             touch(e.path)
             if not completed and remote.lexists(redo):
@@ -269,13 +269,13 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                 else:
                     model[e.path] = e
         elif t == "mkdir":
-            e = _needs_entry(rec)
+            e = _needs_entry(rec, named)
             touch(e.path)
             if completed or remote.isdir(e.path):
                 model[e.path] = e
                 unsettle(e.path)
         elif t == "attr":
-            e = _needs_entry(rec)
+            e = _needs_entry(rec, named)
             if completed and e.path in model:
                 model[e.path] = e
         elif t == "del":
@@ -288,7 +288,7 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
             touch(src)
             touch(dst)
             if completed or (not exists(src) and exists(dst)):
-                final = record_entry(rec)
+                final = named
                 top = model.get(src)
                 if top is not None and top.kind == "dir":
                     moved = [k for k in model if k == src or k.startswith(src + b"/")]

@@ -111,12 +111,9 @@ class Codec:
                 out.append(b)
         return bytes(out)
 
-    def decode(self, stored: bytes) -> bytes:
-        """The source's name for a name found on the remote."""
-        return decode(stored)
-
 
 def decode(stored: bytes) -> bytes:
+    """The source's name for a name found on the remote (any codec's)."""
     if b"\xef" not in stored:
         return stored
     out = bytearray()
@@ -132,18 +129,6 @@ def decode(stored: bytes) -> bytes:
         out.append(b)
         i += 1
     return bytes(out)
-
-
-def encode_path(codec: Codec, path: bytes) -> bytes:
-    if not codec.active or not path:
-        return path
-    return b"/".join(codec.encode(c) for c in path.split(b"/"))
-
-
-def decode_path(path: bytes) -> bytes:
-    if b"\xef" not in path:
-        return path
-    return b"/".join(decode(c) for c in path.split(b"/"))
 
 
 def fold(path: bytes) -> bytes:

@@ -84,11 +84,6 @@ class Profile:
         return p
 
 
-def identity(root: str | bytes) -> dict[str, Any]:
-    """What names the remote's file system without touching it (see mounts.py)."""
-    return mounts.identity(root)
-
-
 def load(remote: Remote) -> Profile | None:
     try:
         fd = remote.open_file(PROFILE)
@@ -110,7 +105,7 @@ def save(remote: Remote, p: Profile) -> None:
 def ensure(remote: Remote) -> Profile:
     """The remote's profile: the stored one while the remote is the same file
     system, else probed (and stored) again."""
-    ident = identity(remote.root)
+    ident = mounts.identity(remote.root)
     p = load(remote)
     if p is not None and p.identity == ident:
         return p
@@ -121,7 +116,7 @@ def ensure(remote: Remote) -> Profile:
 
 def probe(remote: Remote) -> Profile:
     """Find out by experiment, in REMOTE/.btsoot/probe/, what the remote holds."""
-    p = Profile(identity=identity(remote.root), probed_ns=time.time_ns())
+    p = Profile(identity=mounts.identity(remote.root), probed_ns=time.time_ns())
     _clear(remote)
     remote.makedirs(PROBE)
     try:
