@@ -123,7 +123,22 @@ def test_rm_forgets_the_block_and_touches_no_data(dirs: tuple[Env, Path, Path]) 
     (b'[blocks.b]\nsource = "/a"\n', "block 'b'"),  # no remote
     (b'[blocks.b]\nsource = "/a"\nremote = "/b"\ncolour = "red"\n', "block 'b'"),
     (b'[blocks.b]\nsource = 1\nremote = "/b"\n', "block 'b'"),
-    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nmax_delete = "x%"\n', "max-delete"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nmax_delete = "x%"\n', "max_delete"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nmax_delete = "\xc2\xb2"\n', "max_delete"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nmax_delete = true\n', "max_delete"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nexclude = "*.tmp"\n', "exclude = '*.tmp'"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nexclude = [5]\n', "exclude = [5]"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\njobs = "x"\n', "jobs = 'x'"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\njobs = true\n', "jobs = True"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\njobs = 100000\n', "jobs = 100000"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\none_file_system = "no"\n', "one_file_system"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nkeep_snapshots = 0\n', "keep_snapshots = 0"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nkeep_snapshots = -1\n', "keep_snapshots"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\nkeep_snapshots = 1.5\n', "keep_snapshots"),
+    (b'[blocks.b]\nsource = "/a"\nremote = "/b"\npatch_in_place = 1\n', "patch_in_place"),
+    (b'[blocks.b]\nsource = ""\nremote = "/b"\n', "source = ''"),
+    (b'[blocks]\nb = 3\n', "must be a table"),
+    (b'colour = "red"\n', "unknown top-level key 'colour'"),
     (b'[blocks."bad name"]\nsource = "/a"\nremote = "/b"\n', "invalid block name"),
     (b"\xff\xfe", "invalid TOML"),
 ])
@@ -131,6 +146,31 @@ def test_bad_config_is_one_line_exit_2(env: Env, content: bytes, says: str) -> N
     env.config.write_bytes(content)
     one_line_error(env, "list", says=says)
     assert env.config.read_bytes() == content
+
+
+def test_a_remote_moved_inside_the_source_by_an_edit_is_refused_at_every_run(
+        dirs: tuple[Env, Path, Path]) -> None:
+    env, src, dst = dirs
+    (src / "f").write_bytes(b"data")
+    env.run("add", "b", src, dst, check=0)
+    env.run("backup", "b", check=0)
+    inner = src / "inner"
+    inner.mkdir()
+    # The config edited by hand: `add` would have refused this remote.
+    env.config.write_text(env.config.read_text().replace(str(dst), str(inner)))
+    before = tree_state(src), tree_state(dst, ignore_top=())
+    for args in (("backup", "b"), ("diff", "b"), ("backup", "--all")):
+        one_line_error(env, *args, says="must not contain one another")
+    assert (tree_state(src), tree_state(dst, ignore_top=())) == before
+
+
+def test_a_bad_exclude_pattern_is_a_config_error(dirs: tuple[Env, Path, Path]) -> None:
+    env, src, dst = dirs
+    one_line_error(env, "add", "b", src, dst, "--exclude", "!", says="exclude")
+    assert not env.config.exists()
+    env.config.write_text(f'[blocks.b]\nsource = "{src}"\nremote = "{dst}"\nexclude = ["a\\\\"]\n')
+    one_line_error(env, "backup", "b", says="exclude")
+    assert os.listdir(dst) == []
 
 
 @pytest.mark.parametrize("command", [("backup", "--all"), ("add", "c", ".", ".."), ("rm", "b")])

@@ -163,6 +163,7 @@ def backup(
     jobs: int | None = None,
     progress: Progress | None = None,
 ) -> BackupResult:
+    block.check()
     st = BlockState(block.state)
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):

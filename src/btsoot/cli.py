@@ -16,7 +16,7 @@ import click
 import orjson
 
 from . import __version__
-from .config import Block, Config, parse_max_delete, validate_name
+from .config import Block, Config, check_apart, parse_max_delete, validate_name
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError, Stopped
 
 
@@ -60,6 +60,9 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
+    from .scan import make_exclude
+
+    make_exclude(list(exclude))  # refuse a pattern gitignore would not take
     cfg = load_config(ctx)
     if name in cfg.blocks:
         raise ConfigError(f"a block named {name!r} exists already")
@@ -68,9 +71,7 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
         raise ConfigError(f"source {src} is not an existing folder")
     if not os.path.isdir(dst):
         raise ConfigError(f"remote {dst} is not an existing folder (is the share mounted?)")
-    rs, rd = os.path.realpath(src), os.path.realpath(dst)
-    if os.path.commonpath([rs, rd]) in (rs, rd):  # (a prefix test misses "/")
-        raise ConfigError("source and remote must not contain one another")
+    check_apart(src, dst)
     cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
                              keep_snapshots)
     cfg.save()

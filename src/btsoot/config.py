@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ def parse_max_delete(value: str | int) -> tuple[int, bool]:
     s = str(value).strip()
     pct = s.endswith("%")
     num = s[:-1] if pct else s
-    if not num.isdigit() or (pct and int(num) > 100):
+    if not (num.isascii() and num.isdigit()) or (pct and int(num) > 100):
         raise ConfigError(f"--max-delete: expected a count or a percentage like 10%, got {s!r}")
     return int(num), pct
 
@@ -75,10 +76,91 @@ class Block:
     def state(self) -> str:
         return os.path.join(state_dir(), "blocks", self.name)
 
+    def check(self) -> None:
+        """What the schema cannot see, checked at every run before anything is
+        touched (the config may have been edited since `add`): neither folder may
+        hold the other (through links too; a remote inside the source would be
+        backed up into itself, one level deeper every run), and every exclude
+        pattern must compile."""
+        try:
+            check_apart(self.source, self.remote)
+            if self.exclude:
+                from .scan import make_exclude
+
+                make_exclude(self.exclude)
+        except ConfigError as e:
+            raise ConfigError(f"block {self.name!r}: {e.message}") from None
+
     def to_toml(self) -> dict[str, Any]:
         d = asdict(self)
         del d["name"]
         return d
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int  # a TOML true is no number
+
+
+def _text(v: object) -> bool:
+    return isinstance(v, str) and v != "" and "\0" not in v
+
+
+def _max_delete(v: object) -> bool:
+    try:
+        parse_max_delete(v)  # type: ignore[arg-type]
+    except ConfigError:
+        return False
+    return _is_int(v) or isinstance(v, str)
+
+
+MAX_KEEP = 100_000
+MAX_JOBS = 256
+
+# Each key of a block: (required, check, what a valid value looks like). One table,
+# so the message names the key and says what it wants; no value of the wrong type
+# reaches the code that uses it.
+SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
+    "source": (True, _text, "a folder path (a string)"),
+    "remote": (True, _text, "a folder path (a string)"),
+    "exclude": (False, lambda v: isinstance(v, list) and all(_text(p) for p in v),
+                "a list of gitignore-style patterns (strings), e.g. [\"*.tmp\"]"),
+    "max_delete": (False, _max_delete, "a count or a percentage, e.g. 500 or \"10%\""),
+    "one_file_system": (False, lambda v: isinstance(v, bool), "true or false"),
+    "keep_snapshots": (False, lambda v: _is_int(v) and 1 <= v <= MAX_KEEP,  # type: ignore[operator]
+                       f"a whole number from 1 to {MAX_KEEP}"),
+    "jobs": (False, lambda v: _is_int(v) and 0 <= v <= MAX_JOBS,  # type: ignore[operator]
+             f"a whole number from 0 (automatic) to {MAX_JOBS}"),
+    "patch_in_place": (False, lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_block(b: object) -> dict[str, Any]:
+    """A block's table from the config, checked against SCHEMA (ConfigError naming
+    the first key that is wrong); returns the keyword arguments of Block."""
+    if not isinstance(b, dict):
+        raise ConfigError("must be a table of keys (source, remote, ...)")
+    for key in b:
+        if key not in SCHEMA:
+            raise ConfigError(f"unknown key {key!r} (known: {', '.join(SCHEMA)})")
+    for key, (required, ok, want) in SCHEMA.items():
+        if key not in b:
+            if required:
+                raise ConfigError(f"{key} is missing")
+            continue
+        if not ok(b[key]):
+            raise ConfigError(f"{key} = {_show(b[key])}: expected {want}")
+    return dict(b)
+
+
+def _show(v: object) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def check_apart(source: str, remote: str) -> None:
+    rs, rd = os.path.realpath(source), os.path.realpath(remote)
+    if os.path.commonpath([rs, rd]) in (rs, rd):  # (a prefix test misses "/")
+        raise ConfigError(f"source {source} and remote {remote} must not contain one another")
 
 
 def validate_name(name: str) -> None:
@@ -106,23 +188,19 @@ class Config:
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        blocks: dict[str, Block] = {}
+        if not isinstance(data, dict) or set(data) - {"blocks"}:
+            extra = sorted(set(data) - {"blocks"})
+            raise ConfigError(f"{path}: unknown top-level key {extra[0]!r} (only [blocks.NAME] tables)")
         raw = data.get("blocks", {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: [blocks] must be a table")
+        blocks: dict[str, Block] = {}
         for name, b in raw.items():
             try:
                 validate_name(name)
-                block = Block(name=name, **b)
-                if not isinstance(block.source, str) or not isinstance(block.remote, str):
-                    raise TypeError("source and remote must be strings")
-                if not isinstance(block.patch_in_place, bool):
-                    raise TypeError("patch_in_place must be true or false")
-                parse_max_delete(block.max_delete)
-            except (TypeError, ConfigError) as e:
-                msg = e.message if isinstance(e, ConfigError) else str(e)
-                raise ConfigError(f"{path}: block {name!r}: {msg}") from None
-            blocks[name] = block
+                blocks[name] = Block(name=name, **check_block(b))
+            except ConfigError as e:
+                raise ConfigError(f"{path}: block {name!r}: {e.message}") from None
         return cls(path, blocks)
 
     def save(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from . import __version__, mounts, scanner
+from .errors import ConfigError
 from .longpath import ShortPaths
 from .plan import Diff
 from .snapshot import (
@@ -82,7 +83,10 @@ def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
         return None
     import pathspec  # only blocks with excludes pay for its import
 
-    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    except ValueError as e:  # pathspec's pattern errors are ValueErrors
+        raise ConfigError(f"exclude: {e}") from None
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         p = rel.decode("utf-8", "surrogateescape")
