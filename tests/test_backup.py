@@ -308,7 +308,7 @@ def test_patch_in_place_can_be_turned_off(block: tuple[Env, Path, Path]) -> None
     assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB
     assert_mirror(src, dst)
     env.config.write_text(cfg.replace("patch_in_place = true", "patch_in_place = 1"))
-    refused(env, 2, "backup", "b", says="patch_in_place must be true or false")
+    refused(env, 2, "backup", "b", says="patch_in_place = 1: expected true or false")
 
 
 def test_attributes_only(block: tuple[Env, Path, Path]) -> None:

@@ -21,7 +21,15 @@ from . import mounts
 from . import profile as profiles
 from . import remote as rmt
 from .config import Block, Lock
-from .errors import EXIT_OK, EXIT_PARTIAL, BtsootError, FatalIOError, GuardError, StateError
+from .errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    BtsootError,
+    FatalIOError,
+    GuardError,
+    LocalStateError,
+    StateError,
+)
 from .execute import ExecStats, Executor
 from .journal import UNKNOWN_MTIME, Journal, replay
 from .names import fold
@@ -181,14 +189,14 @@ def backup(
                 res = again
         except BtsootError as e:
             if not dry_run:
-                st.log_run({"started": started, "result": "failed", "exit_code": e.exit_code,
-                            "error": e.message})
+                _log_failure(st, {"started": started, "result": "failed",
+                                  "exit_code": e.exit_code, "error": e.message})
             raise
         except KeyboardInterrupt as e:
             if not dry_run:
                 signum = getattr(e, "signum", signal.SIGINT)
-                st.log_run({"started": started, "result": "interrupted",
-                            "exit_code": 128 + signum, "error": signal.Signals(signum).name})
+                _log_failure(st, {"started": started, "result": "interrupted",
+                                  "exit_code": 128 + signum, "error": signal.Signals(signum).name})
             raise
         if not dry_run:
             s = res.summary()
@@ -197,6 +205,15 @@ def backup(
                         "bytes_sent": s["bytes_sent"], "errors": len(s["errors"]),
                         "seconds": s["durations"].get("total", 0.0)})
         return res
+
+
+def _log_failure(st: BlockState, record: dict) -> None:
+    """Log a failed run; the error that ended it is what the user must see, even
+    when the state folder cannot take the log line either."""
+    try:
+        st.log_run(record)
+    except LocalStateError:
+        pass
 
 
 def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, override: bool,

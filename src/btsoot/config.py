@@ -19,7 +19,7 @@ from typing import Any
 import platformdirs
 import tomli_w
 
-from .errors import ConfigError, LockedError
+from .errors import ConfigError, LocalStateError, LockedError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -233,16 +233,22 @@ class Lock:
         self.fd = -1
 
     def __enter__(self) -> Lock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise LocalStateError.of(e, self.path) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             self.fd = -1
             raise LockedError(f"{self.what} is locked by another btsoot run") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        try:  # who holds it, for a person looking (a full state disk does not stop the run here)
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:

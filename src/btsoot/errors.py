@@ -8,6 +8,8 @@ callers can catch either.
 
 from __future__ import annotations
 
+import os
+
 # Exit codes: documented in README.md ("Exit codes"). Keep the two in step.
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: unexpected exception (message + log, no traceback)
@@ -18,6 +20,7 @@ EXIT_LOCKED = 5  # another run holds the block's lock
 EXIT_FATAL = 6  # fatal I/O error (remote unreachable, disk full, ...)
 EXIT_DAMAGE = 7  # verify found damage, or a restored file did not match its digest
 EXIT_STATE = 8  # local or remote state (snapshot, journal) is corrupt or too new
+EXIT_LOCAL = 9  # the local state folder cannot be used (not a folder, read-only, full)
 
 
 class BtsootError(Exception):
@@ -54,6 +57,32 @@ class DamageError(BtsootError):
 
 class StateError(BtsootError):
     exit_code = EXIT_STATE
+
+
+class SourceError(OSError):
+    """An OSError from reading the source, marked so where the read was made (the
+    copy, the patch): the executor never has to guess a failure's side from its
+    file name (a long path is read through /proc/self/fd, which names nothing)."""
+
+    @classmethod
+    def of(cls, e: OSError, path: str | bytes | None = None) -> SourceError:
+        return cls(e.errno, e.strerror, path if path is not None else e.filename)
+
+
+class LocalStateError(BtsootError):
+    """Writing or reading btsoot's own state folder (BTSOOT_STATE) failed: it is
+    below a file, read-only, full. Raised where that I/O is done, so it is never
+    taken for an error of the source or the remote."""
+
+    exit_code = EXIT_LOCAL
+
+    @classmethod
+    def of(cls, e: OSError, path: str | bytes | None = None) -> LocalStateError:
+        where = path if path is not None else e.filename
+        shown = os.fsdecode(where) if where is not None else "folder"
+        why = e.strerror or str(e)
+        return cls(f"local state {shown}: {why} (BTSOOT_STATE must be a writable folder "
+                   "with free space)")
 
 
 class Stopped(KeyboardInterrupt):

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from . import scanner
-from .errors import FatalIOError
+from .errors import FatalIOError, SourceError
 from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
 from .plan import (
@@ -415,11 +415,9 @@ class Executor:
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
             i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo))
             n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
-        except SourceChanged:
-            return False
+        except (SourceChanged, SourceError):
+            return False  # (a source error: the full copy meets it again and reports it)
         except OSError as e:
-            if _is_source_error(e, self.src):
-                return False  # the full copy meets it again and reports it
             raise self._fatal(e, "patch", op.path) from None
         self.journal.done(i)
         with self._lock:
@@ -493,10 +491,12 @@ class Executor:
                 except OSError as e2:
                     raise self._fatal(e2, "repair", e.rel) from None
                 continue
+            except SourceError as e:
+                why = ("vanished during backup" if e.errno in (errno.ENOENT, errno.ENOTDIR)
+                       else os.strerror(e.errno or errno.EIO))
+                self._source_failed(op, why)
+                return
             except OSError as e:
-                if isinstance(op, Copy) and _is_source_error(e, self.src):
-                    self._source_failed(op, os.strerror(e.errno or errno.EIO))
-                    return
                 if isinstance(e, PermissionError) and not unlocked and self._make_writable(op):
                     unlocked = True
                     continue
@@ -542,10 +542,3 @@ _IN_THE_WAY = {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}
 _CANNOT_HOLD = {errno.ENAMETOOLONG, errno.EFBIG, errno.EILSEQ, errno.EINVAL}
 # ... and of a symlink, where it has none (exFAT, FAT).
 _NO_LINKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
-
-
-def _is_source_error(e: OSError, src_root: bytes) -> bool:
-    fn = e.filename
-    if isinstance(fn, str):
-        fn = os.fsencode(fn)
-    return isinstance(fn, bytes) and fn.startswith(src_root + b"/")

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .errors import StateError
+from .errors import LocalStateError, StateError
 from .plan import DAMAGED
 from .remotefs import Remote
 from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
@@ -55,15 +55,18 @@ class Journal:
         # journal: a kill at any moment leaves either that journal or this one,
         # complete, never an empty or torn file.
         tmp = path + ".new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
-                                       "base": base, "committed": committed}) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
+                                           "base": base, "committed": committed}) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as e:
+            raise LocalStateError.of(e, path) from None
         self._last_sync = time.monotonic()
         self._n = 0
         self._lock = threading.Lock()  # begin() runs on every transfer thread
@@ -104,13 +107,19 @@ class Journal:
             data = b"".join(self._done)
             self._done = []
             view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
+            try:
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as e:  # not the remote's: the run stops with exit 9
+                raise LocalStateError.of(e, self.path) from None
 
     def sync(self) -> None:
         with self._lock:
             self._flush()
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise LocalStateError.of(e, self.path) from None
         self._last_sync = time.monotonic()
 
     def close(self) -> None:

@@ -130,7 +130,7 @@ def write_full(remote: Remote, header: Header, entries: Iterable[Entry]) -> int:
     rel = meta_rel("snapshots", f"{header.id}.full.jsonl.gz")
     with remote.path(rel) as path:
         w = SnapshotWriter(os.fsdecode(path), replace(header, kind="full", base=None),
-                           compress=True)
+                           compress=True, local=False)
         try:
             for e in entries:
                 w.write(_strip(e))
@@ -160,7 +160,8 @@ def write_delta(remote: Remote, header: Header, base_id: str,
 
 def _write_delta(path: str, header: Header, base_id: str,
                  old_path: str, new_path: str) -> tuple[int, int]:
-    w = SnapshotWriter(path, replace(header, kind="delta", base=base_id), compress=True)
+    w = SnapshotWriter(path, replace(header, kind="delta", base=base_id), compress=True,
+                       local=False)
     try:
         with SnapshotReader(old_path) as ro, SnapshotReader(new_path) as rn:
             oi, ni = ro.raw(), rn.raw()

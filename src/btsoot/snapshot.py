@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import StateError
+from .errors import LocalStateError, StateError
 from .scanner import line_path as _line_path
 
 FORMAT = "btsoot-snapshot"
@@ -444,20 +444,30 @@ class SnapshotWriter:
     always detected. `compress=True` writes gzip (for the remote copy).
     """
 
-    def __init__(self, path: str, header: Header, compress: bool = False) -> None:
+    def __init__(self, path: str, header: Header, compress: bool = False,
+                 local: bool = True) -> None:
+        """local: the file is in the state folder, so its I/O errors are
+        LocalStateError (exit 9); else OSError, for the caller to name."""
         self.path = path
         self.tmp = f"{path}.tmp.{os.getpid()}"
-        # Never through a link planted at the temp name (the remote's copy is written here too).
-        self._raw = open(self.tmp, "wb", opener=_nofollow)  # noqa: SIM115
-        self._f: IO[bytes] = (
-            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
-            if compress
-            else self._raw
-        )
-        self._f.write(orjson.dumps(header.to_dict()) + b"\n")
+        self.local = local
         self.count = 0
         self._prev: bytes | None = None
         self._buf: list[bytes] = []
+        try:
+            # Never through a link planted at the temp name (the remote's copy is written here too).
+            self._raw = open(self.tmp, "wb", opener=_nofollow)  # noqa: SIM115
+            self._f: IO[bytes] = (
+                gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
+                if compress
+                else self._raw
+            )
+            self._f.write(orjson.dumps(header.to_dict()) + b"\n")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> OSError | LocalStateError:
+        return LocalStateError.of(e, self.path) if self.local else e
 
     def write(self, e: Entry) -> None:
         k = sort_key(e.path)
@@ -487,7 +497,10 @@ class SnapshotWriter:
 
     def _flush(self) -> None:
         if self._buf:
-            self._f.write(b"".join(self._buf))
+            try:
+                self._f.write(b"".join(self._buf))
+            except OSError as e:
+                raise self._error(e) from None
             self._buf = []
 
     def write_all(self, entries: Iterable[Entry]) -> None:
@@ -496,16 +509,19 @@ class SnapshotWriter:
 
     def commit(self, sync: bool = True) -> str:
         self._flush()
-        self._f.write(orjson.dumps({"end": True, "count": self.count}) + b"\n")
-        if self._f is not self._raw:
-            self._f.close()
-        self._raw.flush()
-        if sync:
-            os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.tmp, self.path)
-        if sync:
-            fsync_dir(os.path.dirname(self.path) or ".")
+        try:
+            self._f.write(orjson.dumps({"end": True, "count": self.count}) + b"\n")
+            if self._f is not self._raw:
+                self._f.close()
+            self._raw.flush()
+            if sync:
+                os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self.tmp, self.path)
+            if sync:
+                fsync_dir(os.path.dirname(self.path) or ".")
+        except OSError as e:
+            raise self._error(e) from None
         return self.path
 
     def abort(self) -> None:

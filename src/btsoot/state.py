@@ -14,14 +14,32 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from .errors import StateError
+from .errors import LocalStateError, StateError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _local(fn: _F) -> _F:
+    """An OSError of this method is the state folder's (exit 9), never the remote's
+    or the source's."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            raise LocalStateError.of(e) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -45,9 +63,11 @@ class BlockState:
         self.lock = os.path.join(root, "lock")
         self._head_path = os.path.join(root, "state.json")
 
+    @_local
     def ensure(self) -> None:
         os.makedirs(self.snapshots, exist_ok=True)
 
+    @_local
     def remove_temps(self) -> None:
         """Remove temp files a killed run left (snapshots, the scan, the recovered
         view, state.json being written). Only under the block's lock: no other
@@ -63,6 +83,7 @@ class BlockState:
     def base_path(self, run_id: str, n: int) -> str:
         return f"{self.base_prefix}{run_id}-{n}.jsonl"
 
+    @_local
     def remove_bases(self, keep: str | None = None) -> None:
         """Remove base views no journal refers to any more."""
         for p in glob.glob(glob.escape(self.base_prefix) + "*.jsonl"):
@@ -89,6 +110,7 @@ class BlockState:
             raise StateError(f"{self._head_path}: corrupt block state (bad field types)")
         return h
 
+    @_local
     def save_head(self, h: Head) -> None:
         tmp = self._head_path + ".tmp"
         with open(tmp, "wb") as f:
@@ -97,9 +119,11 @@ class BlockState:
             os.fsync(f.fileno())
         os.replace(tmp, self._head_path)
 
+    @_local
     def committed_ids(self) -> list[str]:
         return sorted(os.path.basename(p)[:-6] for p in glob.glob(os.path.join(self.snapshots, "*.jsonl")))
 
+    @_local
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         ids = self.committed_ids()
         drop = [i for i in ids[:-keep] if i not in protect] if keep > 0 else []
@@ -129,6 +153,7 @@ class BlockState:
                 out.add(p)
         return out
 
+    @_local
     def save_damaged(self, paths: set[bytes]) -> None:
         """Remember damaged paths (merged with those already known)."""
         from .snapshot import _put_bytes
@@ -144,6 +169,7 @@ class BlockState:
             os.fsync(f.fileno())
         os.replace(tmp, self.damaged)
 
+    @_local
     def log_run(self, record: dict[str, Any]) -> None:
         # A message may name a path that is not UTF-8 (os.fsdecode's surrogates, which
         # JSON cannot hold): such bytes are written as \xNN, like every other output.
@@ -151,6 +177,7 @@ class BlockState:
         with open(self.runs, "ab") as f:
             f.write(orjson.dumps(clean) + b"\n")
 
+    @_local
     def last_run(self) -> dict[str, Any] | None:
         try:
             with open(self.runs, "rb") as f:

@@ -19,6 +19,7 @@ import orjson
 import xxhash
 
 from . import scanner
+from .errors import SourceError
 from .remotefs import Remote
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
 from .snapshot import FILE, Entry
@@ -76,8 +77,9 @@ def copy_fd(src: int, dst: int, size: int) -> int:
 
 def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
                 chunk_threshold: int = 0) -> tuple[int, str, list[str] | None]:
-    """Copy up to size bytes from src to dst through a buffer, hashing exactly the
-    bytes written (XXH3-128, the snapshot's digest); returns (bytes, digest, chunks).
+    """Copy up to size bytes from src (a source file) to dst through a buffer, hashing
+    exactly the bytes written (XXH3-128, the snapshot's digest); returns (bytes,
+    digest, chunks). A failed read is a SourceError.
 
     With chunk_size, a file of at least chunk_threshold bytes also gets its
     per-chunk digests (reads never cross a chunk boundary), as the scanner does.
@@ -93,7 +95,10 @@ def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
         want = min(len(buf), size - done)
         if part is not None:
             want = min(want, chunk_size - in_part)
-        n = os.readv(src, [view[:want]])
+        try:
+            n = os.readv(src, [view[:want]])
+        except OSError as e:
+            raise SourceError.of(e) from None
         if n == 0:
             break
         h.update(view[:n])
@@ -152,11 +157,25 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
         if err == scanner.CHANGED:
             raise SourceChanged()
         if err:
-            raise OSError(err, os.strerror(err), src if side == 0 else dst_tmp)
+            raise (SourceError if side == 0 else OSError)(
+                err, os.strerror(err), src if side == 0 else dst_tmp)
         return entry.size, digest, None
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if isinstance(src, bytes) else src
-    try:
+    # src as a path is the source; as a descriptor, a file on the remote (a remote-side
+    # copy): only the source's errors are SourceError.
+    if isinstance(src, bytes):
+        try:
+            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise SourceError.of(e, src) from None
+        try:
+            st = os.fstat(sfd)
+        except OSError as e:
+            os.close(sfd)
+            raise SourceError.of(e, src) from None
+    else:
+        sfd = src
         st = os.fstat(sfd)
+    try:
         if check_source and (st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns):
             raise SourceChanged()
         tfd = os.open(dst_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -226,7 +245,10 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
     content the entry's digest describes.
     """
     assert entry.chunks is not None
-    sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError.of(e, src_path) from None
     try:
         st = os.fstat(sfd)
         if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
@@ -242,8 +264,8 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
                 off = i * CHUNK_SIZE
                 try:
                     buf = os.pread(sfd, min(CHUNK_SIZE, entry.size - off), off)
-                except OSError as e:  # name the source: the caller tells its errors apart
-                    raise OSError(e.errno, e.strerror, src_path) from None
+                except OSError as e:
+                    raise SourceError.of(e, src_path) from None
                 if len(buf) != min(CHUNK_SIZE, entry.size - off) or (
                         xxhash.xxh3_128_hexdigest(buf) != entry.chunks[i]):
                     raise SourceChanged()
