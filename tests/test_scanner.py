@@ -145,6 +145,36 @@ def test_walk_large_and_deep_trees_match(tmp_path: Path) -> None:
     assert [e[7] for e in fast_entries if e[0] == link] == [b"bottom"]
 
 
+def test_walk_deeper_than_path_max_matches(tmp_path: Path) -> None:
+    """140 levels of 40-byte names: a 5,740-byte path. Past the levels whose
+    folders stay open, the compiled walk must not open by full path (that fails
+    with ENAMETOOLONG beyond PATH_MAX); both walks reach the leaf."""
+    py, fast = both_implementations()
+    name = b"n" * 40
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(140):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        for leaf in (b"leaf", b"sub"):
+            if leaf == b"sub":
+                os.mkdir(leaf, dir_fd=fd)
+            else:
+                os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    root = os.fsencode(tmp_path)
+    fast_entries = list(fast.walk(root))
+    assert fast_entries == list(py.walk(root))
+    deepest = b"/".join([name] * 140)
+    assert {e[0] for e in fast_entries if e[1] != DIR or e[0].endswith(b"sub")} == {
+        deepest + b"/leaf", deepest + b"/sub"}
+    assert not [e for e in fast_entries if e[1] == ERROR]
+    assert len(os.listdir("/proc/self/fd")) < 64  # no descriptor left open
+
+
 # ---------------------------------------------------------------------------
 # walk: what each entry says
 

@@ -23,8 +23,9 @@ walk() -- the order and its invariants
     The walker keeps a stack of listings, one per directory level being
     walked. Each keeps its directory fd open so subdirectories are opened
     with openat(O_NOFOLLOW | O_DIRECTORY); below _MAX_OPEN_DEPTH levels a
-    listing closes its fd once read and its children are opened by full path,
-    so a pathological depth cannot exhaust file descriptors.
+    listing closes its fd once read and its children are opened name by name
+    from the deepest level still open, so a pathological depth can neither
+    exhaust file descriptors nor build a path longer than PATH_MAX.
 
     Errors are values: an entry that cannot be lstat'ed (vanished, EACCES) or
     whose link cannot be read is yielded as ERROR with its errno; a directory
@@ -372,8 +373,6 @@ cdef class _Walk:
     cdef int _open_child(self, bytes rel, const char* name) except? -1:
         """Open subdirectory name of the top level; return its fd or -errno."""
         cdef int parent = self.levels[self.depth - 1].fd
-        cdef bytes full
-        cdef const char* path
         cdef int fd
         if parent >= 0:
             with nogil:
@@ -381,13 +380,42 @@ cdef class _Walk:
                 if fd < 0:
                     fd = -errno
         else:
-            full = self.root + b"/" + rel
-            path = full
+            fd = self._open_deep(rel)
+        return fd
+
+    cdef int _open_deep(self, bytes rel) except? -1:
+        """Open folder rel below _MAX_OPEN_DEPTH: one openat per name from the
+        deepest level still open, so no path handed to the kernel grows with the
+        depth (a full path would fail with ENAMETOOLONG past PATH_MAX)."""
+        cdef Py_ssize_t k = self.depth - 1
+        cdef int cur, nxt, fd
+        cdef const char* name
+        cdef const char* path = self.root
+        cdef bytes part, rest
+        while k >= 0 and self.levels[k].fd < 0:
+            k -= 1
+        cur = self.levels[k].fd if k >= 0 else -1
+        rest = rel[len(<bytes>self.prefixes[k]):] if k >= 0 else rel
+        if cur < 0:  # nothing open (cannot happen below the root): start from the root
             with nogil:
-                fd = open(path, _DIR_FLAGS)
+                cur = open(path, _DIR_FLAGS)
+                if cur < 0:
+                    return -errno
+            nxt = cur
+        else:
+            nxt = -1
+        for part in rest.split(b"/"):
+            name = part
+            with nogil:
+                fd = openat(cur, name, _DIR_FLAGS)
                 if fd < 0:
                     fd = -errno
-        return fd
+                if nxt >= 0:
+                    close(nxt)  # an intermediate folder of ours, not a level's
+            if fd < 0:
+                return fd
+            cur = nxt = fd
+        return cur
 
     cdef _start(self):
         cdef struct_stat st
