@@ -364,6 +364,26 @@ def test_odd_names(block: tuple[Env, Path, Path]) -> None:
     assert "no changes" in p.stdout
 
 
+def test_a_non_utf8_name_is_spelled_one_way_in_every_command(block: tuple[Env, Path, Path]) -> None:
+    """backup's report, diff, verify and restore all print byte 0xff as \\xff,
+    never as Python's stand-in \\udcff."""
+    env, src, dst = block
+    s_, d_ = os.fsencode(src), os.fsencode(dst)
+    put(s_ + b"/caf\xe9-\xff.txt", b"one")
+    os.mkfifo(s_ + b"/fifo-\xff")
+    out = [env.run("backup", "b", check=0)]
+    put(s_ + b"/new-\xff", b"two")
+    out.append(env.run("diff", "b", check=0))
+    with open(d_ + b"/caf\xe9-\xff.txt", "wb") as f:
+        f.write(b"ONE")
+    out.append(env.run("verify", "b", check=7))
+    out.append(env.run("restore", "b", "--to", env.root / "back", check=7))
+    texts = [p.stdout + p.stderr for p in out]
+    assert "fifo-\\xff" in texts[0] and "new-\\xff" in texts[1]
+    assert all("caf\\xe9-\\xff.txt" in t for t in texts[2:]), texts
+    assert not any("\\udc" in t for t in texts), texts
+
+
 def test_excludes(env: Env) -> None:
     src, dst = env.root / "src", env.root / "remote"
     dst.mkdir()

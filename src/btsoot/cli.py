@@ -17,7 +17,7 @@ import orjson
 
 from . import __version__
 from .config import Block, Config, check_apart, parse_max_delete, validate_name
-from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError, Stopped
+from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError, Stopped, printable
 
 
 def _human(n: float) -> str:
@@ -164,7 +164,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                 code, message = e.exit_code, e.message
             else:
                 code, message = EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}"
-            message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            message = printable(message)
             click.echo(f"btsoot: {block.name}: {message}", err=True)
             worst = max(worst, code)
             summaries.append({"block": block.name, "result": "failed", "exit_code": code,
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if os.environ.get("BTSOOT_DEBUG"):
             raise
-        click.echo(f"btsoot: internal error: {type(e).__name__}: {e} "
+        click.echo(f"btsoot: internal error: {type(e).__name__}: {printable(str(e))} "
                    "(set BTSOOT_DEBUG=1 for a traceback)", err=True)
         code = EXIT_INTERNAL
     sys.exit(code)

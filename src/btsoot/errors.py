@@ -23,10 +23,23 @@ EXIT_STATE = 8  # local or remote state (snapshot, journal) is corrupt or too ne
 EXIT_LOCAL = 9  # the local state folder cannot be used (not a folder, read-only, full)
 
 
+def show_path(p: bytes) -> str:
+    """A path for people (messages, logs, listings): valid UTF-8 as is, any other
+    byte as \\xNN. The one spelling of a non-UTF-8 name everywhere."""
+    return p.decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """text with os.fsdecode's stand-ins for non-UTF-8 bytes (lone surrogates, which
+    neither a terminal nor JSON can hold) spelled as show_path spells them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class BtsootError(Exception):
     exit_code = EXIT_INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = printable(message)
         super().__init__(message)
         self.message = message
 

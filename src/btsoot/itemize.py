@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .errors import show_path
 from .plan import STASH, Copy, Delete, Mkdir, Move, Plan, RemoteCopy, Rmdir, SetAttr, Symlink, patch_bytes
 
-
-def display_path(p: bytes) -> str:
-    """A path for people: valid UTF-8 as is, any other byte as \\xNN."""
-    return p.decode("utf-8", "backslashreplace")
+display_path = show_path
 
 
 def itemize(plan: Plan) -> Iterator[str]:

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
+from .errors import show_path
+
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CACHE_LIMIT = 256
 
@@ -145,7 +147,7 @@ class Remote:
 
     def show(self, rel: bytes) -> str:
         """rel as a full path, for messages."""
-        return os.fsdecode(self.root + b"/" + rel if rel else self.root)
+        return show_path(self.root + b"/" + rel if rel else self.root)
 
     def _stored(self, rel: bytes, name: bytes) -> bytes:
         """The name under which the entry rel (last component `name`) is stored."""

@@ -53,6 +53,7 @@ from .errors import (
     GuardError,
     StateError,
     UsageError,
+    show_path,
 )
 from .names import Codec, decode
 from .plan import is_under, merge, parent
@@ -80,9 +81,7 @@ _BUF = 1 << 20
 COPIED, SAME, ATTRS, WOULD_COPY, DAMAGED, ERROR = range(6)
 
 
-def show(path: bytes) -> str:
-    """A path for a message: exact where it is UTF-8, escaped bytes elsewhere."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+show = show_path  # (the name restore's callers use)
 
 
 # --- which snapshot ---------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .errors import LocalStateError, StateError
+from .errors import LocalStateError, StateError, printable
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -173,7 +173,7 @@ class BlockState:
     def log_run(self, record: dict[str, Any]) -> None:
         # A message may name a path that is not UTF-8 (os.fsdecode's surrogates, which
         # JSON cannot hold): such bytes are written as \xNN, like every other output.
-        clean = {k: _printable(v) if isinstance(v, str) else v for k, v in record.items()}
+        clean = {k: printable(v) if isinstance(v, str) else v for k, v in record.items()}
         with open(self.runs, "ab") as f:
             f.write(orjson.dumps(clean) + b"\n")
 
@@ -196,6 +196,3 @@ class BlockState:
                 continue
         return None
 
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
