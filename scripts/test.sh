@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
-apt_install rsync xxhash sshfs openssh-server fuse3 util-linux strace \
+apt_install rsync xxhash sshfs openssh-server fuse3 util-linux strace faketime \
     exfat-fuse exfatprogs ntfs-3g xfsprogs e2fsprogs
 venv_setup '.[test]'
 

@@ -32,9 +32,11 @@ class Env:
         return env
 
     def run(self, *args: str | os.PathLike, check: int | None = None,
-            timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+            timeout: float = 300, extra_env: dict[str, str] | None = None,
+            **kw) -> subprocess.CompletedProcess:
         """Run `btsoot ARGS` as a real process; check=N asserts the exit code."""
-        p = subprocess.run([sys.executable, "-m", "btsoot", *map(str, args)], env=self.vars(),
+        p = subprocess.run([sys.executable, "-m", "btsoot", *map(str, args)],
+                           env=dict(self.vars(), **(extra_env or {})),
                            capture_output=True, text=True, timeout=timeout, **kw)
         if check is not None:
             assert p.returncode == check, (

@@ -29,6 +29,8 @@ from .errors import (
     GuardError,
     LocalStateError,
     StateError,
+    UsageError,
+    printable,
 )
 from .execute import ExecStats, Executor
 from .journal import UNKNOWN_MTIME, Journal, replay
@@ -48,7 +50,10 @@ class BackupResult:
     exit_code: int = EXIT_OK
     snapshot: str | None = None
     resumed: bool = False
-    adopted: bool = False  # no local state: started from the remote's own snapshot
+    adopted: bool = False  # planned from the remote's own record, not the local one
+    # Why (another remote rotated in, a rollback, the local state gone); and what
+    # was dropped with it (an interrupted run's journal that is not this remote's).
+    notices: list[str] = field(default_factory=list)
     repaired: int = 0  # damaged files (found by verify) this run set out to re-send
     plan: Plan | None = None
     scan: ScanStats | None = None
@@ -77,8 +82,9 @@ class BackupResult:
             for k in ("bytes_sent", "bytes_remote_copied", "remote_snapshot_bytes", "hashed_files",
                       "hashed_bytes", "refetched", "repaired"):
                 out[k] += first[k]
-            for k in ("set_aside", "remade"):
+            for k in ("set_aside", "remade", "notices"):
                 out[k] = first[k] + out[k]
+            out["adopted"] = out["adopted"] or first["adopted"]
             out["passes"] = first["passes"] + 1
             out["durations"]["total"] = round(first["durations"].get("total", 0.0)
                                               + out["durations"].get("total", 0.0), 3)
@@ -95,6 +101,7 @@ class BackupResult:
             "snapshot": self.snapshot,
             "resumed": self.resumed,
             "adopted": self.adopted,
+            "notices": [printable(n) for n in self.notices],
             "repaired": self.repaired,
             "files": s.files,
             "bytes": s.bytes,
@@ -170,7 +177,10 @@ def backup(
     override: bool = False,
     jobs: int | None = None,
     progress: Progress | None = None,
+    new_remote: bool = False,
 ) -> BackupResult:
+    """new_remote: the remote is an empty folder joining the block's remotes (a
+    second disk of a rotation); its first backup goes there like any first one."""
     block.check()
     st = BlockState(block.state)
     st.ensure()
@@ -180,7 +190,7 @@ def backup(
         if not os.path.exists(st.journal):
             st.remove_bases()  # a run killed after its commit left them; nothing names them
         try:
-            res = _backup(block, st, dry_run, checksum, override, jobs, progress)
+            res = _backup(block, st, dry_run, checksum, override, jobs, progress, new_remote)
             if res.execution is not None and res.execution.lost:
                 # Folders of the remote were made again, empty: the plan against the
                 # snapshot just committed sends what they held.
@@ -217,7 +227,7 @@ def _log_failure(st: BlockState, record: dict) -> None:
 
 
 def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, override: bool,
-            jobs: int | None, progress: Progress | None) -> BackupResult:
+            jobs: int | None, progress: Progress | None, new_remote: bool = False) -> BackupResult:
     res = BackupResult(block.name)
     t0 = time.monotonic()
     head = st.load_head()
@@ -230,20 +240,23 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             prev_header = r.header
             prev_empty = next(r.raw(), None) is None
     check_source(block, prev_header, override, prev_empty)
-    rmt.check_remote(block.remote, block.name, head.head is not None)
+    if new_remote and rmt.read_block_id(block.remote) is not None:
+        raise UsageError(f"remote {block.remote} holds a btsoot backup already: "
+                         "--new-remote is for an empty folder joining the block")
+    rmt.check_remote(block.remote, block.name, head.head is not None and not new_remote)
     try:
         remote = Remote(block.remote)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
     with remote:
         return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
-                    progress, t0)
+                    progress, t0, new_remote)
 
 
 def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
          remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
-         progress: Progress | None, t0: float) -> BackupResult:
-    run_id = new_id()  # also the id of the snapshot this run commits
+         progress: Progress | None, t0: float, new_remote: bool = False) -> BackupResult:
+    run_id = ""  # set once the remote's record is read: ids never go back in time
 
     # What the remote can hold (probed at the first run and when the remote's file
     # system changes): how names are stored, whether case folds. Recovery needs it
@@ -252,32 +265,54 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         prof = profiles.load(remote) or profiles.Profile()
     else:
         try:
-            if head.head is None:
+            if head.head is None or new_remote:
                 # The first run writes the remote's identity and snapshot folder even
                 # when there is nothing to copy (an empty source): its commit writes there.
                 rmt.init_remote(remote, block.name)
             prof = profiles.ensure(remote)
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
+    try:
+        ident = rmt.read_ident(remote) or {}
+    except StateError:
+        if dry_run or head.head is None:
+            raise
+        ident = {}  # damaged: written again at this run's commit
+    # The id is also the time people read; "newest" must not depend on the clock:
+    # after a step back, ids go on from the newest one known (see snapshot.new_id).
+    run_id = new_id(after=max(filter(None, (head.head, ident.get("snapshot"))), default=None))
     codec = prof.codec()
     remote.encode, remote.escape = codec.encode, codec.escape
     remote.mtime_step = prof.mtime_granularity_ns
     escaped_before = _escaped_in(committed) if prof.case_insensitive else set()
     remote.escaped = set(escaped_before)
 
-    # A crashed run left a journal: rebuild what the remote holds now.
+    # Does the local record describe this remote as it is? (See state.Head.)
     base = committed
-    if os.path.exists(st.journal):
+    journal_ok = os.path.exists(st.journal) and (dry_run or _journal_is_for(st, ident, res))
+    why = rmt.record_differs(head, ident) if committed else None
+    if why is not None:
+        res.notices.append(why + "; planned from the remote's own record")
+        if os.path.exists(st.journal) and not dry_run:
+            _drop_journal(st)  # about a state of the remote that is not this one
+        journal_ok = False
+    if journal_ok:
+        # A crashed run left a journal: rebuild what the remote holds now.
         res.resumed = True
         base = _recover(st, committed, remote, run_id)
-    elif committed is None and (remote_snaps := rmt.list_snapshots(block.remote)):
-        # The local state is gone but the remote carries this block's snapshots
-        # (a reinstalled machine): plan against what the remote says it holds.
-        # That is its newest snapshot and no other: if it is damaged, an older one
-        # would be a wrong view of the remote (stop, exit 8).
-        _, entries = rmt.load(block.remote, max(remote_snaps))
-        base = _write_base(st, entries, run_id)
-        res.adopted = True
+    elif why is not None or committed is None:
+        # The remote's own record: another disk rotated in, a rollback, or the local
+        # state gone (a reinstalled machine). Its newest snapshot and no other: if
+        # it is damaged, an older one would be a wrong view of the remote (exit 8).
+        # No snapshot at all: it holds nothing of ours (a new disk of the rotation).
+        newest = rmt.newest(block.remote)
+        if newest is not None:
+            _, entries = rmt.load(block.remote, newest)
+            base = _write_base(st, entries, run_id)
+        else:
+            base = None
+        res.adopted = newest is not None or why is not None
+        head.remote_head = None  # this remote gets a full snapshot, not a delta
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
     damaged = st.load_damaged()
     if damaged and base is not None:
@@ -348,7 +383,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         t = time.monotonic()
         if progress:
             progress("phase", "transfer")
-        journal = Journal(st.journal, run_id, base, head.head)
+        journal = Journal(st.journal, run_id, base, head.head, ident.get("remote_id"))
         st.remove_bases(keep=base)
         try:
             network = rmt.is_network(block.remote)
@@ -376,7 +411,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         res.snapshot = head.head
     else:
         res.snapshot, res.remote_meta_bytes = _commit(
-            block, remote, st, sres.header, committed, head, ex, unchanged)
+            block, remote, st, sres.header, committed, head, ex, unchanged, ident)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -404,6 +439,35 @@ def _check_space(remote: str, need: int) -> None:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+def _journal_is_for(st: BlockState, ident: dict[str, Any], res: BackupResult) -> bool:
+    """Is the interrupted run's journal about this remote, and not yet committed?"""
+    from .journal import read_journal
+
+    header, _ = read_journal(st.journal)
+    rid = header.get("remote")
+    if rid is not None and rid != ident.get("remote_id"):
+        res.notices.append("an interrupted run's journal belongs to another remote: dropped "
+                           "(that remote is planned from its own record when it is back)")
+        _drop_journal(st)
+        return False
+    if header.get("run") is not None and header.get("run") == ident.get("snapshot"):
+        # It committed on the remote; only the local record was not saved. The
+        # remote's record says what it holds (planned from it, below).
+        res.notices.append("the interrupted run had committed on the remote")
+        _drop_journal(st)
+        return False
+    return True
+
+
+def _drop_journal(st: BlockState) -> None:
+    for p in (st.journal, st.scan):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    st.remove_bases()
 
 
 def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str) -> str:
@@ -539,7 +603,8 @@ def _cleanup_meta(remote: Remote) -> None:
 
 
 def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
-            head: Head, ex: ExecStats, unchanged: bool) -> tuple[str, int]:
+            head: Head, ex: ExecStats, unchanged: bool,
+            ident: dict[str, Any]) -> tuple[str, int]:
     """Write the snapshot of what the remote now holds; then point head at it.
 
     Usually that is the scan itself, renamed into place; entries whose transfer
@@ -594,9 +659,18 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
                                                 committed, out)
                 head.deltas += 1
                 head.delta_bytes += meta_bytes
+            # The remote's record is complete: block.json names it, one generation on.
+            rid = ident.get("remote_id") or rmt.new_remote_id()
+            gen = ident.get("generation", 0) + 1
+            rmt.write_ident(remote, {"format": "btsoot-remote", "version": 1, "block": block.name,
+                                     "created_ns": ident.get("created_ns", time.time_ns()),
+                                     "remote_id": rid, "generation": gen, "snapshot": snap_id})
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot write snapshot: {e.strerror}") from None
         head.remote_head = snap_id
+        head.remote_id, head.generation = rid, gen
+        head.remotes[rid] = {"generation": gen, "snapshot": snap_id, "updated_ns": time.time_ns(),
+                             "path": block.remote}
     head.head = snap_id
     st.save_head(head)
     # The journal goes before the base views: a journal whose base is gone stops

@@ -17,7 +17,15 @@ import orjson
 
 from . import __version__
 from .config import Block, Config, check_apart, parse_max_delete, validate_name
-from .errors import EXIT_INTERNAL, EXIT_USAGE, BtsootError, ConfigError, Stopped, printable
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    BtsootError,
+    ConfigError,
+    StateError,
+    Stopped,
+    printable,
+)
 
 
 def _human(n: float) -> str:
@@ -100,8 +108,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     cfg = load_config(ctx)
     rows: list[dict[str, Any]] = []
     for b in sorted(cfg.blocks.values(), key=lambda b: b.name):
-        last = BlockState(b.state).last_run() or {}
-        rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last})
+        bst = BlockState(b.state)
+        last = bst.last_run() or {}
+        try:
+            remotes = bst.load_head().remotes
+        except StateError:
+            remotes = {}
+        rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last,
+                     # each remote (disk) the block went to: generation, snapshot, when
+                     "remotes": [dict(v, id=k) for k, v in sorted(remotes.items())]})
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
@@ -120,6 +135,12 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         t.add_row(r["name"], r["source"], r["remote"], when, last.get("result", "-"),
                   str(last.get("files", "-")),
                   _human(last["bytes"]) if "bytes" in last else "-")
+        if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
+            for rem in sorted(r["remotes"], key=lambda x: -int(x.get("updated_ns", 0))):
+                upd = time.strftime("%Y-%m-%d %H:%M",
+                                    time.localtime(int(rem.get("updated_ns", 0)) / 1e9))
+                t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
+                          f"generation {rem.get('generation')}", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
@@ -137,12 +158,15 @@ def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Bloc
 @click.option("--checksum", "-c", is_flag=True, help="Re-read and hash every file.")
 @click.option("--override", is_flag=True, help="Pass the safety guards deliberately.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel transfers.")
+@click.option("--new-remote", is_flag=True,
+              help="The remote is an empty folder joining the block (a second disk of a "
+                   "rotation): back up into it as a first backup.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails.")
 @click.pass_context
 def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: bool,
                checksum: bool, override: bool, jobs: int | None, as_json: bool,
-               quiet: bool) -> None:
+               quiet: bool, new_remote: bool = False) -> None:
     """Back up blocks: send only what changed to the remote."""
     from .backup import backup
     from .errors import EXIT_OK
@@ -156,7 +180,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
         try:
             with reporter:
                 res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
-                             jobs=jobs, progress=reporter.update)
+                             jobs=jobs, progress=reporter.update, new_remote=new_remote)
         except Exception as e:  # noqa: BLE001 - one block's failure never stops the others
             if len(names) == 1 and not all_:
                 raise
@@ -180,6 +204,8 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                 res.execution.errors if res.execution else []):
             click.echo(f"btsoot: {block.name}: cannot back up {display_path(path)}: {why}",
                        err=True)
+        for note in s["notices"] if not quiet else []:
+            click.echo(f"btsoot: {block.name}: note: {note}", err=True)
         for aside in s["set_aside"] if not quiet else []:
             click.echo(f"btsoot: {block.name}: warning: {aside['path']} on the remote: found what "
                        f"btsoot did not put there; kept in {aside['to']}", err=True)

@@ -49,7 +49,8 @@ def decode_path(d: dict[str, Any], key: str) -> bytes:
 
 
 class Journal:
-    def __init__(self, path: str, run_id: str, base: str | None, committed: str | None) -> None:
+    def __init__(self, path: str, run_id: str, base: str | None, committed: str | None,
+                 remote_id: str | None = None) -> None:
         self.path = path
         # The header goes in under a temp name and is renamed over any previous
         # journal: a kill at any moment leaves either that journal or this one,
@@ -59,7 +60,8 @@ class Journal:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
-                                           "base": base, "committed": committed}) + b"\n")
+                                           "base": base, "committed": committed,
+                                           "remote": remote_id}) + b"\n")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -144,7 +146,8 @@ def read_journal(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], 
                          "remove it and run 'btsoot verify' before the next backup") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateError(f"{path}: not a btsoot journal")
-    if not all(isinstance(header.get(k), (str, type(None))) for k in ("run", "base", "committed")):
+    if not all(isinstance(header.get(k), (str, type(None)))
+               for k in ("run", "base", "committed", "remote")):
         raise StateError(f"{path}: journal is corrupt (bad header)")
     if not isinstance(header.get("version"), int) or header["version"] > VERSION:
         raise StateError(f"{path}: journal version {header.get('version')!r} is newer than "

@@ -14,6 +14,7 @@ Inode and device numbers are machine-local and are not stored here.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -34,6 +35,7 @@ from .snapshot import (
     entry_from_dict,
     sort_key,
 )
+from .state import Head
 
 META = ".btsoot"
 MAX_DELTAS = 20
@@ -75,14 +77,80 @@ def meta_rel(*parts: str) -> bytes:
 
 
 def read_block_id(remote: str) -> dict[str, Any] | None:
+    """REMOTE/.btsoot/block.json, checked (StateError if damaged); None if absent."""
+    where = meta(remote, "block.json")
     try:
-        with open(meta(remote, "block.json"), "rb") as f:
+        with open(where, "rb") as f:
             d = orjson.loads(f.read())
     except FileNotFoundError:
         return None
     except (OSError, orjson.JSONDecodeError) as e:
-        raise StateError(f"{meta(remote, 'block.json')}: unreadable ({e})") from None
-    return d if isinstance(d, dict) else None
+        raise StateError(f"{where}: unreadable ({e})") from None
+    return _valid_ident(d, where)
+
+
+def _valid_ident(d: Any, where: str) -> dict[str, Any]:
+    ok = (isinstance(d, dict) and isinstance(d.get("block"), str)
+          and isinstance(d.get("remote_id", ""), str)
+          and isinstance(d.get("snapshot", ""), (str, type(None)))
+          and (type(d.get("generation", 0)) is int and 0 <= d.get("generation", 0) < 1 << 62))
+    if not ok:
+        raise StateError(f"{where}: damaged (fields of the wrong type)")
+    return d
+
+
+def read_ident(remote: Remote) -> dict[str, Any] | None:
+    """block.json read through the remote seam (never through a link)."""
+    try:
+        fd = remote.open_file(meta_rel("block.json"))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(f"{remote.show(meta_rel('block.json'))}: unreadable ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(1 << 20)
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise StateError(f"{remote.show(meta_rel('block.json'))}: unreadable ({e})") from None
+    return _valid_ident(d, remote.show(meta_rel("block.json")))
+
+
+def write_ident(remote: Remote, ident: dict[str, Any]) -> None:
+    """Replace block.json atomically and durably: a crash leaves the old or the new."""
+    path, tmp = meta_rel("block.json"), meta_rel("block.json.tmp")
+    with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+        f.write(orjson.dumps(ident))
+        f.flush()
+        os.fsync(f.fileno())
+    remote.rename(tmp, path)
+    remote.sync_dir(meta_rel())
+
+
+def new_remote_id() -> str:
+    """Tells two remotes of one block apart (rotated disks): random, made once."""
+    return secrets.token_hex(8)
+
+
+def record_differs(head: Head, ident: dict[str, Any]) -> str | None:
+    """Why the local record (state.json) does not describe this remote as its
+    block.json does, or None if it does: then a run plans from the remote's own
+    record, and restore and verify read it."""
+    rid, gen = ident.get("remote_id"), ident.get("generation")
+    if rid is None and head.remote_id is None:
+        return None  # both written before generations were recorded: nothing to compare
+    if rid != head.remote_id:
+        known = head.remotes.get(rid or "")
+        return ("this remote is not the one the last backup went to (a rotated disk?); "
+                + (f"it was last updated by the backup of {known.get('snapshot')}" if known
+                   else "it is new to this machine's record"))
+    if gen == head.generation:
+        return None
+    if gen is not None and gen < head.generation:
+        return (f"the remote's record is older than the local one (generation {gen}, "
+                f"local {head.generation}): rolled back or restored from a copy?")
+    return (f"the remote was updated since the local record was made (generation {gen}, "
+            f"local {head.generation})")
 
 
 def check_remote(remote: str, block: str, has_committed: bool) -> None:
@@ -112,14 +180,10 @@ def check_remote(remote: str, block: str, has_committed: bool) -> None:
 
 def init_remote(remote: Remote, block: str) -> None:
     remote.makedirs(meta_rel("snapshots"))
-    if read_block_id(os.fsdecode(remote.root)) is None:
-        path, tmp = meta_rel("block.json"), meta_rel("block.json.tmp")
-        with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-            f.write(orjson.dumps({"format": "btsoot-remote", "version": 1, "block": block,
-                                  "created_ns": time.time_ns()}))
-            f.flush()
-            os.fsync(f.fileno())
-        remote.rename(tmp, path)
+    if read_ident(remote) is None:
+        write_ident(remote, {"format": "btsoot-remote", "version": 1, "block": block,
+                             "created_ns": time.time_ns(), "remote_id": new_remote_id(),
+                             "generation": 0, "snapshot": None})
 
 
 def _strip(e: Entry) -> Entry:
@@ -211,7 +275,16 @@ def chain(remote: str, snap_id: str | None = None) -> list[str]:
     snaps = list_snapshots(remote)
     if not snaps:
         raise StateError(f"{remote}: no btsoot snapshots in {META}/snapshots")
-    candidates = [snap_id] if snap_id else sorted(snaps, reverse=True)
+    if snap_id:
+        candidates = [snap_id]
+    else:
+        # The newest is the one block.json names (the last commit), whatever the
+        # clock said when each was made; then by id, newest first.
+        candidates = sorted(snaps, reverse=True)
+        named = _named_snapshot(remote)
+        if named in snaps:
+            candidates.remove(named)
+            candidates.insert(0, named)
     last_err: StateError | None = None
     for cand in candidates:
         if cand not in snaps:
@@ -240,6 +313,23 @@ def chain(remote: str, snap_id: str | None = None) -> list[str]:
             last_err = e
     assert last_err is not None
     raise last_err
+
+
+def _named_snapshot(remote: str) -> str | None:
+    try:
+        ident = read_block_id(remote)
+    except StateError:
+        return None  # damaged: the snapshots themselves still say which is newest
+    return ident.get("snapshot") if ident else None
+
+
+def newest(remote: str) -> str | None:
+    """The remote's newest snapshot id: the one block.json names, else the largest id."""
+    snaps = list_snapshots(remote)
+    named = _named_snapshot(remote)
+    if named in snaps:
+        return named
+    return max(snaps) if snaps else None
 
 
 def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:

@@ -136,9 +136,15 @@ def open_snapshot(remote: str, snap_id: str | None = None,
     shortened to a unique prefix.
     """
     if state is not None:
-        head = state.load_head().head
+        rec = state.load_head()
+        head = rec.head
         if head is None:
             raise UsageError("the block has no committed backup yet: nothing to restore")
+        ident = rmt.read_block_id(remote)
+        if snap_id is None and ident is not None and rmt.record_differs(rec, ident):
+            # Another remote of the block (a rotated disk), or this one rolled back:
+            # its own record says what it holds, not the local one.
+            return open_snapshot(remote)
         path = state.snapshot_path(head)
         if not os.path.exists(path):
             raise StateError(f"{path}: committed snapshot is missing")

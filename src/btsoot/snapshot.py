@@ -14,6 +14,7 @@ under "path" ("target"); any other is stored as base64 of the raw bytes under
 from __future__ import annotations
 
 import base64
+import calendar
 import gzip
 import os
 import stat
@@ -144,11 +145,33 @@ class Header:
             raise StateError(f"{where}: bad snapshot header ({e})") from None
 
 
-def new_id(now_ns: int | None = None) -> str:
-    """Sortable, unique-enough snapshot id: UTC time to the microsecond."""
+def new_id(now_ns: int | None = None, after: str | None = None) -> str:
+    """Sortable, unique-enough snapshot id: UTC time to the microsecond.
+
+    With `after` (the newest id known), never that id or an earlier one: after
+    the clock stepped back, ids go on from `after` one microsecond at a time, so
+    the newest snapshot is always the largest id. (A clock that jumped forward
+    leaves one id in the future; later ids still sort after it.)
+    """
     ns = time.time_ns() if now_ns is None else now_ns
+    if after is not None:
+        floor = id_ns(after)
+        if floor is not None and ns <= floor:
+            ns = floor + 1000
     secs, rest = divmod(ns, 1_000_000_000)
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs)) + f".{rest // 1000:06d}Z"
+
+
+def id_ns(snap_id: str) -> int | None:
+    """The time in a snapshot id, in ns; None if it is not one of new_id's."""
+    try:
+        t = time.strptime(snap_id[:15], "%Y%m%dT%H%M%S")
+        frac = snap_id[15:]
+        if len(frac) != 8 or frac[0] != "." or frac[-1] != "Z" or not frac[1:-1].isdigit():
+            return None
+    except ValueError:
+        return None
+    return calendar.timegm(t) * 1_000_000_000 + int(frac[1:-1]) * 1000
 
 
 def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:

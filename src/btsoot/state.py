@@ -18,12 +18,13 @@ import functools
 import glob
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 
 from .errors import LocalStateError, StateError, printable
+from .snapshot import fsync_dir
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -49,6 +50,14 @@ class Head:
     deltas: int = 0  # remote deltas since the last full snapshot
     delta_bytes: int = 0
     full_bytes: int = 0
+    # Which remote the record describes and how many records it has committed there:
+    # REMOTE/.btsoot/block.json carries the same two. When they differ (another disk
+    # rotated in, the remote rolled back), the run plans from the remote's own record.
+    remote_id: str | None = None
+    generation: int = 0
+    # Every remote this block was backed up to: id -> {"generation", "snapshot",
+    # "updated_ns", "path"} (for `btsoot list`).
+    remotes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class BlockState:
@@ -105,8 +114,11 @@ class BlockState:
             return Head()
         except (OSError, orjson.JSONDecodeError, TypeError) as e:
             raise StateError(f"{self._head_path}: corrupt block state ({e})") from None
-        ids_ok = all(isinstance(v, (str, type(None))) for v in (h.head, h.remote_head))
-        if not ids_ok or not all(type(v) is int for v in (h.deltas, h.delta_bytes, h.full_bytes)):
+        ids_ok = all(isinstance(v, (str, type(None))) for v in (h.head, h.remote_head, h.remote_id))
+        nums = (h.deltas, h.delta_bytes, h.full_bytes, h.generation)
+        remotes_ok = isinstance(h.remotes, dict) and all(
+            isinstance(v, dict) for v in h.remotes.values())
+        if not ids_ok or not all(type(v) is int and v >= 0 for v in nums) or not remotes_ok:
             raise StateError(f"{self._head_path}: corrupt block state (bad field types)")
         return h
 
@@ -118,6 +130,7 @@ class BlockState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._head_path)
+        fsync_dir(self.root)  # the rename itself survives a power cut
 
     @_local
     def committed_ids(self) -> list[str]:

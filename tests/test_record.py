@@ -1,0 +1,183 @@
+"""The local record against the remote's own: generations, rotated disks, rollbacks, clocks.
+
+btsoot plans from its record of what the remote holds and never lists the
+remote. When that record is not the remote's (another disk of a rotation at
+the mount point, the remote rolled back to an older copy), planning from it
+would leave what changed since off that disk for good. Each commit counts a
+generation on both sides (state.json and REMOTE/.btsoot/block.json); a run
+whose two disagree plans from the remote's own record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, assert_mirror
+
+
+def put(p: Path, data: bytes) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+
+
+def summary(env: Env, *args: str, check: int = 0) -> dict:
+    p = env.run("backup", "b", "--json", *args, check=check)
+    return json.loads(p.stdout)
+
+
+def a_day(src: Path, k: int) -> None:
+    """Edits, a new file, a deletion and a renamed folder."""
+    put(src / "docs" / "edited.txt", b"version %d" % k)
+    put(src / "docs" / f"new-{k}.txt", b"new on day %d" % k)
+    gone = sorted((src / "music").glob("*"))
+    if gone:
+        gone[0].unlink()
+    a, b = ("photos", "pictures") if (src / "photos").exists() else ("pictures", "photos")
+    os.rename(src / a, src / b)
+
+
+@pytest.fixture
+def tree(env: Env) -> tuple[Env, Path, Path]:
+    src, dst = env.root / "src", env.root / "offsite"
+    for i in range(5):
+        put(src / "music" / f"song{i}.mp3", os.urandom(3000))
+        put(src / "photos" / f"img{i}.jpg", os.urandom(5000))
+    put(src / "docs" / "edited.txt", b"version 0")
+    dst.mkdir()
+    env.run("add", "b", src, dst, check=0)
+    return env, src, dst
+
+
+def swap(dst: Path, disk: Path) -> None:
+    """Put `disk` at the mount point dst (the folder there goes to dst.other)."""
+    held = dst.with_name(dst.name + ".other")
+    os.rename(dst, held)
+    os.rename(disk, dst)
+    os.rename(held, disk)
+
+
+def test_two_disks_rotated_under_one_block(tree) -> None:
+    env, src, dst = tree
+    summary(env)  # disk A
+    disk = env.root / "diskB"
+    disk.mkdir()
+    swap(dst, disk)  # disk B (empty) at the mount point; A is stored away in `disk`
+    # An empty folder where the backup should be: the guard still stops it (an
+    # unmounted share looks the same) ...
+    assert "block.json" in env.run("backup", "b", check=4).stderr
+    # ... until the user says it is a new disk of the block.
+    a_day(src, 1)
+    s = summary(env, "--new-remote")
+    assert s["adopted"] and s["operations"].get("copy", 0) == sum(
+        1 for p in src.rglob("*") if p.is_file())
+    assert_mirror(src, dst)
+    env.run("backup", "b", "--new-remote", check=2)  # not for a folder holding a backup
+
+    # Disk A comes back: its own record says day 1 never reached it.
+    swap(dst, disk)
+    a_day(src, 2)
+    s = summary(env)
+    assert s["adopted"] and any("not the one the last backup went to" in n for n in s["notices"])
+    assert_mirror(src, dst)
+    # The folder renamed on both days is back where A had it: one move, not copies.
+    assert s["operations"].get("copy", 0) <= 3
+    env.run("verify", "b", check=0)
+
+    # And B again: it missed day 2.
+    swap(dst, disk)
+    s = summary(env)
+    assert s["adopted"]
+    assert_mirror(src, dst)
+    env.run("verify", "b", check=0)
+    # Settled: the next run plans from the local record again, and has nothing to do.
+    s = summary(env)
+    assert not s["adopted"] and s["result"] == "nothing"
+    rows = json.loads(env.run("list", "--json", check=0).stdout)
+    assert len(rows[0]["remotes"]) == 2
+
+
+def test_a_remote_rolled_back_gets_what_it_lost(tree) -> None:
+    env, src, dst = tree
+    summary(env)
+    old = env.root / "offsite-yesterday"
+    subprocess.run(["cp", "-a", str(dst), str(old)], check=True)
+    a_day(src, 1)
+    summary(env)
+    # The NAS is rolled back (a ZFS rollback, a copy of last week's disk).
+    shutil.rmtree(dst)
+    os.rename(old, dst)
+    s = summary(env)
+    assert s["adopted"] and any("older than the local one" in n for n in s["notices"])
+    assert_mirror(src, dst)
+    env.run("verify", "b", check=0)
+    assert not summary(env)["adopted"]
+
+
+def test_restore_and_verify_read_the_remotes_own_record(tree) -> None:
+    env, src, dst = tree
+    summary(env)
+    old = env.root / "offsite-yesterday"
+    subprocess.run(["cp", "-a", str(dst), str(old)], check=True)
+    before = {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    a_day(src, 1)
+    summary(env)
+    shutil.rmtree(dst)
+    os.rename(old, dst)
+    # The local record lists day 1's files, the remote does not hold them: verify
+    # judges the remote by its own record, and restore brings back what it holds.
+    env.run("verify", "b", check=0)
+    out = env.root / "back"
+    env.run("restore", "b", "--to", out, check=0)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_that_committed_on_the_remote_but_not_locally(tree) -> None:
+    """A crash between the remote's block.json and the local state.json: the
+    state is as before the run, the remote a generation ahead."""
+    env, src, dst = tree
+    summary(env)
+    st = env.state / "blocks" / "b"
+    saved = env.root / "saved-state"
+    shutil.copytree(st, saved)
+    a_day(src, 1)
+    summary(env)
+    shutil.rmtree(st)
+    shutil.copytree(saved, st)
+    s = summary(env)
+    assert s["adopted"] and any("updated since" in n for n in s["notices"])
+    assert s["bytes_sent"] == 0  # it has it all already
+    assert_mirror(src, dst)
+
+
+def faketime(when: str) -> dict[str, str]:
+    if not shutil.which("faketime"):
+        pytest.skip("faketime (Debian package faketime) is not installed")
+    lib = subprocess.run(["sh", "-c", "ls /usr/lib/*/faketime/libfaketime.so.1"],
+                         capture_output=True, text=True).stdout.split()
+    if not lib:
+        pytest.skip("libfaketime not found")
+    return {"LD_PRELOAD": lib[0], "FAKETIME": f"@{when}", "DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_clock_steps_never_make_an_old_snapshot_the_newest(tree) -> None:
+    env, src, dst = tree
+    # A clock two years ahead for one run (a bad RTC, a wrong NTP answer) ...
+    env.run("backup", "b", check=0, extra_env=faketime("2030-01-01 00:00:00"))
+    a_day(src, 1)
+    env.run("backup", "b", check=0)  # ... then right again
+    a_day(src, 2)
+    # ... then a year behind.
+    env.run("backup", "b", check=0, extra_env=faketime("2020-06-01 00:00:00"))
+    ids = sorted(p.name[: -len(".jsonl")] for p in (env.state / "blocks" / "b" / "snapshots").iterdir())
+    head = json.loads((env.state / "blocks" / "b" / "state.json").read_bytes())["head"]
+    assert head == ids[-1]  # the last run's id sorts last, whatever the clock said
+    # A restore from the remote alone takes the last backup, not the 2030 one.
+    out = env.root / "back"
+    env.run("restore", "--from", dst, "--to", out, check=0)
+    assert_mirror(src, out)
