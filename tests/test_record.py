@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,59 @@ def test_clock_steps_never_make_an_old_snapshot_the_newest(tree) -> None:
     out = env.root / "back"
     env.run("restore", "--from", dst, "--to", out, check=0)
     assert_mirror(src, out)
+
+
+# --- power cuts on the local side ----------------------------------------------
+
+def test_a_moves_journal_record_is_synced_before_the_move(tree, tmp_path: Path) -> None:
+    """A lost record of a move is the one recovery cannot rebuild from the remote:
+    the journal is synced after the move's begin record and before the rename
+    on the remote (seen in the system calls of a real run)."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    env, src, dst = tree
+    summary(env)
+    os.rename(src / "photos", src / "pictures-moved")
+    log = tmp_path / "strace.log"
+    p = subprocess.run(["strace", "-f", "-s", "300", "-e", "trace=write,fsync,fdatasync,renameat2,"
+                        "renameat,rename", "-o", str(log), sys.executable, "-m", "btsoot", "backup",
+                        "b"], env=env.vars(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = log.read_text(errors="replace").splitlines()
+    journal_fd = None
+    synced_after_record = False
+    moves = 0
+    for line in lines:
+        if "write(" in line and '\\"t\\":\\"move\\"' in line and "pictures-moved" in line:
+            journal_fd = line.split("write(", 1)[1].split(",", 1)[0]
+            synced_after_record = False
+        elif journal_fd and ("fsync(" + journal_fd + ")") in line:
+            synced_after_record = True
+        elif "rename" in line and "pictures-moved" in line and ".btsoot" not in line:
+            moves += 1
+            assert synced_after_record, "the move ran before its journal record was synced"
+    assert moves == 1
+    assert_mirror(src, dst)
+
+
+def test_state_renames_are_followed_by_a_sync_of_their_folder(tree, tmp_path: Path) -> None:
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    env, src, dst = tree
+    log = tmp_path / "strace.log"
+    p = subprocess.run(["strace", "-f", "-e", "trace=openat,rename,renameat,renameat2,fsync",
+                        "-o", str(log), sys.executable, "-m", "btsoot", "backup", "b"],
+                       env=env.vars(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = log.read_text(errors="replace").splitlines()
+    state = str(env.state / "blocks" / "b")
+    for target in ("journal.jsonl", "state.json"):
+        at = [i for i, ln in enumerate(lines) if "rename" in ln and f'{target}"' in ln
+              and "= 0" in ln]
+        assert at, target
+        # After the rename: the folder opened and synced.
+        rest = lines[at[-1]:at[-1] + 12]
+        opened = [ln for ln in rest if "openat(" in ln and f'"{state}"' in ln and "O_DIRECTORY" in ln]
+        assert opened, (target, rest)
+        fd = opened[0].rsplit("= ", 1)[1].strip()
+        assert any(f"fsync({fd})" in ln for ln in rest), (target, rest)

@@ -212,6 +212,11 @@ class Config:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the rename survives a power cut
+        finally:
+            os.close(fd)
 
     def get(self, name: str) -> Block:
         try:

@@ -208,7 +208,7 @@ class Executor:
             self._aside += 1
             dst = DAMAGED + b"/" + self.run_id.encode() + b"/" + str(self._aside).encode()
         self.remote.makedirs(dst.rpartition(b"/")[0])
-        i = self.journal.begin(op_record("move", src=path, dst=dst))
+        i = self.journal.begin(op_record("move", src=path, dst=dst), durable=True)
         self.remote.rename(path, dst)
         self.journal.done(i)
         with self._lock:
@@ -306,7 +306,8 @@ class Executor:
             if op.dst.startswith(STASH + b"/") and not self._stash_ready:
                 self.remote.makedirs(op.dst.rpartition(b"/")[0])
                 self._stash_ready = True
-            i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry))
+            i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry),
+                                   durable=True)
             try:
                 self.remote.rename(op.src, op.dst)
             except Blocked:

@@ -25,7 +25,7 @@ import orjson
 from .errors import LocalStateError, StateError
 from .plan import DAMAGED
 from .remotefs import Remote
-from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict
+from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict, fsync_dir
 
 FORMAT = "btsoot-journal"
 VERSION = 1
@@ -66,6 +66,7 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            fsync_dir(os.path.dirname(path) or ".")  # the rename survives a power cut
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as e:
             raise LocalStateError.of(e, path) from None
@@ -74,9 +75,17 @@ class Journal:
         self._lock = threading.Lock()  # begin() runs on every transfer thread
         self._done: list[bytes] = []  # done records not yet written
 
-    def begin(self, rec: dict[str, Any]) -> int:
+    def begin(self, rec: dict[str, Any], durable: bool = False) -> int:
         """Write a begin record (with any done records waiting) before the
-        operation touches the remote; its number is for done()."""
+        operation touches the remote; its number is for done().
+
+        durable: synced before it returns, so even a power cut cannot lose the
+        record of an operation that then happened. Moves ask for it: recovery
+        finds any other operation whose record was lost from the remote's state
+        alone (a file sent again, a delete or mkdir that finds its work done),
+        but a move whose record is lost leaves the record pointing at a path
+        that is gone, including the stash's. The many puts and deletes of a
+        run go without (one sync every few seconds)."""
         # The number is taken under the lock and the caller gets that very number
         # (re-reading self._n later would hand it another thread's).
         with self._lock:
@@ -84,6 +93,8 @@ class Journal:
             i = self._n
             self._done.append(orjson.dumps(dict(rec, i=i, s="b"), option=orjson.OPT_APPEND_NEWLINE))
             self._flush()
+        if durable:
+            self.sync()
         return i
 
     def done(self, i: int, **found: Any) -> None:
