@@ -238,3 +238,42 @@ def test_state_renames_are_followed_by_a_sync_of_their_folder(tree, tmp_path: Pa
         assert opened, (target, rest)
         fd = opened[0].rsplit("= ", 1)[1].strip()
         assert any(f"fsync({fd})" in ln for ln in rest), (target, rest)
+
+
+# --- what vanishes during the walk -----------------------------------------------
+
+def test_a_folder_moved_during_the_scan_is_kept_then_moved(env: Env, monkeypatch) -> None:
+    """z/big is moved to a/big while the walk is between them: this run sees it
+    nowhere. It is kept on the remote as it was (not deleted), and the next run
+    moves it there: nothing sent again."""
+    from btsoot import scanner
+    from btsoot.backup import backup
+    from btsoot.config import Config
+
+    src, dst = env.root / "src", env.root / "remote"
+    put(src / "a" / "keep.txt", b"a")
+    put(src / "m" / "middle.txt", b"m")
+    for i in range(20):
+        put(src / "z" / "big" / f"part{i:02d}.bin", os.urandom(100_000))
+    dst.mkdir()
+    env.run("add", "b", src, dst, check=0)
+    env.run("backup", "b", check=0)
+
+    real_walk = scanner.walk
+
+    def walk_that_races(*args, **kw):
+        for w in real_walk(*args, **kw):
+            if w[0] == b"m":  # a/ is walked, z/ is not yet listed
+                os.rename(src / "z" / "big", src / "a" / "big")
+            yield w
+
+    monkeypatch.setenv("BTSOOT_CONFIG", str(env.config))
+    monkeypatch.setenv("BTSOOT_STATE", str(env.state))
+    monkeypatch.setattr(scanner, "walk", walk_that_races)
+    s = backup(Config.load().get("b")).summary()
+    monkeypatch.undo()
+    assert s["vanished"] >= 1 and "delete" not in s["operations"], s
+    assert len(list((dst / "z" / "big").iterdir())) == 20  # kept for now
+    s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
+    assert s["operations"].get("move-dir") == 1 and s["bytes_sent"] == 0, s
+    assert_mirror(src, dst)

@@ -115,6 +115,7 @@ class BackupResult:
             "errors": [{"path": p.decode("utf-8", "backslashreplace"), "error": w}
                        for p, w in errors],
             "skipped": [p.decode("utf-8", "backslashreplace") for p in s.skipped],
+            "vanished": s.vanished,  # gone while the walk ran: kept as last backed up, this run
             # What stood where a damaged entry had to go, kept in REMOTE/.btsoot/damaged/.
             "set_aside": [{"path": p.decode("utf-8", "backslashreplace"),
                            "to": d.decode("utf-8", "backslashreplace")} for p, d in ex.set_aside],

@@ -67,6 +67,11 @@ class ScanStats:
     hashed_bytes: int = 0
     errors: list[tuple[RelPath, str]] = field(default_factory=list)
     skipped: list[RelPath] = field(default_factory=list)  # fifos, sockets, devices
+    # Gone between being listed and being read (deleted, or moved by someone during
+    # the walk, perhaps into the part already walked): kept as last backed up for
+    # this run, decided by the next (a moved folder then becomes a move, not a
+    # deletion now and a full copy tomorrow).
+    vanished: int = 0
 
 
 @dataclass(slots=True)
@@ -228,7 +233,13 @@ def scan(
                 stats.hashed_files += 1
                 stats.hashed_bytes += size
             elif err in (errno.ENOENT, errno.ENOTDIR):
-                entry = None  # vanished since the walk: deleted, not an error
+                # Vanished since it was listed: kept as last backed up, for this run.
+                stats.vanished += 1
+                if it.old is not None and it.old.get("type") == FILE:
+                    it.raw = it.old["\0line"]
+                    emit(it)
+                    return
+                entry = None
             else:
                 why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
                 stats.errors.append((w[0], why))
@@ -277,10 +288,40 @@ def scan(
         prev = next(prev_iter, None)
         return obj
 
+    # Subtree that could not be listed: previous entries below it carry forward.
+    error_prefix: bytes | None = None
+    # Folders whose content changed while the walk ran (see gone()): asked of the
+    # folder itself when something is missing from it, against the mtime the walk
+    # saw for it (read with its parent's listing, perhaps before the change). No
+    # clock involved: a clock stepped back, or a file server's clock ahead of ours,
+    # must not keep deletions waiting.
+    walked_dirs: dict[bytes, int] = {b"": st.st_mtime_ns}
+    busy: dict[bytes, bool] = {}
+
+    def changed_since_start(folder: bytes) -> bool:
+        known = busy.get(folder)
+        if known is None:
+            seen = walked_dirs.get(folder)
+            try:
+                now = os.lstat(short(root + b"/" + folder) if folder else root).st_mtime_ns
+                known = seen is not None and now != seen
+            except OSError:
+                known = False  # gone itself: decided where its own entry is
+            busy[folder] = known
+        return known
+
     def gone(obj: dict[str, Any], path: bytes) -> None:
-        nonlocal rewritten
+        nonlocal rewritten, error_prefix
         if error_prefix is not None and (path.startswith(error_prefix) or error_prefix == b""):
             pending.append(_Item(path, old=obj, raw=obj["\0line"]))  # unreadable: carry forward
+        elif changed_since_start(path.rpartition(b"/")[0]):
+            # Missing from a folder that changed while the walk ran (listed after
+            # the scan began): perhaps moved into the part already walked. Kept
+            # as last backed up, with all below it, for this run.
+            stats.vanished += 1
+            pending.append(_Item(path, old=obj, raw=obj["\0line"]))
+            if obj.get("type") == DIR:
+                error_prefix = path + b"/"
         else:
             e = entry_from_dict(obj, out_path)
             diff.removed[path] = e
@@ -288,8 +329,6 @@ def scan(
 
     moved = (_InodeIndex(previous.path) if previous is not None and trust_inode and not checksum
              else None)
-    # Subtree that could not be listed: previous entries below it carry forward.
-    error_prefix: bytes | None = None
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
     line_same = scanner.line_same
@@ -311,6 +350,8 @@ def scan(
                     prev = next(prev_iter, None)
                     if kind == scanner.FILE:
                         diff.old_files += 1
+                    else:
+                        walked_dirs[path] = w[3]
                     if pending:
                         pending.append(_Item(path, walk=w, raw=line))
                         drain(False)
@@ -326,10 +367,18 @@ def scan(
                         diff.dirs[path] = _entry(w)  # type: ignore[index]
                     continue
                 old = take_prev() if prev is not None and prev[0] == path else None
+                if kind == scanner.DIR:
+                    walked_dirs[path] = w[3]
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):
+                        # Listed, then gone before it was read: kept as last backed
+                        # up (a folder with all below it) for this run; the next
+                        # decides. Not an error.
+                        stats.vanished += 1
                         if old is not None:
-                            gone(old, path)
+                            pending.append(_Item(path, old=old, raw=old["\0line"]))
+                            if old.get("type") == DIR:
+                                error_prefix = path + b"/"
                         continue
                     stats.errors.append((path, os.strerror(w[7])))
                     if old is not None:
