@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,9 @@ def test_a_folder_moved_during_the_scan_is_kept_then_moved(env: Env, monkeypatch
     def walk_that_races(*args, **kw):
         for w in real_walk(*args, **kw):
             if w[0] == b"m":  # a/ is walked, z/ is not yet listed
+                # (Some time into the scan, as in any scan that matters: file times
+                # come from the kernel's coarse clock, up to a tick behind.)
+                time.sleep(0.05)
                 os.rename(src / "z" / "big", src / "a" / "big")
             yield w
 

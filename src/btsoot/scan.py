@@ -290,21 +290,21 @@ def scan(
 
     # Subtree that could not be listed: previous entries below it carry forward.
     error_prefix: bytes | None = None
-    # Folders whose content changed while the walk ran (see gone()): asked of the
-    # folder itself when something is missing from it, against the mtime the walk
-    # saw for it (read with its parent's listing, perhaps before the change). No
-    # clock involved: a clock stepped back, or a file server's clock ahead of ours,
-    # must not keep deletions waiting.
-    walked_dirs: dict[bytes, int] = {b"": st.st_mtime_ns}
+    # Folders whose content changed after the walk began (see gone()): asked of the
+    # folder itself when something is missing from it. Its mtime must fall between
+    # the scan's start and now: a folder stamped in the future (a clock stepped
+    # back, a file server's clock ahead of ours) proves nothing, and must not keep
+    # deletions waiting. No margin below the start: a deletion made just before
+    # the run must not wait a run (where the file system keeps whole seconds, a
+    # change in the scan's first second is therefore missed).
     busy: dict[bytes, bool] = {}
 
     def changed_since_start(folder: bytes) -> bool:
         known = busy.get(folder)
         if known is None:
-            seen = walked_dirs.get(folder)
             try:
-                now = os.lstat(short(root + b"/" + folder) if folder else root).st_mtime_ns
-                known = seen is not None and now != seen
+                m = os.lstat(short(root + b"/" + folder) if folder else root).st_mtime_ns
+                known = started <= m <= time.time_ns()
             except OSError:
                 known = False  # gone itself: decided where its own entry is
             busy[folder] = known
@@ -350,8 +350,6 @@ def scan(
                     prev = next(prev_iter, None)
                     if kind == scanner.FILE:
                         diff.old_files += 1
-                    else:
-                        walked_dirs[path] = w[3]
                     if pending:
                         pending.append(_Item(path, walk=w, raw=line))
                         drain(False)
@@ -367,8 +365,6 @@ def scan(
                         diff.dirs[path] = _entry(w)  # type: ignore[index]
                     continue
                 old = take_prev() if prev is not None and prev[0] == path else None
-                if kind == scanner.DIR:
-                    walked_dirs[path] = w[3]
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):
                         # Listed, then gone before it was read: kept as last backed
