@@ -107,6 +107,32 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def sftp_server_pids(work: Path) -> list[int]:
+    """The processes serving the SFTP sessions of the sshd that `sshfs(work)` runs."""
+    cfg = str(work / "ssh" / "sshd_config").encode()
+    out: list[int] = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if cfg not in f.read():
+                    continue
+        except OSError:
+            continue
+        todo = _children(int(d))
+        while todo:
+            pid = todo.pop()
+            todo += _children(pid)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"internal-sftp" in f.read():
+                        out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

@@ -281,3 +281,37 @@ def test_a_folder_moved_during_the_scan_is_kept_then_moved(env: Env, monkeypatch
     s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
     assert s["operations"].get("move-dir") == 1 and s["bytes_sent"] == 0, s
     assert_mirror(src, dst)
+
+
+# --- durability that reaches the far end ---------------------------------------
+
+def test_on_sshfs_every_file_sent_is_synced_on_the_server(env: Env, tmp_path: Path) -> None:
+    """syncfs on an sshfs mount sends nothing to the server; the profile knows,
+    and each file is fsynced before its rename, which sshfs carries to the
+    server (counted in the server's own system calls)."""
+    import remotes
+
+    remotes.need("sshfs", "strace")
+    with remotes.mount("sshfs", tmp_path / "w") as dst:
+        src = env.root / "src"
+        for i in range(12):
+            put(src / "d" / f"f{i:02d}", os.urandom(1000 + i))
+        put(src / "big", os.urandom(3 << 20))  # beyond the compiled small-file copy
+        env.run("add", "b", src, dst, check=0)
+        pids = remotes.sftp_server_pids(tmp_path / "w")
+        assert pids, "no sftp session found"
+        log = tmp_path / "server.strace"
+        tracer = subprocess.Popen(["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(log)]
+                                  + [a for pid in pids for a in ("-p", str(pid))],
+                                  stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # attached
+            s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
+        finally:
+            tracer.terminate()
+            tracer.wait(10)
+        assert s["operations"].get("copy") == 13
+        synced = [ln for ln in log.read_text().splitlines() if "fsync(" in ln and "= 0" in ln]
+        # 13 files, and the remote's snapshot and block.json.
+        assert len(synced) >= 13, log.read_text()[-2000:]
+        env.run("verify", "b", check=0)  # (sshfs keeps whole seconds: no byte-exact mirror)

@@ -62,7 +62,7 @@ def line_same(line: bytes, w: WalkEntry, racy_before: int) -> bool:
 SMALL_COPY_MAX: int
 
 def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mtime_ns: int,
-               mode: int, expect_digest: str | None) -> tuple[str | None, int, int]:
+               mode: int, expect_digest: str | None, sync: bool = False) -> tuple[str | None, int, int]:
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
 
     The source must have size and mtime_ns before and after it is read, and

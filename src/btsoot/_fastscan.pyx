@@ -72,7 +72,7 @@ from posix.fcntl cimport (AT_SYMLINK_NOFOLLOW, F_SETFL, O_CLOEXEC, O_CREAT, O_DI
                           posix_fadvise)
 from posix.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmod, fstat, fstatat, futimens, stat, struct_stat
 from posix.time cimport timespec
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, fsync, read, write
 
 import os
 
@@ -790,9 +790,11 @@ SMALL_COPY_MAX = _BUFSIZE
 
 
 cdef int _write_out(int dfd, const char* tmp, const char* final, const char* buf, size_t n,
-                    int mode, long long mtime_ns) noexcept nogil:
+                    int mode, long long mtime_ns, bint sync) noexcept nogil:
     """Write buf to tmp (new), set mode and mtime, rename onto final, both names
-    relative to the folder descriptor dfd; 0 or errno."""
+    relative to the folder descriptor dfd; 0 or errno. With sync, tmp is fsynced
+    before the rename (where a sync of the whole file system does not reach the
+    far end: sshfs)."""
     cdef int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
     cdef Py_ssize_t w
     cdef size_t done = 0
@@ -819,6 +821,8 @@ cdef int _write_out(int dfd, const char* tmp, const char* final, const char* buf
         times[1] = times[0]
         if futimens(fd, times) != 0:
             err = errno
+    if err == 0 and sync and fsync(fd) != 0:
+        err = errno
     if close(fd) != 0 and err == 0:
         err = errno
     if err == 0 and renameat(dfd, tmp, dfd, final) != 0:
@@ -829,7 +833,7 @@ cdef int _write_out(int dfd, const char* tmp, const char* final, const char* buf
 
 
 def copy_small(src, int dir_fd, tmp, final, long long size, long long mtime_ns, int mode,
-               expect_digest):
+               expect_digest, bint sync=False):
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side).
 
     The source must have `size` and `mtime_ns` before and after it is read, and
@@ -837,7 +841,8 @@ def copy_small(src, int dir_fd, tmp, final, long long size, long long mtime_ns, 
     is written. Then the bytes go to tmp (created, mode 0600, never through a
     link), get `mode` and `mtime_ns`, and tmp is renamed onto final; tmp and
     final are names in the folder dir_fd (or paths, with AT_FDCWD, as `os`
-    spells it: -100). err is 0, CHANGED, or an errno;
+    spells it: -100); with sync, tmp is fsynced before the rename. err is 0,
+    CHANGED, or an errno;
     side says where an errno came from: 0 the source, 1 the remote (tmp is
     removed then).
     """
@@ -867,7 +872,7 @@ def copy_small(src, int dir_fd, tmp, final, long long size, long long mtime_ns, 
         if expect_digest is not None and digest != expect_digest:
             return (None, K_CHANGED, 0)
         with nogil:
-            err = _write_out(dir_fd, ctmp, cfinal, r.buf, r.got, mode, mtime_ns)
+            err = _write_out(dir_fd, ctmp, cfinal, r.buf, r.got, mode, mtime_ns, sync)
         if err != 0:
             return (None, err, 1)
         return (digest, 0, 0)

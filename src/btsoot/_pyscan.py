@@ -213,7 +213,7 @@ AT_FDCWD = -100  # Linux's value: "paths, not names in a folder descriptor"
 
 
 def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mtime_ns: int,
-               mode: int, expect_digest: str | None) -> tuple[str | None, int, int]:
+               mode: int, expect_digest: str | None, sync: bool = False) -> tuple[str | None, int, int]:
     """Copy a file smaller than SMALL_COPY_MAX: (digest, err, side); see _fastscan."""
     if size >= SMALL_COPY_MAX:
         raise ValueError("copy_small: file too large")
@@ -257,6 +257,8 @@ def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mti
                 view = view[os.write(out, view):]
             os.fchmod(out, mode & 0o7777)
             os.utime(out, ns=(mtime_ns, mtime_ns))
+            if sync:
+                os.fsync(out)
         finally:
             os.close(out)
         os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -391,7 +391,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             ex = Executor(block.source, remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
-                          small_inline=not network).run(plan)
+                          small_inline=not network,
+                          sync_files=not prof.sync_reaches_disk).run(plan)
             _cleanup_meta(remote)
             try:
                 syncfs(block.remote)

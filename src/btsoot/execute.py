@@ -88,6 +88,7 @@ class Executor:
         jobs: int = 4,
         on_progress: Callable[[ExecStats], None] | None = None,
         small_inline: bool = False,
+        sync_files: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -106,6 +107,10 @@ class Executor:
         # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
         # pool (local disks: see remote.NETWORK_FS).
         self.small_inline = small_inline
+        # Where one sync of the remote's file system does not reach the far end
+        # (sshfs: the profile's sync_reaches_disk), each file written is fsynced
+        # before its rename, on the transfer threads, so the syncs overlap.
+        self.sync_files = sync_files
         self.short = ShortPaths()
 
     def s(self, rel: bytes) -> bytes:
@@ -455,7 +460,8 @@ class Executor:
                         continue
                     try:
                         with self.remote.at(op.path) as (dfd, name):
-                            n, _, _ = write_file(sfd, dfd, tmp_name, name, entry, False)
+                            n, _, _ = write_file(sfd, dfd, tmp_name, name, entry, False,
+                                                 self.sync_files)
                     finally:
                         os.close(sfd)
                     with self._lock:
@@ -463,7 +469,7 @@ class Executor:
                 else:
                     with self.remote.at(op.path) as (dfd, name):
                         n, digest, chunks = write_file(self.s(op.path), dfd, tmp_name, name,
-                                                       entry, True)
+                                                       entry, True, self.sync_files)
                     with self._lock:
                         self.stats.bytes_sent += n
                     if entry.digest is None:  # hashed while sent

@@ -131,7 +131,7 @@ class SourceChanged(Exception):
 
 
 def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry,
-               check_source: bool) -> tuple[int, str | None, list[str] | None]:
+               check_source: bool, sync: bool = False) -> tuple[int, str | None, list[str] | None]:
     """Copy src (a path, or an open descriptor the caller closes) to dst_tmp, set
     mode and mtime, rename onto dst_final; both are names in the remote folder
     dfd (see remotefs), so nothing is written through a link.
@@ -144,6 +144,9 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
     the digest of what was actually written cannot miss it.) An entry without
     a digest (the scan left hashing to the copy) takes the digest written.
 
+    With sync, the file is fsynced before the rename: for remotes where one sync
+    of the whole file system at the end does not reach the far end (sshfs).
+
     Returns (bytes copied, digest, chunk digests) — the digests only when the
     copy computed them.
     """
@@ -153,7 +156,7 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
         # cost more than the copying).
         assert isinstance(src, bytes)
         digest, err, side = scanner.copy_small(src, dfd, dst_tmp, dst_final, entry.size,
-                                               entry.mtime_ns, entry.mode, entry.digest)
+                                               entry.mtime_ns, entry.mode, entry.digest, sync)
         if err == scanner.CHANGED:
             raise SourceChanged()
         if err:
@@ -196,6 +199,8 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
                         or (entry.digest is not None and digest != entry.digest)):
                     raise SourceChanged()
             os.fchmod(tfd, entry.mode & 0o7777)
+            if sync:
+                os.fsync(tfd)
         except BaseException:
             os.close(tfd)
             _unlink_quiet(dfd, dst_tmp)
