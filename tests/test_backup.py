@@ -118,8 +118,9 @@ def test_every_operation_type(block: tuple[Env, Path, Path]) -> None:
     from btsoot.snapshot import SnapshotReader
 
     snaps = sorted(os.listdir(dst / ".btsoot/snapshots"))
-    assert snaps[0].endswith(".full.jsonl.gz") and snaps[-1].startswith(s["snapshot"])
-    assert all(re.fullmatch(r"[0-9T.]+Z\.(full|delta)\.jsonl\.gz", n) for n in snaps)
+    assert snaps[0].endswith((".full.jsonl.gz", ".full-copy.jsonl.gz"))
+    assert snaps[-1].startswith(s["snapshot"])
+    assert all(re.fullmatch(r"[0-9T.]+Z\.(full|full-copy|delta)\.jsonl\.gz", n) for n in snaps)
     _, entries = rmt.load(str(dst))
     with SnapshotReader(str(env.state / "blocks/b/snapshots" / f"{s['snapshot']}.jsonl")) as r:
         local = [(e.path, e.kind, e.digest, e.mode, e.mtime_ns, e.target) for e in r]

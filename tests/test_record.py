@@ -315,3 +315,95 @@ def test_on_sshfs_every_file_sent_is_synced_on_the_server(env: Env, tmp_path: Pa
         # 13 files, and the remote's snapshot and block.json.
         assert len(synced) >= 13, log.read_text()[-2000:]
         env.run("verify", "b", check=0)  # (sshfs keeps whole seconds: no byte-exact mirror)
+
+
+# --- the remote's record survives damage ------------------------------------------
+
+def _flip(p: Path, at: float) -> None:
+    data = bytearray(p.read_bytes())
+    i = int(len(data) * at)
+    data[i] ^= 0x55
+    p.write_bytes(bytes(data))
+
+
+def test_a_damaged_full_snapshot_on_the_remote_is_read_from_its_copy(tree) -> None:
+    env, src, dst = tree
+    summary(env)
+    snaps = dst / ".btsoot" / "snapshots"
+    full = sorted(snaps.glob("*.full.jsonl.gz"))
+    copies = sorted(snaps.glob("*.full-copy.jsonl.gz"))
+    assert len(full) == len(copies) == 1
+    assert gzip_lines(full[0]) == gzip_lines(copies[0])
+    a_day(src, 1)
+    summary(env)  # a delta on top
+    _flip(full[0], 0.5)
+    env.run("restore", "--from", dst, "--to", env.root / "r1", check=0)
+    assert_mirror(src, env.root / "r1")
+    full[0].unlink()
+    env.run("restore", "--from", dst, "--to", env.root / "r2", check=0)
+    assert_mirror(src, env.root / "r2")
+    _flip(copies[0], 0.5)  # both gone now: refused, never a wrong restore
+    p = env.run("restore", "--from", dst, "--to", env.root / "r3", check=8)
+    assert "snapshot" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_copies_of_full_snapshots_are_pruned_with_them(tree) -> None:
+    env, src, dst = tree
+    env.config.write_text(env.config.read_text().replace("keep_snapshots = 30",
+                                                         "keep_snapshots = 1"))
+    summary(env)
+    a_day(src, 1)
+    summary(env)
+    snaps = dst / ".btsoot" / "snapshots"
+    first = sorted(p.name for p in snaps.iterdir())
+    assert len(first) == 3, first  # full, its copy, a delta
+    # The local state lost: the next run starts from the remote's record and
+    # writes a new full snapshot; the old one, its copy and the delta go.
+    shutil.rmtree(env.state / "blocks" / "b")
+    a_day(src, 2)
+    s = summary(env)
+    assert s["adopted"]
+    now = sorted(p.name for p in snaps.iterdir())
+    assert not set(now) & set(first), now
+    assert len(now) == 2 and now[0].split(".full")[0] == now[1].split(".full")[0], now
+    assert_mirror(src, dst)
+
+
+def gzip_lines(p: Path) -> list[bytes]:
+    import gzip
+
+    return gzip.decompress(p.read_bytes()).splitlines()
+
+
+def test_the_remote_restores_itself_without_btsoot(env: Env, tmp_path: Path) -> None:
+    """REMOTE/.btsoot/restore.py, run by a bare interpreter (isolated: no btsoot,
+    no xxhash, no site-packages), gives back the tree byte for byte: names that
+    are not UTF-8, modes, mtimes, links, a delta on top of the full snapshot,
+    a damaged first copy of the full snapshot."""
+    src, dst = env.root / "src", env.root / "remote"
+    s_ = os.fsencode(src)
+    put(src / "docs" / "a.txt", b"alpha")
+    put(src / "docs" / "ro.txt", b"read-only")
+    os.chmod(src / "docs" / "ro.txt", 0o444)
+    os.makedirs(s_ + b"/caf\xe9")
+    with open(s_ + b"/caf\xe9/\xff.bin", "wb") as f:
+        f.write(os.urandom(70_000))
+    os.symlink("docs/a.txt", src / "link")
+    dst.mkdir()
+    env.run("add", "b", src, dst, check=0)
+    env.run("backup", "b", check=0)
+    put(src / "docs" / "a.txt", b"alpha, edited")
+    put(src / "new.txt", b"new")
+    env.run("backup", "b", check=0)
+    guide = dst / ".btsoot"
+    assert (guide / "FORMAT.txt").read_text().startswith("What this folder is")
+    _flip(sorted((guide / "snapshots").glob("*.full.jsonl.gz"))[0], 0.6)
+    out = tmp_path / "restored"
+    p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(guide / "restore.py"), str(out)],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "restored snapshot" in p.stdout and "problems" not in p.stdout
+    assert_mirror(src, out)
+    listed = subprocess.run(["/usr/bin/python3", "-I", "-S", str(guide / "restore.py"), "--list"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "delta" in listed.stdout and "full" in listed.stdout

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,6 +210,12 @@ def test_awkward_names(env: Env, mounted: tuple[str, Path]) -> None:
     want = {k: v for k, v in tree_state(src).items() if k not in lost}
     got = tree_state(restored)
     assert got == want, sorted(set(got) ^ set(want)) or [k for k in got if got[k] != want[k]]
+    # The remote's own restore script, with a bare interpreter, decodes the names too.
+    bare = env.root / "bare"
+    p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(remote / ".btsoot" / "restore.py"),
+                        str(bare)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert tree_state(bare) == want
 
     # a second run has nothing to do, or refuses exactly the same paths again
     s2, err2 = backup(env, 3 if lost else 0)
@@ -246,6 +253,10 @@ def test_case_twins_on_exfat(env: Env, mounted: tuple[str, Path]) -> None:
     assert not (v["missing"] or v["corrupt"] or v["extra"] or v["errors"]), v
     env.run("restore", "--from", remote, "--to", env.root / "back", check=0)
     assert_mirror(src, env.root / "back")
+    p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(remote / ".btsoot" / "restore.py"),
+                        str(env.root / "bare")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert_mirror(src, env.root / "bare")
     s2, _ = backup(env, 0)
     assert s2["result"] == "nothing", s2
 

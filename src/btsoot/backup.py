@@ -653,7 +653,8 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         )
         try:
             if full:
-                meta_bytes = rmt.write_full(remote, hdr, _read(out)())
+                meta_bytes = rmt.write_full(remote, hdr, _read(out))
+                rmt.write_guide(remote)
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:
                 assert head.remote_head is not None and committed is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -190,19 +190,49 @@ def _strip(e: Entry) -> Entry:
     return replace(e, ino=0, dev=0) if e.ino or e.dev else e
 
 
-def write_full(remote: Remote, header: Header, entries: Iterable[Entry]) -> int:
-    rel = meta_rel("snapshots", f"{header.id}.full.jsonl.gz")
-    with remote.path(rel) as path:
-        w = SnapshotWriter(os.fsdecode(path), replace(header, kind="full", base=None),
-                           compress=True, local=False)
-        try:
-            for e in entries:
-                w.write(_strip(e))
-        except BaseException:
-            w.abort()
-            raise
-        w.commit()
-    return remote.lstat(rel).st_size
+COPY_SUFFIX = ".full-copy.jsonl.gz"
+
+
+def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[Entry]]) -> int:
+    """Write a full snapshot, twice: ID.full.jsonl.gz and its copy ID.full-copy.jsonl.gz.
+
+    The remote's record is the one place where what a restore needs is kept
+    (encoded names, modes, targets): one damaged file there must not cost the
+    backup. Deltas are small and each only one step; a damaged one leaves the
+    snapshots before it readable. Returns the bytes of one copy."""
+    size = 0
+    for name in (f"{header.id}.full.jsonl.gz", f"{header.id}{COPY_SUFFIX}"):
+        rel = meta_rel("snapshots", name)
+        with remote.path(rel) as path:
+            w = SnapshotWriter(os.fsdecode(path), replace(header, kind="full", base=None),
+                               compress=True, local=False)
+            try:
+                for e in entries():
+                    w.write(_strip(e))
+            except BaseException:
+                w.abort()
+                raise
+            w.commit()
+        size = remote.lstat(rel).st_size
+    return size
+
+
+# Beside the snapshots, for a person with only the disk: how to read them, and a
+# restore with the Python standard library alone (written with each full snapshot).
+GUIDE = (("standalone_restore.py", "restore.py"), ("remote_format.txt", "FORMAT.txt"))
+
+
+def write_guide(remote: Remote) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for src, name in GUIDE:
+        with open(os.path.join(here, src), "rb") as f:
+            data = f.read()
+        tmp = meta_rel(name + ".tmp")
+        with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        remote.rename(tmp, meta_rel(name))
 
 
 def _strip_obj(d: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +297,10 @@ def list_snapshots(remote: str) -> dict[str, tuple[str, str]]:
             suffix = f".{kind}.jsonl.gz"
             if n.endswith(suffix):
                 out[n[: -len(suffix)]] = (kind, os.path.join(d, n))
+    for n in names:  # a full snapshot whose first file is gone: its copy stands in
+        if n.endswith(COPY_SUFFIX) and n[: -len(COPY_SUFFIX)] not in out:
+            sid = n[: -len(COPY_SUFFIX)]
+            out[sid] = ("full", os.path.join(d, sid + ".full.jsonl.gz"))
     return out
 
 
@@ -315,6 +349,22 @@ def chain(remote: str, snap_id: str | None = None) -> list[str]:
     raise last_err
 
 
+def _read_full(path: str) -> tuple[Header, dict[bytes, Entry]]:
+    """A full snapshot, from its copy where the first is damaged or missing."""
+    copy = path[: -len(".full.jsonl.gz")] + COPY_SUFFIX
+    try:
+        with SnapshotReader(path) as r:
+            return r.header, {e.path: e for e in r}
+    except StateError as first:
+        if not os.path.exists(copy):
+            raise
+        try:
+            with SnapshotReader(copy) as r:
+                return r.header, {e.path: e for e in r}
+        except StateError:
+            raise first from None
+
+
 def _named_snapshot(remote: str) -> str | None:
     try:
         ident = read_block_id(remote)
@@ -338,6 +388,9 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
     table: dict[bytes, Entry] = {}
     header: Header | None = None
     for path in files:
+        if path.endswith(".full.jsonl.gz"):
+            header, table = _read_full(path)
+            continue
         with SnapshotReader(path) as r:
             header = r.header
             if r.header.kind == "full":
@@ -378,6 +431,8 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
     names = [os.fsdecode(n) for n in remote.listdir(d)]
     doomed = [n for n in names if ".jsonl.gz.tmp." in n]
     doomed += [os.path.basename(p) for _, p in snaps.values() if os.path.basename(p) not in needed]
+    doomed += [n for n in names if n.endswith(COPY_SUFFIX)
+               and n[: -len(COPY_SUFFIX)] + ".full.jsonl.gz" not in needed]
     for n in doomed:
         try:
             remote.unlink(d + b"/" + os.fsencode(n))
