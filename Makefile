@@ -22,7 +22,7 @@ compare:
 	$(PYTHON) benchmarks/compare.py
 
 stress:
-	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py
+	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py
 
 wheel:
 	$(PYTHON) -m build --wheel --outdir dist .

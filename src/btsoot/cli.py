@@ -131,17 +131,26 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         t.add_column(col)
     for r in rows:
         last = r["last_run"]
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["started"])) if last else "never"
-        t.add_row(r["name"], r["source"], r["remote"], when, last.get("result", "-"),
-                  str(last.get("files", "-")),
-                  _human(last["bytes"]) if "bytes" in last else "-")
+        # (The run log is read as written, by whatever wrote it: every field checked.)
+        when = _when(last.get("started")) if last else "never"
+        files, size = last.get("files"), last.get("bytes")
+        t.add_row(r["name"], r["source"], r["remote"], when, str(last.get("result", "-")),
+                  str(files) if type(files) is int else "-",
+                  _human(size) if type(size) is int and size >= 0 else "-")
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
-            for rem in sorted(r["remotes"], key=lambda x: -int(x.get("updated_ns", 0))):
-                upd = time.strftime("%Y-%m-%d %H:%M",
-                                    time.localtime(int(rem.get("updated_ns", 0)) / 1e9))
+            for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
+                ns = rem.get("updated_ns")
+                upd = _when(ns / 1e9 if type(ns) is int else None)
                 t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
                           f"generation {rem.get('generation')}", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
+
+
+def _when(t: object) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Block]:

@@ -28,6 +28,7 @@ import orjson
 
 from . import mounts
 from .names import Codec
+from .plan import DAMAGED
 from .remotefs import Remote
 
 FORMAT = "btsoot-profile"
@@ -110,6 +111,16 @@ def ensure(remote: Remote) -> Profile:
     if p is not None and p.identity == ident:
         return p
     p = probe(remote)
+    try:
+        st = remote.lstat(PROFILE)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # Something else stands where the profile goes (a folder, a fifo): set
+        # aside like anything in btsoot's way, never deleted.
+        aside = DAMAGED + b"/profile.json-" + str(time.time_ns()).encode()
+        remote.makedirs(DAMAGED)
+        remote.rename(PROFILE, aside)
     save(remote, p)
     return p
 

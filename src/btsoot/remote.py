@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -39,6 +40,7 @@ from .state import Head
 
 META = ".btsoot"
 MAX_DELTAS = 20
+IDENT_VERSION = 1  # of block.json
 
 
 # File systems where each operation waits on a network round trip: every
@@ -80,16 +82,32 @@ def read_block_id(remote: str) -> dict[str, Any] | None:
     """REMOTE/.btsoot/block.json, checked (StateError if damaged); None if absent."""
     where = meta(remote, "block.json")
     try:
-        with open(where, "rb") as f:
-            d = orjson.loads(f.read())
+        # Only a regular file, never through a link: a fifo there must not hang the run.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise StateError(f"{where}: unreadable ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError(f"{where}: not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            d = orjson.loads(f.read(1 << 20))
     except (OSError, orjson.JSONDecodeError) as e:
         raise StateError(f"{where}: unreadable ({e})") from None
+    finally:
+        os.close(fd)
     return _valid_ident(d, where)
 
 
 def _valid_ident(d: Any, where: str) -> dict[str, Any]:
+    if isinstance(d, dict) and (d.get("format") != "btsoot-remote"
+                                or type(d.get("version")) is not int or d["version"] < 1):
+        raise StateError(f"{where}: not a btsoot remote's block.json (format, version)")
+    if isinstance(d, dict) and d["version"] > IDENT_VERSION:
+        raise StateError(f"{where}: version {d['version']} is newer than this btsoot "
+                         "understands; upgrade btsoot")
     ok = (isinstance(d, dict) and isinstance(d.get("block"), str)
           and isinstance(d.get("remote_id", ""), str)
           and isinstance(d.get("snapshot", ""), (str, type(None)))

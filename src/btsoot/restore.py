@@ -58,7 +58,7 @@ from .errors import (
 from .names import Codec, decode
 from .plan import is_under, merge, parent
 from .remotefs import Remote
-from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader
+from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader, bad_path
 from .state import BlockState
 from .transfer import copy_fd, syncfs, temp_name
 
@@ -178,16 +178,7 @@ def _lister(entries: list[Entry]) -> Callable[[], Iterator[Entry]]:
 
 def unsafe_path(path: bytes) -> str | None:
     """Why path must not be joined below a root (None if it is safe)."""
-    if not path:
-        return "has an empty path"
-    if b"\x00" in path:
-        return "contains a NUL byte"
-    if path.startswith(b"/"):
-        return "is an absolute path"
-    for part in path.split(b"/"):
-        if part in (b"", b".", b".."):
-            return "has an empty, '.' or '..' component"
-    return None
+    return bad_path(path)
 
 
 class EntryChecker:

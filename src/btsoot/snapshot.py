@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import errno
 import gzip
 import os
 import stat
@@ -233,21 +234,26 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             raise ValueError("missing path or unknown type")
         chunks = d.get("chunks")
         size, mtime, mode = d.get("size", 0), d["mtime"], d["mode"]
-        if not all(type(v) is int for v in (size, mtime, mode)):
-            raise ValueError("size, mtime and mode must be integers")
+        ino, dev = d.get("ino", 0), d.get("dev", 0)
+        if not all(type(v) is int for v in (size, mtime, mode, ino, dev)):
+            raise ValueError("size, mtime, mode, ino and dev must be integers")
         if not 0 <= size < _I64 or not -_I64 < mtime < _I64:
             raise ValueError("size or mtime out of range")
-        fmt = stat.S_IFMT(mode)
-        if mode & ~0o177777 or fmt not in (0, _IFMT[kind]):
-            raise ValueError(f"mode {mode:o} is not one a {kind} can have")
+        if not (0 <= ino < _U64 and 0 <= dev < _U64):
+            raise ValueError("ino or dev out of range")
+        if not 0 <= mode <= 0o177777 or stat.S_IFMT(mode) not in (0, _IFMT[kind]):
+            raise ValueError(f"mode {mode} is not one a {kind} can have")
+        why = bad_path(path)
+        if why is not None:
+            raise ValueError(f"path {path!r} {why}")
         return Entry(
             path=path,
             kind=kind,
             size=size,
             mtime_ns=mtime,
             mode=mode,
-            ino=int(d.get("ino", 0)),
-            dev=int(d.get("dev", 0)),
+            ino=ino,
+            dev=dev,
             digest=_opt_str(d.get("digest")),
             chunks=tuple(_opt_str(c) for c in chunks) if chunks is not None else None,
             target=_get_bytes(d, "target"),
@@ -258,6 +264,24 @@ def entry_from_dict(d: Any, where: str) -> Entry:
 
 
 _I64 = 1 << 63  # what the kernel's times and sizes hold
+_U64 = 1 << 64  # inode and device numbers
+
+
+def bad_path(path: bytes) -> str | None:
+    """Why path cannot name an entry below a root (None if it can): every path
+    read from state is checked, so none can lead a plan, a restore or a verify
+    outside the remote or the destination, or into a call that refuses it."""
+    if not path:
+        return "has an empty path"
+    if path[0] == 0x2F:
+        return "is an absolute path"
+    if b"\0" in path:
+        return "contains a NUL byte"
+    if (path[-1] == 0x2F or b"//" in path or path in (b".", b"..")
+            or path.startswith((b"./", b"../")) or path.endswith((b"/.", b"/.."))
+            or b"/./" in path or b"/../" in path):
+        return "has an empty, '.' or '..' component"
+    return None
 _IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 
 _INTS = ("mtime", "mode")
@@ -294,10 +318,22 @@ def encode_entry(e: Entry) -> bytes:
 
 
 def _open_read(path: str) -> IO[bytes]:
-    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    """A snapshot file for reading, gzip or plain. Never through a link, and only a
+    regular file: a fifo planted in its place must not hang the run."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     if f.read(2) == b"\x1f\x8b":
-        f.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        f.seek(0)
+        gz = gzip.GzipFile(fileobj=f, mode="rb")
+        gz.myfileobj = f  # type: ignore[assignment]  # closed with it, as gzip.open closes its own
+        return gz  # type: ignore[return-value]
     f.seek(0)
     return f
 
