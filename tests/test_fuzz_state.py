@@ -58,6 +58,9 @@ from hypothesis import strategies as st
 import torture
 from conftest import Env, tree_state
 
+# State parsing is the same in both cores: the pure-Python twin's run skips it.
+pytestmark = pytest.mark.slow
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
