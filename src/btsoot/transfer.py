@@ -130,6 +130,20 @@ class SourceChanged(Exception):
     """The source file's size or mtime moved while it was copied."""
 
 
+def _open_source(path: bytes) -> tuple[int, os.stat_result]:
+    """A source file opened for reading (never through a link) and its stat; a
+    failure is the source's (SourceError)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError.of(e, path) from None
+    try:
+        return fd, os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise SourceError.of(e, path) from None
+
+
 def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry,
                check_source: bool, sync: bool = False) -> tuple[int, str | None, list[str] | None]:
     """Copy src (a path, or an open descriptor the caller closes) to dst_tmp, set
@@ -166,15 +180,7 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
     # src as a path is the source; as a descriptor, a file on the remote (a remote-side
     # copy): only the source's errors are SourceError.
     if isinstance(src, bytes):
-        try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise SourceError.of(e, src) from None
-        try:
-            st = os.fstat(sfd)
-        except OSError as e:
-            os.close(sfd)
-            raise SourceError.of(e, src) from None
+        sfd, st = _open_source(src)
     else:
         sfd = src
         st = os.fstat(sfd)
@@ -250,12 +256,8 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
     content the entry's digest describes.
     """
     assert entry.chunks is not None
+    sfd, st = _open_source(src_path)
     try:
-        sfd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise SourceError.of(e, src_path) from None
-    try:
-        st = os.fstat(sfd)
         if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
             raise SourceChanged()
         header = {"format": PATCH_FORMAT, "size": entry.size, "mode": entry.mode & 0o7777,
