@@ -487,8 +487,8 @@ class SnapshotReader:
 
     def __iter__(self) -> Iterator[Entry]:
         prev: bytes | None = None
-        for obj in self.records():
-            e = entry_from_dict(obj, self.path)
+        for lineno, _, line in self._lines():
+            e = entry_from_dict(self._load(line, lineno), f"{self.path}:{lineno}")
             k = sort_key(e.path)
             if prev is not None and k <= prev:
                 raise StateError(f"{self.path}: entries out of order at {e.path!r}")
