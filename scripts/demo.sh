@@ -39,4 +39,8 @@ run verify demo
 echo "--- the disaster case: restore from the remote alone into a new folder"
 run restore --from "$demo/offsite" --to "$demo/restored"
 diff -r "$demo/source" "$demo/restored" && echo "restored tree is identical to the source"
+echo "--- and with no btsoot at all: the remote's own restore.py, the system's python3 alone"
+echo "+ python3 $demo/offsite/.btsoot/restore.py $demo/bare"
+/usr/bin/python3 -I -S "$demo/offsite/.btsoot/restore.py" "$demo/bare"
+diff -r "$demo/source" "$demo/bare" && echo "that tree is identical to the source too"
 echo "demo finished: source $demo/source mirrored to $demo/offsite"
