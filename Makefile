@@ -10,9 +10,10 @@ install:
 dev:
 	$(PIP) install -e '.[test]'
 
+# The README's test command: the project venv, linters, the suite with the
+# compiled core and again with the pure-Python twin.
 test:
-	BTSOOT_REQUIRE_COMPILED=1 $(PYTHON) -m pytest -q
-	BTSOOT_PUREPYTHON=1 $(PYTHON) -m pytest -q -m 'not slow' tests/test_scanner.py tests/test_backup.py
+	bash scripts/test.sh
 
 bench:
 	$(PYTHON) benchmarks/bench_core.py
