@@ -67,10 +67,10 @@ class ScanStats:
     hashed_bytes: int = 0
     errors: list[tuple[RelPath, str]] = field(default_factory=list)
     skipped: list[RelPath] = field(default_factory=list)  # fifos, sockets, devices
-    # Gone between being listed and being read (deleted, or moved by someone during
-    # the walk, perhaps into the part already walked): kept as last backed up for
-    # this run, decided by the next (a moved folder then becomes a move, not a
-    # deletion now and a full copy tomorrow).
+    # Folders gone while the walk ran (deleted, or moved by someone during the walk,
+    # perhaps into the part already walked): kept as last backed up for this run,
+    # decided by the next (a moved folder then becomes a move, not a deletion now
+    # and a full copy tomorrow).
     vanished: int = 0
 
 
@@ -233,13 +233,7 @@ def scan(
                 stats.hashed_files += 1
                 stats.hashed_bytes += size
             elif err in (errno.ENOENT, errno.ENOTDIR):
-                # Vanished since it was listed: kept as last backed up, for this run.
-                stats.vanished += 1
-                if it.old is not None and it.old.get("type") == FILE:
-                    it.raw = it.old["\0line"]
-                    emit(it)
-                    return
-                entry = None
+                entry = None  # vanished since the walk: deleted, not an error
             else:
                 why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
                 stats.errors.append((w[0], why))
@@ -314,14 +308,15 @@ def scan(
         nonlocal rewritten, error_prefix
         if error_prefix is not None and (path.startswith(error_prefix) or error_prefix == b""):
             pending.append(_Item(path, old=obj, raw=obj["\0line"]))  # unreadable: carry forward
-        elif changed_since_start(path.rpartition(b"/")[0]):
-            # Missing from a folder that changed while the walk ran (listed after
-            # the scan began): perhaps moved into the part already walked. Kept
-            # as last backed up, with all below it, for this run.
+        elif obj.get("type") == DIR and changed_since_start(path.rpartition(b"/")[0]):
+            # A folder missing from a folder that changed while the walk ran:
+            # perhaps moved into the part already walked. Kept as last backed up,
+            # with all below it, for this run. (Folders only: a file costs little
+            # to send again, and a folder written to all the time, a mailbox,
+            # must not keep its deleted files on the remote run after run.)
             stats.vanished += 1
             pending.append(_Item(path, old=obj, raw=obj["\0line"]))
-            if obj.get("type") == DIR:
-                error_prefix = path + b"/"
+            error_prefix = path + b"/"
         else:
             e = entry_from_dict(obj, out_path)
             diff.removed[path] = e
@@ -367,14 +362,16 @@ def scan(
                 old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
                     if w[7] in (errno.ENOENT, errno.ENOTDIR):
-                        # Listed, then gone before it was read: kept as last backed
-                        # up (a folder with all below it) for this run; the next
-                        # decides. Not an error.
-                        stats.vanished += 1
-                        if old is not None:
+                        # Listed, then gone before it was read. A folder is kept as
+                        # last backed up, with all below it, for this run (moved,
+                        # perhaps, into the part already walked); the next decides.
+                        # A file is deleted. Neither is an error.
+                        if old is not None and old.get("type") == DIR:
+                            stats.vanished += 1
                             pending.append(_Item(path, old=old, raw=old["\0line"]))
-                            if old.get("type") == DIR:
-                                error_prefix = path + b"/"
+                            error_prefix = path + b"/"
+                        elif old is not None:
+                            gone(old, path)
                         continue
                     stats.errors.append((path, os.strerror(w[7])))
                     if old is not None:
