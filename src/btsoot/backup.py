@@ -241,22 +241,23 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             prev_header = r.header
             prev_empty = next(r.raw(), None) is None
     check_source(block, prev_header, override, prev_empty)
-    if new_remote and rmt.read_block_id(block.remote) is not None:
+    ident = rmt.check_remote(block.remote, block.name, head.head is not None and not new_remote)
+    if new_remote and ident is not None:
         raise UsageError(f"remote {block.remote} holds a btsoot backup already: "
                          "--new-remote is for an empty folder joining the block")
-    rmt.check_remote(block.remote, block.name, head.head is not None and not new_remote)
     try:
         remote = Remote(block.remote)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
     with remote:
         return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
-                    progress, t0, new_remote)
+                    progress, t0, ident, new_remote)
 
 
 def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
          remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
-         progress: Progress | None, t0: float, new_remote: bool = False) -> BackupResult:
+         progress: Progress | None, t0: float, found: dict[str, Any] | None,
+         new_remote: bool = False) -> BackupResult:
     run_id = ""  # set once the remote's record is read: ids never go back in time
 
     # What the remote can hold (probed at the first run and when the remote's file
@@ -273,12 +274,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             prof = profiles.ensure(remote)
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
-    try:
-        ident = rmt.read_ident(remote) or {}
-    except StateError:
-        if dry_run or head.head is None:
-            raise
-        ident = {}  # damaged: written again at this run's commit
+    # block.json as check_remote read it; a first run's, written just now, read back.
+    ident = found if found is not None else (rmt.read_ident(remote) or {})
     # The id is also the time people read; "newest" must not depend on the clock:
     # after a step back, ids go on from the newest one known (see snapshot.new_id).
     run_id = new_id(after=max(filter(None, (head.head, ident.get("snapshot"))), default=None))

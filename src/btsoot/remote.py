@@ -171,8 +171,9 @@ def record_differs(head: Head, ident: dict[str, Any]) -> str | None:
             f"local {head.generation})")
 
 
-def check_remote(remote: str, block: str, has_committed: bool) -> None:
-    """Refuse a remote that is missing, foreign, or (on a first run) not empty."""
+def check_remote(remote: str, block: str, has_committed: bool) -> dict[str, Any] | None:
+    """Refuse a remote that is missing, foreign, or (on a first run) not empty;
+    returns its block.json (None on a first run), read once for the whole run."""
     if not os.path.isdir(remote):
         raise GuardError(f"remote {remote} does not exist or is not a folder (is the share mounted?)")
     ident = read_block_id(remote)
@@ -194,6 +195,7 @@ def check_remote(remote: str, block: str, has_committed: bool) -> None:
                 f"remote {remote} is not empty and holds no btsoot backup: refusing to mix "
                 "trees on a first backup; give an empty folder"
             )
+    return ident
 
 
 def init_remote(remote: Remote, block: str) -> None:
