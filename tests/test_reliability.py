@@ -655,6 +655,56 @@ def test_crash_at_every_point_of_a_resumed_runs_commit(block) -> None:
         assert_done(env, src, dst)
 
 
+@pytest.mark.slow
+def test_snapshot_temp_of_a_killed_writer_is_removed_whatever_the_next_kill(block) -> None:
+    """A run killed while writing the second copy of a full snapshot leaves its temp
+    file on the remote. The run after it removes it, wherever that run is killed in
+    turn (it once was removed only by a run that wrote a snapshot: one killed after
+    saving its head left the temp file for every run that had nothing to send)."""
+    env, src, dst = block
+    for i in range(6):
+        write(src / f"d{i % 2}" / f"f{i}", bytes([i]) * (1000 + i))
+
+    def save(to: Path) -> None:
+        to.mkdir()
+        for name in ("src", "remote", "state"):
+            if (env.root / name).exists():
+                shutil.copytree(env.root / name, to / name, symlinks=True)
+
+    def restore(saved: Path) -> None:
+        for name in ("src", "remote", "state"):
+            shutil.rmtree(env.root / name, ignore_errors=True)
+            if (saved / name).exists():
+                shutil.copytree(saved / name, env.root / name, symlinks=True)
+
+    snaps = dst / ".btsoot" / "snapshots"
+    save(env.root / "saved0")
+    # A first backup writes a full snapshot; its second copy last: kill before its rename.
+    _, labels = torture_run(env, trace=env.root / "t.json", args=("--jobs", "1"))
+    renames = [i + 1 for i, lab in enumerate(labels) if lab == "snapshot-write:replace"]
+    assert len(renames) == 2, labels
+    restore(env.root / "saved0")
+    rc, _ = torture_run(env, kill_at=renames[-1], args=("--jobs", "1"))
+    assert rc == -signal.SIGKILL
+    temps = [p.name for p in snaps.iterdir() if ".tmp." in p.name]
+    assert temps and all(".full-copy.jsonl.gz.tmp." in n for n in temps), temps
+    saved = env.root / "saved1"
+    save(saved)
+    _, labels = torture_run(env, trace=env.root / "t2.json", args=("--jobs", "1"))
+    assert_done(env, src, dst)
+    points = [i + 1 for i, lab in enumerate(labels)
+              if lab.partition(":")[0] in ("commit", "snapshot-write", "snapshot-prune")]
+    assert points
+    for idx in points:
+        restore(saved)
+        rc, _ = torture_run(env, kill_at=idx, args=("--jobs", "1"))
+        assert rc == -signal.SIGKILL
+        for _ in range(2):  # a run that finishes what was left, then one with nothing to do
+            r = env.run("backup", "b")
+            assert r.returncode == 0, f"killed at event {idx} ({labels[idx - 1]}): {r.stderr}"
+        assert_done(env, src, dst)
+
+
 # --- restore / verify round trip -------------------------------------------------
 
 def restore_available(env: Env) -> bool:

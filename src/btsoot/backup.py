@@ -287,7 +287,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
 
     # Does the local record describe this remote as it is? (See state.Head.)
     base = committed
-    journal_ok = os.path.exists(st.journal) and (dry_run or _journal_is_for(st, ident, res))
+    interrupted = os.path.exists(st.journal)  # a killed run: the remote gets tidied
+    journal_ok = interrupted and (dry_run or _journal_is_for(st, ident, res))
     why = rmt.record_differs(head, ident) if committed else None
     if why is not None:
         res.notices.append(why + "; planned from the remote's own record")
@@ -408,9 +409,11 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         # Nothing differs in any field: the committed snapshot still says it all.
         os.unlink(st.scan)
         res.snapshot = head.head
+        if interrupted:
+            _tidy(block, remote, st, head, True)
     else:
         res.snapshot, res.remote_meta_bytes = _commit(
-            block, remote, st, sres.header, committed, head, ex, unchanged, ident)
+            block, remote, st, sres.header, committed, head, ex, unchanged, ident, interrupted)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -603,7 +606,7 @@ def _cleanup_meta(remote: Remote) -> None:
 
 def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
             head: Head, ex: ExecStats, unchanged: bool,
-            ident: dict[str, Any]) -> tuple[str, int]:
+            ident: dict[str, Any], tidy: bool) -> tuple[str, int]:
     """Write the snapshot of what the remote now holds; then point head at it.
 
     Usually that is the scan itself, renamed into place; entries whose transfer
@@ -673,6 +676,9 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
                              "path": block.remote}
     head.head = snap_id
     st.save_head(head)
+    # The remote is tidied while the journal is still there: a run killed before
+    # this point leaves a journal, and the run that finds one tidies (see backup()).
+    _tidy(block, remote, st, head, bool(meta_bytes) or tidy)
     # The journal goes before the base views: a journal whose base is gone stops
     # every later run (exit 8), and a kill between the two must not leave one.
     for p in (st.journal, st.scan, st.damaged):
@@ -681,10 +687,18 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         except FileNotFoundError:
             pass
     st.remove_bases()
-    kept = st.prune(block.keep_snapshots, {snap_id})
-    if meta_bytes:
-        try:
-            rmt.prune(remote, set(kept) | {head.remote_head})
-        except OSError:
-            pass
     return snap_id, meta_bytes
+
+
+def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: bool) -> None:
+    """Prune local snapshots past retention; with on_remote, the remote's too, and
+    the temp files of snapshots a killed run was writing there."""
+    assert head.head is not None
+    kept = st.prune(block.keep_snapshots, {head.head})
+    if not on_remote:
+        return
+    keep = set(kept) | ({head.remote_head} if head.remote_head else set())
+    try:
+        rmt.prune(remote, keep)
+    except OSError:
+        pass
