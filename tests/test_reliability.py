@@ -369,8 +369,11 @@ def assert_interrupted_ok(env: Env, dst: Path, hist: History) -> None:
     head = head_id(env)
     if head is not None and header["run"] <= head:
         return  # a committed run's journal, about to be removed
+    named = header.get("base")
+    if named and not os.path.isabs(named):
+        named = str(st / named)  # the journal names its base relative to its folder
     for base in sorted(st.glob("base-*.jsonl")):
-        if str(base) == header.get("base"):
+        if str(base) == named:
             records = recs
         elif base.name[len("base-"):].rpartition("-")[0] > header["run"]:
             records = []

@@ -477,6 +477,8 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
 
     header, _ = read_journal(st.journal)
     base_path = header.get("base") or committed
+    if base_path and not os.path.isabs(base_path):
+        base_path = os.path.join(st.root, base_path)  # see Journal: relative to its folder
     model: dict[bytes, Entry] = {}
     if base_path:
         if not os.path.exists(base_path):

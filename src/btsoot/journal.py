@@ -56,6 +56,12 @@ class Journal:
         # journal: a kill at any moment leaves either that journal or this one,
         # complete, never an empty or torn file.
         tmp = path + ".new"
+        here = os.path.dirname(path) or "."
+        if base is not None and os.path.dirname(base) and os.path.commonpath(
+                [os.path.abspath(base), os.path.abspath(here)]) == os.path.abspath(here):
+            # Relative to the journal's folder: the state folder may be moved or
+            # restored elsewhere (BTSOOT_STATE) and the journal still finds its base.
+            base = os.path.relpath(base, here)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
@@ -66,7 +72,7 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            fsync_dir(os.path.dirname(path) or ".")  # the rename survives a power cut
+            fsync_dir(here)  # the rename survives a power cut
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as e:
             raise LocalStateError.of(e, path) from None
