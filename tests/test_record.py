@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,50 @@ def test_a_moves_journal_record_is_synced_before_the_move(tree, tmp_path: Path) 
             moves += 1
             assert synced_after_record, "the move ran before its journal record was synced"
     assert moves == 1
+    assert_mirror(src, dst)
+
+
+def test_puts_and_deletes_are_on_disk_in_the_journal_before_the_remote_changes(
+        tree, tmp_path: Path) -> None:
+    """Every file placed and every file deleted on the remote has its journal record
+    written and synced first (announced in batches: far fewer syncs than files)."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    env, src, dst = tree
+    summary(env)
+    for i in range(5):
+        (src / "music" / f"song{i}.mp3").unlink()
+    for i in range(300):  # more than one batch
+        put(src / "new" / f"n{i:03d}.txt", b"new %d" % i)
+    log = tmp_path / "strace.log"
+    p = subprocess.run(["strace", "-s", "1000000", "-e",
+                        "trace=openat,write,fsync,fdatasync,renameat2,renameat,rename,unlinkat,unlink",
+                        "-o", str(log), sys.executable, "-m", "btsoot", "backup", "b", "--jobs", "1"],
+                       env=env.vars(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    journal = str(env.state / "blocks" / "b" / "journal.jsonl")
+    ours = re.compile(r"^(n\d{3}\.txt|song\d\.mp3)$")  # the files put and deleted
+    fds: set[str] = set()
+    written: set[str] = set()  # names in journal records written ...
+    synced: set[str] = set()  # ... and synced since
+    changed = syncs = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("openat(") and f'"{journal}"' in line and "= " in line:
+            fds.add(line.rsplit("= ", 1)[1].split()[0])
+        elif line.startswith("write(") and line[6:].split(",", 1)[0] in fds:
+            for path in re.findall(r'\\"path\\":\\"([^"\\]+)\\"', line):
+                written.add(path.rpartition("/")[2])
+        elif line.startswith(("fsync(", "fdatasync(")) and line.split("(", 1)[1].split(")")[0] in fds:
+            synced |= written
+            syncs += 1
+        elif line.startswith(("rename", "unlink")) and line.rstrip().endswith("= 0"):
+            # The remote is changed by names relative to a folder descriptor.
+            name = re.findall(r'"([^"]+)"', line)[-1]
+            if ours.match(name):
+                changed += 1
+                assert name in synced, f"{line}: the remote changed before its record was synced"
+    assert changed >= 305, changed
+    assert syncs < 50, syncs  # batches, not one sync per file
     assert_mirror(src, dst)
 
 

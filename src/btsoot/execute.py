@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import scanner
 from .errors import FatalIOError, SourceError
@@ -52,6 +53,19 @@ from .transfer import (
 )
 
 COPY_RETRIES = 3
+# Begin records announced (written and synced) at once: one sync of the journal
+# per this many puts or deletes.
+ANNOUNCE = 256
+_TRANSFERS, _DELETES = "transfers", "deletes"
+
+
+def _batch_kind(op: Op) -> str | None:
+    """Runs of these are announced (see Executor._announce); other ops go one by one."""
+    if isinstance(op, (Copy, RemoteCopy)):
+        return _TRANSFERS
+    if isinstance(op, (Delete, Rmdir)):
+        return _DELETES
+    return None
 # Folders repaired on the way to one operation before the run gives up (a remote
 # that keeps changing under it).
 MAX_REPAIRS = 64
@@ -112,6 +126,8 @@ class Executor:
         # before its rename, on the transfer threads, so the syncs overlap.
         self.sync_files = sync_files
         self.short = ShortPaths()
+        # Journal numbers of announced begin records, by id(op) (see _announce).
+        self._announced: dict[int, int] = {}
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -123,36 +139,19 @@ class Executor:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="btsoot-copy") as pool:
             try:
                 while i < len(ops):
-                    if isinstance(ops[i], (Copy, RemoteCopy)):
-                        j = i
-                        while j < len(ops) and isinstance(ops[j], (Copy, RemoteCopy)):
-                            j += 1
-                        if self.jobs == 1:
-                            for op in ops[i:j]:
-                                self._transfer(op)  # type: ignore[arg-type]
-                                self._progress()
-                        else:
-                            # A bounded window: memory stays flat however many files are
-                            # sent, and after a fatal error few transfers are still queued.
-                            window: deque[Future] = deque()
-                            for op in ops[i:j]:
-                                if (self.small_inline and isinstance(op, Copy) and op.patch is None
-                                        and op.entry.size < scanner.SMALL_COPY_MAX):
-                                    self._transfer(op)
-                                    self._progress()
-                                    continue
-                                window.append(pool.submit(self._transfer, op))  # type: ignore[arg-type]
-                                if len(window) >= self.jobs * 8:
-                                    window.popleft().result()
-                                    self._progress()
-                            while window:
-                                window.popleft().result()
-                                self._progress()
-                        i = j
+                    kind = _batch_kind(ops[i])
+                    j = i + 1
+                    while kind is not None and j < len(ops) and _batch_kind(ops[j]) is kind:
+                        j += 1
+                    if kind is _TRANSFERS:
+                        self._transfers(pool, ops, i, j)
                     else:
-                        self._one(ops[i])
-                        self._progress()
-                        i += 1
+                        for k in range(i, j):
+                            if kind is not None and (k - i) % ANNOUNCE == 0:
+                                self._announce(ops[k:min(j, k + ANNOUNCE)])
+                            self._one(ops[k])
+                            self._progress()
+                    i = j
             except BaseException:
                 # Stopped (a signal, a fatal error): what is queued never starts; what
                 # runs finishes or cleans up after itself.
@@ -161,6 +160,52 @@ class Executor:
         self.journal.sync()
         self.short.close()
         return self.stats
+
+    def _transfers(self, pool: ThreadPoolExecutor, ops: list[Op], i: int, j: int) -> None:
+        """Run the puts ops[i:j], announced ANNOUNCE at a time."""
+        # A bounded window: memory stays flat however many files are sent, and
+        # after a fatal error few transfers are still queued.
+        window: deque[Future] = deque()
+        for k in range(i, j):
+            op = ops[k]
+            assert isinstance(op, (Copy, RemoteCopy))
+            if (k - i) % ANNOUNCE == 0:
+                self._announce(ops[k:min(j, k + ANNOUNCE)])
+            if self.jobs == 1 or (self.small_inline and isinstance(op, Copy) and op.patch is None
+                                  and op.entry.size < scanner.SMALL_COPY_MAX):
+                self._transfer(op)
+                self._progress()
+                continue
+            window.append(pool.submit(self._transfer, op))
+            if len(window) >= self.jobs * 8:
+                window.popleft().result()
+                self._progress()
+        while window:
+            window.popleft().result()
+            self._progress()
+
+    def _announce(self, ops: list[Op]) -> None:
+        """Make the begin records of the next puts or deletes durable, in one sync:
+        a power cut then loses no record of an operation that happened (the
+        batch's records are written before any of them runs)."""
+        recs = [self._record(op) for op in ops]
+        for op, i in zip(ops, self.journal.announce(recs), strict=True):
+            self._announced[id(op)] = i
+
+    def _record(self, op: Op) -> dict[str, Any]:
+        """The begin record op's first attempt writes (see _transfer, _apply)."""
+        if isinstance(op, (Copy, RemoteCopy)):
+            return op_record("put", entry=op.entry, tmp=self._tmp(op, 0, 0))
+        assert isinstance(op, (Delete, Rmdir))
+        return op_record("del", path=op.path)
+
+    def _tmp(self, op: Copy | RemoteCopy, attempt: int, repairs: int) -> bytes:
+        return temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
+
+    def _begin(self, op: Op, rec: dict[str, Any]) -> int:
+        """op's announced record, once; else a new begin record."""
+        i = self._announced.pop(id(op), None)
+        return i if i is not None else self.journal.begin(rec)
 
     def _progress(self) -> None:
         self.stats.ops += 1
@@ -348,7 +393,7 @@ class Executor:
             self.journal.done(i)
             self._placed(op.path)
         elif isinstance(op, Delete):
-            i = self.journal.begin(op_record("del", path=op.path))
+            i = self._begin(op, op_record("del", path=op.path))
             try:
                 self.remote.unlink(op.path)
             except (FileNotFoundError, Blocked):
@@ -357,7 +402,7 @@ class Executor:
                 self._set_aside(op.path)
             self.journal.done(i)
         elif isinstance(op, Rmdir):
-            i = self.journal.begin(op_record("del", path=op.path))
+            i = self._begin(op, op_record("del", path=op.path))
             try:
                 self.remote.rmdir(op.path)
             except (FileNotFoundError, Blocked):
@@ -419,7 +464,7 @@ class Executor:
                 self.remote.sync_dir(PATCH.rpartition(b"/")[0])
                 self._patch_ready = True
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
-            i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo))
+            i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo), durable=True)
             n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
         except (SourceChanged, SourceError):
             return False  # (a source error: the full copy meets it again and reports it)
@@ -442,8 +487,9 @@ class Executor:
         unlocked = cleared = False
         attempt = repairs = 0
         while attempt <= COPY_RETRIES:
-            tmp = temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
-            i = self.journal.begin(op_record("put", entry=entry, tmp=tmp))
+            tmp = self._tmp(op, attempt, repairs)
+            rec = op_record("put", entry=entry, tmp=tmp)
+            i = self._begin(op, rec) if attempt == repairs == 0 else self.journal.begin(rec)
             try:
                 tmp_name = tmp.rpartition(b"/")[2]
                 if isinstance(op, RemoteCopy):

@@ -81,17 +81,36 @@ class Journal:
         self._lock = threading.Lock()  # begin() runs on every transfer thread
         self._done: list[bytes] = []  # done records not yet written
 
+    def announce(self, recs: list[dict[str, Any]]) -> list[int]:
+        """Write the begin records of operations about to run, and sync them: one
+        sync for many records, each durable before its operation touches the
+        remote. An announced operation that never ran is, for recovery, one that
+        began and did not finish: checked on the remote, found not done. The
+        executor announces runs of puts and of deletes, whose checks each look
+        at their own path only, so their order within a run does not matter."""
+        if not recs:
+            return []
+        with self._lock:
+            first = self._n + 1
+            for k, rec in enumerate(recs):
+                self._done.append(orjson.dumps(dict(rec, i=first + k, s="b"),
+                                               option=orjson.OPT_APPEND_NEWLINE))
+            self._n += len(recs)
+            self._flush()
+        self.sync()
+        return list(range(first, first + len(recs)))
+
     def begin(self, rec: dict[str, Any], durable: bool = False) -> int:
         """Write a begin record (with any done records waiting) before the
         operation touches the remote; its number is for done().
 
         durable: synced before it returns, so even a power cut cannot lose the
-        record of an operation that then happened. Moves ask for it: recovery
-        finds any other operation whose record was lost from the remote's state
-        alone (a file sent again, a delete or mkdir that finds its work done),
-        but a move whose record is lost leaves the record pointing at a path
-        that is gone, including the stash's. The many puts and deletes of a
-        run go without (one sync every few seconds)."""
+        record of an operation that then happened. Moves and in-place patches
+        ask for it (a move whose record is lost leaves the record pointing at a
+        path that is gone, the stash's too). Puts and deletes are announced in
+        synced batches instead (see announce); what still comes here without
+        it (a mkdir, a link, attributes, a retried put) recovery finds from
+        the remote, or the next plan does again."""
         # The number is taken under the lock and the caller gets that very number
         # (re-reading self._n later would hand it another thread's).
         with self._lock:
