@@ -24,7 +24,7 @@ from . import scanner
 from .errors import FatalIOError, SourceError
 from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
-from .plan import (
+from .ops import (
     DAMAGED,
     PATCH,
     STASH,
@@ -33,13 +33,13 @@ from .plan import (
     Mkdir,
     Move,
     Op,
-    Plan,
     RemoteCopy,
     Rmdir,
     SetAttr,
     Symlink,
-    parent,
+    Tag,
 )
+from .plan import Plan, parent
 from .remotefs import Blocked, Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (
@@ -193,19 +193,27 @@ class Executor:
             self._announced[id(op)] = i
 
     def _record(self, op: Op) -> dict[str, Any]:
-        """The begin record op's first attempt writes (see _transfer, _apply)."""
+        """The begin record of op (of a put's first attempt: see _transfer)."""
         if isinstance(op, (Copy, RemoteCopy)):
-            return op_record("put", entry=op.entry, tmp=self._tmp(op, 0, 0))
-        assert isinstance(op, (Delete, Rmdir))
-        return op_record("del", path=op.path)
+            return op_record(op.tag, entry=op.entry, tmp=self._tmp(op, 0, 0))
+        if isinstance(op, Symlink):
+            return op_record(op.tag, entry=op.entry, tmp=self._symlink_tmp(op))
+        if isinstance(op, Move):
+            return op_record(op.tag, src=op.src, dst=op.dst, entry=op.entry)
+        if isinstance(op, (Delete, Rmdir)):
+            return op_record(op.tag, path=op.path)
+        return op_record(op.tag, entry=op.entry)
 
     def _tmp(self, op: Copy | RemoteCopy, attempt: int, repairs: int) -> bytes:
         return temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
 
+    def _symlink_tmp(self, op: Symlink) -> bytes:
+        return temp_name(op.path, f"{self.run_id}-l")
+
     def _begin(self, op: Op, rec: dict[str, Any]) -> int:
         """op's announced record, once; else a new begin record."""
         i = self._announced.pop(id(op), None)
-        return i if i is not None else self.journal.begin(rec)
+        return i if i is not None else self.journal.begin(rec, durable=op.durable)
 
     def _progress(self) -> None:
         self.stats.ops += 1
@@ -229,8 +237,7 @@ class Executor:
         its mode comes back; the journal records it as changed (mtime unknown),
         so after a crash the next plan sets it again.
         """
-        paths = (op.src, op.dst) if isinstance(op, Move) else (op.path,)
-        folders = {parent(p) for p in paths} | ({op.src} if isinstance(op, Move) else set())
+        folders = {parent(p) for p in op.paths} | ({op.src} if isinstance(op, Move) else set())
         changed = False
         for d in sorted(f for f in folders if f):
             try:
@@ -239,7 +246,7 @@ class Executor:
                 continue
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode) and mode & 0o300 != 0o300:
-                i = self.journal.begin(op_record("attr", entry=Entry(d, DIR, 0, 0,
+                i = self.journal.begin(op_record(Tag.ATTR, entry=Entry(d, DIR, 0, 0,
                                                                      st.st_mode | 0o700)))
                 self.remote.chmod(d, mode | 0o700)
                 self.journal.done(i)
@@ -258,7 +265,7 @@ class Executor:
             self._aside += 1
             dst = DAMAGED + b"/" + self.run_id.encode() + b"/" + str(self._aside).encode()
         self.remote.makedirs(dst.rpartition(b"/")[0])
-        i = self.journal.begin(op_record("move", src=path, dst=dst), durable=True)
+        i = self.journal.begin(op_record(Tag.MOVE, src=path, dst=dst), durable=True)
         self.remote.rename(path, dst)
         self.journal.done(i)
         with self._lock:
@@ -278,7 +285,7 @@ class Executor:
                 return  # another thread repaired it
             if st is not None:
                 self._set_aside(rel)
-            i = self.journal.begin(op_record("mkdir", entry=Entry(rel, DIR, 0, UNKNOWN_MTIME,
+            i = self.journal.begin(op_record(Tag.MKDIR, entry=Entry(rel, DIR, 0, UNKNOWN_MTIME,
                                                                   stat.S_IFDIR | 0o700)))
             self.remote.mkdir(rel, 0o700)
             self.journal.done(i)
@@ -316,7 +323,7 @@ class Executor:
         return False
 
     def _one(self, op: Op) -> None:
-        if self._below_unstorable(op.dst if isinstance(op, Move) else op.path):
+        if self._below_unstorable(op.where):
             return
         unlocked = False
         for _ in range(MAX_REPAIRS):
@@ -334,102 +341,105 @@ class Executor:
                     continue
                 refused = _CANNOT_HOLD | (_NO_LINKS if isinstance(op, Symlink) else set())
                 if e.errno in refused and isinstance(op, (Mkdir, Symlink, Move)):
-                    self._cannot_hold(op.dst if isinstance(op, Move) else op.path, e)
+                    self._cannot_hold(op.where, e)
                     return
                 where = op.src if isinstance(op, Move) else op.path
                 raise self._fatal(e, type(op).__name__.lower(), where) from None
-        raise FatalIOError(f"remote: {self.remote.show(op.path if not isinstance(op, Move) else op.dst)}"
-                           ": the folders on its way keep changing")
+        raise FatalIOError(f"remote: {self.remote.show(op.where)}: the folders on its way keep changing")
 
     def _apply(self, op: Op) -> None:
-        if isinstance(op, Mkdir):
-            i = self.journal.begin(op_record("mkdir", entry=op.entry))
-            try:
+        """One operation between its begin and done records (see HANDLERS)."""
+        handler = HANDLERS[type(op)]
+        i = self._begin(op, self._record(op))
+        after = handler(self, op)
+        self.journal.done(i)
+        if after is not None:
+            after()
+
+    def _mkdir(self, op: Mkdir) -> None:
+        try:
+            self.remote.mkdir(op.path, 0o700)
+        except FileExistsError:
+            if not self.remote.isdir(op.path):  # a link to a folder is no folder
+                self._set_aside(op.path)
                 self.remote.mkdir(op.path, 0o700)
-            except FileExistsError:
-                if not self.remote.isdir(op.path):  # a link to a folder is no folder
-                    self._set_aside(op.path)
-                    self.remote.mkdir(op.path, 0o700)
-            self.journal.done(i)
-            self._placed(op.path)
-        elif isinstance(op, Move):
-            if op.dst.startswith(STASH + b"/") and not self._stash_ready:
-                self.remote.makedirs(op.dst.rpartition(b"/")[0])
-                self._stash_ready = True
-            i = self.journal.begin(op_record("move", src=op.src, dst=op.dst, entry=op.entry),
-                                   durable=True)
-            try:
-                self.remote.rename(op.src, op.dst)
-            except Blocked:
+        self._placed(op.path)
+
+    def _move(self, op: Move) -> Callable[[], None] | None:
+        if op.dst.startswith(STASH + b"/") and not self._stash_ready:
+            self.remote.makedirs(op.dst.rpartition(b"/")[0])
+            self._stash_ready = True
+        try:
+            self.remote.rename(op.src, op.dst)
+        except Blocked:
+            raise
+        except FileNotFoundError:
+            # Nothing moved: recovery finds neither path changed. A stash slot:
+            # its move out of the stash comes here.
+            entry = op.entry
+            return None if entry is None else lambda: self._content_gone(op.dst, entry)
+        except OSError as e:
+            if e.errno not in _IN_THE_WAY:
                 raise
-            except FileNotFoundError:
-                self.journal.done(i)  # nothing moved: recovery finds neither path changed
-                if op.entry is not None:  # a stash slot: its move out of the stash comes here
-                    self._content_gone(op.dst, op.entry)
-                return
-            except OSError as e:
-                if e.errno not in _IN_THE_WAY:
-                    raise
-                self._set_aside(op.dst)  # something stands where the content goes
-                self.remote.rename(op.src, op.dst)
-            if op.entry is not None and op.entry.kind == FILE:
-                set_attrs(self.remote, op.dst, op.entry)
-            self.journal.done(i)
-            self._placed(op.dst)
-        elif isinstance(op, Symlink):
-            tmp = temp_name(op.path, f"{self.run_id}-l")
-            i = self.journal.begin(op_record("put", entry=op.entry, tmp=tmp))
-            try:
-                with self.remote.at(op.path) as (dfd, name):
-                    make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
-            except Blocked:
+            self._set_aside(op.dst)  # something stands where the content goes
+            self.remote.rename(op.src, op.dst)
+        if op.entry is not None and op.entry.kind == FILE:
+            set_attrs(self.remote, op.dst, op.entry)
+        self._placed(op.dst)
+        return None
+
+    def _symlink(self, op: Symlink) -> None:
+        tmp = self._symlink_tmp(op)
+        try:
+            with self.remote.at(op.path) as (dfd, name):
+                make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
+        except Blocked:
+            raise
+        except OSError as e:
+            if e.errno not in _IN_THE_WAY:
                 raise
-            except OSError as e:
-                if e.errno not in _IN_THE_WAY:
-                    raise
-                self._set_aside(op.path)
-                with self.remote.at(op.path) as (dfd, name):
-                    make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
-            self.journal.done(i)
-            self._placed(op.path)
-        elif isinstance(op, Delete):
-            i = self._begin(op, op_record("del", path=op.path))
-            try:
-                self.remote.unlink(op.path)
-            except (FileNotFoundError, Blocked):
-                pass
-            except IsADirectoryError:  # a folder where a file was: not ours to delete
-                self._set_aside(op.path)
-            self.journal.done(i)
-        elif isinstance(op, Rmdir):
-            i = self._begin(op, op_record("del", path=op.path))
-            try:
-                self.remote.rmdir(op.path)
-            except (FileNotFoundError, Blocked):
-                pass  # gone, or a folder above it is (repaired by what goes there)
-            except OSError as e:
-                # Not empty: someone left something in it (.DS_Store, Thumbs.db, @eaDir,
-                # .nfsXXXX); or no folder at all (a link). Kept, never a stop.
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                    raise
-                self._set_aside(op.path)
-            self.journal.done(i)
-        elif isinstance(op, SetAttr):
-            i = self.journal.begin(op_record("attr", entry=op.entry))
-            try:
-                set_attrs(self.remote, op.path, op.entry)
-            except Blocked:
+            self._set_aside(op.path)
+            with self.remote.at(op.path) as (dfd, name):
+                make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
+        self._placed(op.path)
+
+    def _delete(self, op: Delete) -> None:
+        try:
+            self.remote.unlink(op.path)
+        except (FileNotFoundError, Blocked):
+            pass
+        except IsADirectoryError:  # a folder where a file was: not ours to delete
+            self._set_aside(op.path)
+
+    def _rmdir(self, op: Rmdir) -> None:
+        try:
+            self.remote.rmdir(op.path)
+        except (FileNotFoundError, Blocked):
+            pass  # gone, or a folder above it is (repaired by what goes there)
+        except OSError as e:
+            # Not empty: someone left something in it (.DS_Store, Thumbs.db, @eaDir,
+            # .nfsXXXX); or no folder at all (a link). Kept, never a stop.
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOENT) or op.entry.kind == SYMLINK:
-                    raise
-                # A link where a file or folder belongs, or nothing there at all.
-                self.journal.done(i)
-                if e.errno == errno.ELOOP:
+            self._set_aside(op.path)
+
+    def _set_attr(self, op: SetAttr) -> Callable[[], None] | None:
+        try:
+            set_attrs(self.remote, op.path, op.entry)
+        except Blocked:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOENT) or op.entry.kind == SYMLINK:
+                raise
+            # A link where a file or folder belongs, or nothing there at all.
+            link = e.errno == errno.ELOOP
+
+            def after() -> None:
+                if link:
                     self._set_aside(op.path)
                 self._content_gone(op.path, op.entry)
-                return
-            self.journal.done(i)
+            return after
+        return None
 
     def _content_gone(self, path: bytes, e: Entry) -> None:
         """What a move (or an attribute change) should find at path is not on the
@@ -464,7 +474,7 @@ class Executor:
                 self.remote.sync_dir(PATCH.rpartition(b"/")[0])
                 self._patch_ready = True
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
-            i = self.journal.begin(op_record("patch", entry=op.entry, redo=redo), durable=True)
+            i = self.journal.begin(op_record(Tag.PATCH, entry=op.entry, redo=redo), durable=True)
             n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
         except (SourceChanged, SourceError):
             return False  # (a source error: the full copy meets it again and reports it)
@@ -488,7 +498,7 @@ class Executor:
         attempt = repairs = 0
         while attempt <= COPY_RETRIES:
             tmp = self._tmp(op, attempt, repairs)
-            rec = op_record("put", entry=entry, tmp=tmp)
+            rec = op_record(Tag.PUT, entry=entry, tmp=tmp)
             i = self._begin(op, rec) if attempt == repairs == 0 else self.journal.begin(rec)
             try:
                 tmp_name = tmp.rpartition(b"/")[2]
@@ -595,3 +605,13 @@ _IN_THE_WAY = {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}
 _CANNOT_HOLD = {errno.ENAMETOOLONG, errno.EFBIG, errno.EILSEQ, errno.EINVAL}
 # ... and of a symlink, where it has none (exFAT, FAT).
 _NO_LINKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
+
+
+
+# The operations other than puts, each between its begin and done records (see
+# Executor._apply); puts go through Executor._transfer. A handler may return
+# what to do once its done record is written.
+HANDLERS: dict[type, Callable[[Executor, Any], Callable[[], None] | None]] = {
+    Mkdir: Executor._mkdir, Move: Executor._move, Symlink: Executor._symlink,
+    Delete: Executor._delete, Rmdir: Executor._rmdir, SetAttr: Executor._set_attr,
+}

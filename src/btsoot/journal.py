@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .errors import LocalStateError, StateError
-from .plan import DAMAGED
+from .ops import DAMAGED, Tag
 from .remotefs import Remote
 from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict, fsync_dir
 
@@ -271,7 +271,7 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
         named = record_entry(rec)
         if named is not None and named.escaped:
             remote.escaped.add(named.path)  # stored under its escaped name
-        if t == "put":
+        if t == Tag.PUT:
             tmp = decode_path(rec, "tmp") if "tmp" in rec or "tmp_b64" in rec else None
             if tmp is not None and not completed:
                 try:
@@ -295,7 +295,7 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                     model[e.path] = replace(e, digest=None, chunks=None)
                 else:
                     model[e.path] = e
-        elif t == "patch":
+        elif t == Tag.PATCH:
             e = _needs_entry(rec, named)
             redo = decode_path(rec, "redo")
             touch(e.path)
@@ -316,22 +316,22 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
                     model[e.path] = replace(e, digest=None, chunks=None)  # cannot tell
                 else:
                     model[e.path] = e
-        elif t == "mkdir":
+        elif t == Tag.MKDIR:
             e = _needs_entry(rec, named)
             touch(e.path)
             if completed or remote.isdir(e.path):
                 model[e.path] = e
                 unsettle(e.path)
-        elif t == "attr":
+        elif t == Tag.ATTR:
             e = _needs_entry(rec, named)
             if completed and e.path in model:
                 model[e.path] = e
-        elif t == "del":
+        elif t == Tag.DEL:
             p = decode_path(rec, "path")
             touch(p)
             if completed or not exists(p):
                 model.pop(p, None)
-        elif t == "move":
+        elif t == Tag.MOVE:
             src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
             touch(src)
             touch(dst)

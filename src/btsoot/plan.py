@@ -32,83 +32,23 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .ops import DAMAGED as DAMAGED
+from .ops import PATCH as PATCH
+from .ops import STASH as STASH
+from .ops import Copy as Copy
+from .ops import Delete as Delete
+from .ops import Mkdir as Mkdir
+from .ops import Move as Move
+from .ops import Op as Op
+from .ops import RemoteCopy as RemoteCopy
+from .ops import Rmdir as Rmdir
+from .ops import SetAttr as SetAttr
+from .ops import Symlink as Symlink
+from .ops import op_name as op_name
 from .scanner import CHUNK_SIZE
 from .snapshot import DIR, FILE, SYMLINK, Entry, sort_key
 
-STASH = b".btsoot/stash"
-PATCH = b".btsoot/patch"  # redo files of in-place updates (see transfer.patch_file)
-DAMAGED = b".btsoot/damaged"  # what stood where it should not (kept, never deleted)
-# A file is patched in place only if at most this share of its bytes changed:
-# beyond it, writing the whole file once beats writing the changes twice.
 PATCH_MAX_SHARE = 0.5
-
-
-# --- operations -------------------------------------------------------------
-
-@dataclass(slots=True, frozen=True)
-class Mkdir:
-    path: bytes
-    entry: Entry
-
-
-@dataclass(slots=True, frozen=True)
-class Move:
-    """Rename src to dst on the remote: a folder move, a stash, or an unstash."""
-
-    src: bytes
-    dst: bytes
-    entry: Entry | None = None  # the final entry at dst (None when stashing)
-
-
-@dataclass(slots=True, frozen=True)
-class Copy:
-    """New content from the source, written to a temp name and renamed into place.
-
-    With `patch`, only those chunks differ from `old`, which the remote holds at
-    path: they are written into the remote file in place, through a redo file
-    that makes the update atomic across crashes (see `transfer.patch_file`).
-    """
-
-    path: bytes
-    entry: Entry
-    old: Entry | None  # what the remote held at path before (kept on failure)
-    patch: tuple[int, ...] | None = None  # indexes of the chunks to write
-
-
-@dataclass(slots=True, frozen=True)
-class RemoteCopy:
-    """Content already on the remote at src, copied remote-side to path."""
-
-    path: bytes
-    entry: Entry
-    src: bytes
-    old: Entry | None
-
-
-@dataclass(slots=True, frozen=True)
-class Symlink:
-    path: bytes
-    entry: Entry
-
-
-@dataclass(slots=True, frozen=True)
-class Delete:
-    path: bytes
-    entry: Entry
-
-
-@dataclass(slots=True, frozen=True)
-class Rmdir:
-    path: bytes
-
-
-@dataclass(slots=True, frozen=True)
-class SetAttr:
-    path: bytes
-    entry: Entry
-
-
-Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr
 
 
 @dataclass(slots=True)
@@ -130,19 +70,6 @@ class Plan:
         for op in self.ops:
             c[op_name(op)] += 1
         return c
-
-
-def op_name(op: Op) -> str:
-    if isinstance(op, Move):
-        if op.dst.startswith(STASH + b"/"):
-            return "stash"
-        return "move-dir" if op.entry is not None and op.entry.kind == DIR else "move"
-    if isinstance(op, Copy) and op.patch is not None:
-        return "patch"
-    return {
-        Mkdir: "mkdir", Copy: "copy", RemoteCopy: "remote-copy", Symlink: "symlink",
-        Delete: "delete", Rmdir: "rmdir", SetAttr: "set-attributes",
-    }[type(op)]
 
 
 @dataclass(slots=True)
@@ -424,7 +351,7 @@ def make_plan(
     dirs.update(move_entries)
     touched = set(dirs)
     for op in ops:
-        for p in _paths(op):
+        for p in op.paths:
             if not is_under(p, STASH):
                 touched.add(parent(p))
     touched.discard(b"")
@@ -510,9 +437,3 @@ def _find_staying(
 
 def _find_entries(open_new: Callable[[], Iterable[Entry]], paths: set[bytes]) -> dict[bytes, Entry]:
     return {e.path: e for e in open_new() if e.path in paths}
-
-
-def _paths(op: Op) -> tuple[bytes, ...]:
-    if isinstance(op, Move):
-        return (op.src, op.dst)
-    return (op.path,)

@@ -28,7 +28,7 @@ import orjson
 
 from . import mounts
 from .names import Codec
-from .plan import DAMAGED
+from .ops import DAMAGED
 from .remotefs import Remote
 
 FORMAT = "btsoot-profile"
