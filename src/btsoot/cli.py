@@ -15,8 +15,8 @@ from typing import Any
 import click
 import orjson
 
-from . import __version__
-from .config import Block, Config, check_apart, parse_max_delete, validate_name
+from .cli_base import human, load_config, main_group
+from .config import Block, check_apart, parse_max_delete, validate_name
 from .errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
@@ -26,28 +26,6 @@ from .errors import (
     Stopped,
     printable,
 )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="btsoot")
-@click.option("--config", "config_path", metavar="FILE", envvar="BTSOOT_CONFIG",
-              help="Config file (default: the platform config dir; env BTSOOT_CONFIG).")
-@click.pass_context
-def main_group(ctx: click.Context, config_path: str | None) -> None:
-    """btsoot: incremental offsite backups that send only what changed."""
-    ctx.obj = {"config": config_path}
-
-
-def load_config(ctx: click.Context) -> Config:
-    return Config.load(ctx.obj["config"])
 
 
 @main_group.command()
@@ -136,7 +114,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         files, size = last.get("files"), last.get("bytes")
         t.add_row(r["name"], r["source"], r["remote"], when, str(last.get("result", "-")),
                   str(files) if type(files) is int else "-",
-                  _human(size) if type(size) is int and size >= 0 else "-")
+                  human(size) if type(size) is int and size >= 0 else "-")
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
@@ -235,9 +213,9 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
     what = ", ".join(parts) if parts else "no changes"
     head = "would do" if dry_run else s["result"]
     extra = "" if dry_run else (
-        f"; sent {_human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
+        f"; sent {human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
     repaired = s.get("repaired", 0)
-    return (f"{s['block']}: {head}: {what}; {s['files']} files, {_human(s['bytes'])}{extra}"
+    return (f"{s['block']}: {head}: {what}; {s['files']} files, {human(s['bytes'])}{extra}"
             + (f"; {len(s['errors'])} not backed up" if s["errors"] else "")
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
                if repaired else "")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from .cli import _human, load_config, main_group
+from .cli_base import human, load_config, main_group
 from .errors import ConfigError, GuardError
 from .progress import Reporter
 
@@ -149,7 +149,7 @@ def restore_cmd(ctx: click.Context, name: str | None, from_remote: str | None, t
 
 def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
     verb = "would copy" if dry_run else "copied"
-    parts = [f"{verb} {s['copied_files']} files ({_human(s['copied_bytes'])})"]
+    parts = [f"{verb} {s['copied_files']} files ({human(s['copied_bytes'])})"]
     for key, what in (("dirs_created", "folders created"), ("symlinks", "symlinks"),
                       ("attributes_set", "attributes set"), ("unchanged", "unchanged")):
         if s[key]:
@@ -222,7 +222,7 @@ def _verify_line(name: str, s: dict[str, Any]) -> str:
         parts.append(f"{len(s['corrupt'])} corrupt")
     head = f"{name}: verify: {s['result']}" + (f": {', '.join(parts)}" if parts else "")
     line = (f"{head}; read {s['checked_files']} of {s['files']} files "
-            f"({_human(s['checked_bytes'])}) in {s['durations'].get('total', 0):.1f}s")
+            f"({human(s['checked_bytes'])}) in {s['durations'].get('total', 0):.1f}s")
     if s["extra"]:
         line += f"; {len(s['extra'])} extra on the remote (not in the snapshot)"
     if s["errors"]:
