@@ -21,6 +21,7 @@ from . import mounts
 from . import profile as profiles
 from . import remote as rmt
 from .config import Block, Lock
+from .durable import fsync_dir
 from .errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -38,7 +39,7 @@ from .names import fold
 from .plan import Plan, make_plan
 from .remotefs import Remote
 from .scan import ScanStats, scan
-from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, fsync_dir, new_id, sort_key
+from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
 from .state import BlockState, Head
 from .transfer import syncfs
 

@@ -19,6 +19,7 @@ from typing import Any
 import platformdirs
 import tomli_w
 
+from .durable import atomic_write
 from .errors import ConfigError, LocalStateError, LockedError
 
 if sys.version_info >= (3, 11):
@@ -206,17 +207,8 @@ class Config:
     def save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         data = {"blocks": {n: b.to_toml() for n, b in sorted(self.blocks.items())}}
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            tomli_w.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the rename survives a power cut
-        finally:
-            os.close(fd)
+        atomic_write(self.path, tomli_w.dumps(data).encode(), tmp=f"{self.path}.tmp.{os.getpid()}",
+                     mode=0o644)
 
     def get(self, name: str) -> Block:
         try:

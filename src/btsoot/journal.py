@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 
+from .durable import atomic_write
 from .errors import LocalStateError, StateError
 from .ops import DAMAGED, Tag
 from .remotefs import Remote
-from .snapshot import DIR, FILE, Entry, _get_bytes, _put_bytes, entry_from_dict, entry_to_dict, fsync_dir
+from .snapshot import DIR, FILE, Entry, entry_from_dict, entry_to_dict, get_bytes, put_bytes
 
 FORMAT = "btsoot-journal"
 VERSION = 1
@@ -35,12 +36,12 @@ UNKNOWN_MTIME = -1
 
 
 def encode_path(d: dict[str, Any], key: str, p: bytes) -> None:
-    _put_bytes(d, key, p)
+    put_bytes(d, key, p)
 
 
 def decode_path(d: dict[str, Any], key: str) -> bytes:
     try:
-        p = _get_bytes(d, key)
+        p = get_bytes(d, key)
     except ValueError as e:
         raise StateError(f"journal record with a bad {key!r} ({e})") from None
     if p is None:
@@ -63,16 +64,9 @@ class Journal:
             # restored elsewhere (BTSOOT_STATE) and the journal still finds its base.
             base = os.path.relpath(base, here)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
-                                           "base": base, "committed": committed,
-                                           "remote": remote_id}) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(here)  # the rename survives a power cut
+            atomic_write(path, orjson.dumps({"format": FORMAT, "version": VERSION, "run": run_id,
+                                             "base": base, "committed": committed,
+                                             "remote": remote_id}) + b"\n", tmp=tmp)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as e:
             raise LocalStateError.of(e, path) from None

@@ -95,12 +95,7 @@ def load(remote: Remote) -> Profile | None:
 
 
 def save(remote: Remote, p: Profile) -> None:
-    tmp = PROFILE + b".tmp"
-    with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-        f.write(p.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    remote.rename(tmp, PROFILE)
+    remote.write_atomic(PROFILE, p.to_json())
 
 
 def ensure(remote: Remote) -> Profile:

@@ -31,9 +31,9 @@ from .snapshot import (
     Header,
     SnapshotReader,
     SnapshotWriter,
-    _get_bytes,
-    _put_bytes,
     entry_from_dict,
+    get_bytes,
+    put_bytes,
     sort_key,
 )
 from .state import Head
@@ -136,13 +136,7 @@ def read_ident(remote: Remote) -> dict[str, Any] | None:
 
 def write_ident(remote: Remote, ident: dict[str, Any]) -> None:
     """Replace block.json atomically and durably: a crash leaves the old or the new."""
-    path, tmp = meta_rel("block.json"), meta_rel("block.json.tmp")
-    with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-        f.write(orjson.dumps(ident))
-        f.flush()
-        os.fsync(f.fileno())
-    remote.rename(tmp, path)
-    remote.sync_dir(meta_rel())
+    remote.write_atomic(meta_rel("block.json"), orjson.dumps(ident))
 
 
 def new_remote_id() -> str:
@@ -247,12 +241,7 @@ def write_guide(remote: Remote) -> None:
     for src, name in GUIDE:
         with open(os.path.join(here, src), "rb") as f:
             data = f.read()
-        tmp = meta_rel(name + ".tmp")
-        with os.fdopen(remote.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        remote.rename(tmp, meta_rel(name))
+        remote.write_atomic(meta_rel(name), data)
 
 
 def _strip_obj(d: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +273,7 @@ def _write_delta(path: str, header: Header, base_id: str,
                 if n is None or (o is not None and o[0] != n[0]
                                  and sort_key(o[0]) < sort_key(n[0])):
                     rec: dict[str, Any] = {"op": "del"}
-                    _put_bytes(rec, "path", o[0])  # type: ignore[index]
+                    put_bytes(rec, "path", o[0])  # type: ignore[index]
                     w.write_record(rec)
                     o = next(oi, None)
                 elif o is None or o[0] != n[0]:
@@ -418,7 +407,7 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
             else:
                 for rec in r.records():
                     if rec.get("op") == "del":
-                        p = _get_bytes(rec, "path")
+                        p = get_bytes(rec, "path")
                         if p is None:
                             raise StateError(f"{path}: bad delta record")
                         table.pop(p, None)

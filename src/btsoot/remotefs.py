@@ -373,6 +373,17 @@ class Remote:
     def _root_at(self) -> Iterator[tuple[int, bytes]]:
         yield self._root.fd, b"."
 
+    def write_atomic(self, rel: bytes, data: bytes) -> None:
+        """Replace rel by data durably (see durable.py): a temp file beside it,
+        fsynced, renamed over it, its folder synced."""
+        tmp = rel + b".tmp"
+        with os.fdopen(self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rename(tmp, rel)
+        self.sync_dir(rel.rpartition(b"/")[0])  # b"": the root
+
     def sync_dir(self, rel: bytes) -> None:
         """fsync folder rel (its entries), where the file system supports that."""
         with self.dir(rel) as pfd:

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import orjson
 
+from .durable import fsync_dir
 from .errors import LocalStateError, StateError
 from .scanner import line_path as _line_path
 
@@ -175,14 +176,14 @@ def id_ns(snap_id: str) -> int | None:
     return calendar.timegm(t) * 1_000_000_000 + int(frac[1:-1]) * 1000
 
 
-def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
+def put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
     try:
         d[key] = value.decode("utf-8")
     except UnicodeDecodeError:
         d[key + "_b64"] = base64.b64encode(value).decode("ascii")
 
 
-def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
+def get_bytes(d: dict[str, Any], key: str) -> bytes | None:
     """The bytes stored under key (text) or key_b64; ValueError if damaged."""
     if not isinstance(d, dict):
         raise ValueError("not an object")
@@ -201,7 +202,7 @@ def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
 
 def entry_to_dict(e: Entry) -> dict[str, Any]:
     d: dict[str, Any] = {}
-    _put_bytes(d, "path", e.path)
+    put_bytes(d, "path", e.path)
     d["type"] = e.kind
     if e.kind == FILE:
         d["size"] = e.size
@@ -214,7 +215,7 @@ def entry_to_dict(e: Entry) -> dict[str, Any]:
     if e.chunks is not None:
         d["chunks"] = list(e.chunks)
     if e.target is not None:
-        _put_bytes(d, "target", e.target)
+        put_bytes(d, "target", e.target)
     if e.escaped:
         d["esc"] = True
     return d
@@ -228,7 +229,7 @@ def _opt_str(v: Any) -> Any:
 
 def entry_from_dict(d: Any, where: str) -> Entry:
     try:
-        path = _get_bytes(d, "path")
+        path = get_bytes(d, "path")
         kind = d["type"]
         if path is None or kind not in _KINDS:
             raise ValueError("missing path or unknown type")
@@ -256,7 +257,7 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             dev=dev,
             digest=_opt_str(d.get("digest")),
             chunks=tuple(_opt_str(c) for c in chunks) if chunks is not None else None,
-            target=_get_bytes(d, "target"),
+            target=get_bytes(d, "target"),
             escaped=d.get("esc") is True,
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -427,7 +428,7 @@ class SnapshotReader:
         obj = self._load(line, lineno)
         path = obj.get("path")
         try:
-            p = path.encode("utf-8") if type(path) is str else _get_bytes(obj, "path")
+            p = path.encode("utf-8") if type(path) is str else get_bytes(obj, "path")
         except ValueError:
             p = None
         if p is None or obj.get("type") not in _KINDS or not _sane(obj):
@@ -597,11 +598,3 @@ class SnapshotWriter:
 
 def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-
-
-def fsync_dir(path: str | bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

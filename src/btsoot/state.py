@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .durable import atomic_write
 from .errors import LocalStateError, StateError, printable
-from .snapshot import fsync_dir
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -124,13 +124,7 @@ class BlockState:
 
     @_local
     def save_head(self, h: Head) -> None:
-        tmp = self._head_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(asdict(h)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._head_path)
-        fsync_dir(self.root)  # the rename itself survives a power cut
+        atomic_write(self._head_path, orjson.dumps(asdict(h)))
 
     @_local
     def committed_ids(self) -> list[str]:
@@ -149,7 +143,7 @@ class BlockState:
 
     def load_damaged(self) -> set[bytes]:
         """Paths `btsoot verify` found missing or corrupt on the remote."""
-        from .snapshot import _get_bytes
+        from .snapshot import get_bytes
 
         try:
             with open(self.damaged, "rb") as f:
@@ -159,7 +153,7 @@ class BlockState:
         out: set[bytes] = set()
         for line in lines:
             try:
-                p = _get_bytes(orjson.loads(line), "path")
+                p = get_bytes(orjson.loads(line), "path")
             except (orjson.JSONDecodeError, AttributeError, ValueError):
                 raise StateError(f"{self.damaged}: corrupt list of damaged files") from None
             if p is not None:
@@ -169,18 +163,15 @@ class BlockState:
     @_local
     def save_damaged(self, paths: set[bytes]) -> None:
         """Remember damaged paths (merged with those already known)."""
-        from .snapshot import _put_bytes
+        from .snapshot import put_bytes
 
         paths = paths | self.load_damaged()
-        tmp = self.damaged + ".tmp"
-        with open(tmp, "wb") as f:
-            for p in sorted(paths):
-                d: dict[str, Any] = {}
-                _put_bytes(d, "path", p)
-                f.write(orjson.dumps(d) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.damaged)
+        lines = []
+        for p in sorted(paths):
+            d: dict[str, Any] = {}
+            put_bytes(d, "path", p)
+            lines.append(orjson.dumps(d) + b"\n")
+        atomic_write(self.damaged, b"".join(lines))
 
     @_local
     def log_run(self, record: dict[str, Any]) -> None:
