@@ -36,8 +36,7 @@ from . import scanner
 from .config import Block, Lock
 from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, FatalIOError, UsageError
 from .plan import is_under
-from .remotefs import Remote
-from .restore import (
+from .reading import (
     EntryChecker,
     Found,
     SnapshotSource,
@@ -47,6 +46,7 @@ from .restore import (
     walk_decoded,
     walk_found,
 )
+from .remotefs import Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .state import BlockState
 
