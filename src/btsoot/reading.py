@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from . import remote as rmt
 from . import scanner
@@ -76,20 +76,23 @@ def _pick(want: str, ids: Iterable[str], where: str) -> str:
 
 
 def open_snapshot(remote: str, snap_id: str | None = None,
-                  state: BlockState | None = None) -> SnapshotSource:
+                  state: BlockState | None = None,
+                  ident: dict[str, Any] | None = None) -> SnapshotSource:
     """The snapshot to restore or verify.
 
     With a block's state: its committed snapshot, or the one named (a local id,
     else one the remote keeps). Without: from the remote's own snapshots (the
     newest, or the one named), which needs no local state at all. An id may be
-    shortened to a unique prefix.
+    shortened to a unique prefix. `ident`: the remote's block.json as
+    `remote.check_remote` returned it (read here if not given).
     """
     if state is not None:
         rec = state.load_head()
         head = rec.head
         if head is None:
             raise UsageError("the block has no committed backup yet: nothing to restore")
-        ident = rmt.read_block_id(remote)
+        if ident is None:
+            ident = rmt.read_block_id(remote)
         if snap_id is None and ident is not None and rmt.record_differs(rec, ident):
             # Another remote of the block (a rotated disk), or this one rolled back:
             # its own record says what it holds, not the local one.

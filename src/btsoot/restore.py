@@ -1023,8 +1023,8 @@ def restore_block(
     st = BlockState(block.state)
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):
-        rmt.check_remote(block.remote, block.name, True)
-        source = open_snapshot(block.remote, snapshot, st)
+        ident = rmt.check_remote(block.remote, block.name, True)
+        source = open_snapshot(block.remote, snapshot, st, ident)
         return restore(source, to or block.source, only=only, delete=delete, dry_run=dry_run,
                        checksum=checksum, exclude=make_exclude(block.exclude),
                        jobs=jobs or block.jobs or None, progress=progress, confirm=confirm,

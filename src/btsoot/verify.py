@@ -267,8 +267,8 @@ def verify(
     st = BlockState(block.state)
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):
-        rmt.check_remote(block.remote, block.name, True)
-        source = open_snapshot(block.remote, snapshot, st)
+        ident = rmt.check_remote(block.remote, block.name, True)
+        source = open_snapshot(block.remote, snapshot, st, ident)
         res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress)
         res.block = block.name
         damaged = res.damaged
