@@ -33,9 +33,7 @@ import itertools
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +66,7 @@ from .reading import (
     walk_found,
 )
 from .remotefs import Remote
+from .restore_pool import BatchPool
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .state import BlockState
 from .transfer import copy_fd, syncfs, temp_name
@@ -81,8 +80,6 @@ _TMP_TAG = "restore-"
 _TMP_PREFIX = temp_name(b"x", _TMP_TAG)  # our own leftovers: removed, never listed
 # The destination cannot take more: stop the run instead of failing file by file.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-_BATCH_FILES = 64  # files handed to a worker at once (fewer, larger hand-offs)
-_BATCH_BYTES = 64 << 20
 _SMALL = 4 << 20  # hashed in one read
 _BUF = 1 << 20
 
@@ -229,7 +226,6 @@ class _Dir:
     entry: Entry | None  # None: the destination root
     fd: int | None  # None: dry run, and the folder does not exist yet
     created: bool = False
-    pending: int = 0  # batches in flight that write into it
     left: bool = False  # the walk has moved past its subtree
     rfd: int | None = None  # the same folder on the remote (opened on first use)
     rerr: str | None = None  # why the remote folder could not be opened
@@ -322,10 +318,8 @@ class _Restorer:
         self._ancestors.discard(b"")
         self._tag = f"{_TMP_TAG}{os.getpid()}-"
         self._count = itertools.count()
-        self._inflight: deque[tuple[Future[list[tuple[_Job, int, int, str]]], _Dir]] = deque()
-        self._batch: list[_Job] = []
-        self._batch_bytes = 0
-        self._batch_dir: _Dir | None = None
+        self._pool: BatchPool[_Dir, _Job, list[tuple[_Job, int, int, str]]] = BatchPool(
+            jobs, self._start, self._settle)
         self._open: list[_Dir] = []  # every _Dir whose descriptors are still open
         self._root_rfd: int | None = None
 
@@ -389,13 +383,8 @@ class _Restorer:
         pairs = (merge_found(self.selected(), self.found()) if root_fd is not None
                  else ((e, None) for e in self.selected()))
         try:
-            with ThreadPoolExecutor(max_workers=self.jobs,
-                                    thread_name_prefix="btsoot-restore") as self._pool:
-                try:
-                    self._walk(root, pairs)
-                except BaseException:
-                    self._pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            with self._pool:
+                self._walk(root, pairs)
         finally:
             for d in list(self._open):
                 self._close(d)
@@ -472,7 +461,7 @@ class _Restorer:
                 skip = path
         while stack:
             self._leave(stack.pop())
-        self._drain(0)
+        self._pool.drain()
 
     def _done(self, e: Entry) -> None:
         """One snapshot entry handled (or given up): progress."""
@@ -575,10 +564,9 @@ class _Restorer:
         return d
 
     def _leave(self, d: _Dir) -> None:
-        if self._batch and self._batch_dir is d:
-            self._flush()
+        self._pool.flush_for(d)
         d.left = True
-        if d.pending == 0:
+        if not self._pool.busy(d):
             self._finish(d)
 
     def _finish(self, d: _Dir) -> None:
@@ -739,18 +727,12 @@ class _Restorer:
     # ----- the worker pool
 
     def _queue(self, cur: _Dir, job: _Job) -> None:
-        if self._batch_dir is not cur and self._batch:
-            self._flush()
-        self._batch_dir = cur
-        self._batch.append(job)
-        self._batch_bytes += job.entry.size
-        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
-            self._flush()
+        self._pool.add(cur, job, job.entry.size)
 
-    def _flush(self) -> None:
-        d, batch = self._batch_dir, self._batch
-        assert d is not None
-        self._batch, self._batch_bytes, self._batch_dir = [], 0, None
+    def _start(self, d: _Dir, batch: list[_Job]
+               ) -> Callable[[], list[tuple[_Job, int, int, str]]] | None:
+        """A batch handed over (main thread): open d's remote folder if needed; the
+        work for a worker, or None if no job of it is left to run."""
         rfd: int | None = -1
         if not self.dry_run and any(j.src is None for j in batch):
             rfd = self._remote_dir(d)
@@ -760,23 +742,21 @@ class _Restorer:
                         self._account(j, DAMAGED, 0, d.rerr or "missing on the remote")
                 batch = [j for j in batch if j.src is not None]
                 if not batch:
-                    return
+                    return None
                 rfd = -1
         assert rfd is not None
-        self._drain(self.jobs * 4)
-        d.pending += 1
-        self._inflight.append((self._pool.submit(self._work, d.fd, rfd, batch), d))
+        dfd, fd = d.fd, rfd
+        return lambda: self._work(dfd, fd, batch)
 
-    def _drain(self, limit: int) -> None:
-        while len(self._inflight) > limit:
-            fut, d = self._inflight.popleft()
-            for job, outcome, n, msg in fut.result():
-                self._account(job, outcome, n, msg)
-                if outcome == COPIED:
-                    d.written.append((job.name, FILE))
-            d.pending -= 1
-            if d.pending == 0 and d.left:
-                self._finish(d)
+    def _settle(self, d: _Dir, results: list[tuple[_Job, int, int, str]], last: bool) -> None:
+        """A batch's results (main thread); d is finished once the last is in and the walk
+        has left it."""
+        for job, outcome, n, msg in results:
+            self._account(job, outcome, n, msg)
+            if outcome == COPIED:
+                d.written.append((job.name, FILE))
+        if last and d.left:
+            self._finish(d)
 
     def _account(self, job: _Job, outcome: int, n: int, msg: str) -> None:
         res, e = self.res, job.entry
