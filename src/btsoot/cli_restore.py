@@ -18,7 +18,7 @@ from .errors import ConfigError, GuardError
 from .progress import Reporter
 
 if TYPE_CHECKING:
-    from .restore import SnapshotSource
+    from .reading import SnapshotSource
 
 #: Seconds to wait, visibly, before a restore writes into a block's source.
 COUNTDOWN = 15
@@ -186,7 +186,7 @@ def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str 
     Exits 7 when files are missing or corrupt; the next backup re-sends them.
     """
     from . import verify as v
-    from .restore import show
+    from .reading import show
 
     if subset and sample is not None:
         raise ConfigError("verify: give --subset or --sample, not both")

@@ -36,8 +36,7 @@ from . import scanner
 from .config import Block, Lock
 from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, FatalIOError, UsageError
 from .plan import is_under
-from .remotefs import Remote
-from .restore import (
+from .reading import (
     EntryChecker,
     Found,
     SnapshotSource,
@@ -47,6 +46,7 @@ from .restore import (
     walk_decoded,
     walk_found,
 )
+from .remotefs import Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .state import BlockState
 
@@ -138,11 +138,32 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
     walk = walk_decoded if codec.active or prof.case_insensitive else walk_found
     found = (f for f in walk(root, b"", res.errors, unlistable)
              if not is_under(f.path, rmt.META.encode()))
+    if progress is not None:
+        progress("phase", "list")
+    to_hash = _compare(source, res, remote, found, unlistable, select)
+    res.durations["list"] = time.monotonic() - t0
+
+    t = time.monotonic()
+    if progress is not None:
+        progress("total", sum(e.size for e in to_hash))
+        progress("phase", "verify")
+    _hash_all(res, remote, to_hash, jobs, progress)
+    res.durations["hash"] = time.monotonic() - t
+    if res.missing or res.corrupt:
+        res.result, res.exit_code = "damaged", EXIT_DAMAGE
+    elif res.errors:
+        res.result, res.exit_code = "partial", EXIT_PARTIAL
+    res.durations["total"] = time.monotonic() - t0
+    return res
+
+
+def _compare(source: SnapshotSource, res: VerifyResult, remote: Remote, found: Iterator[Found],
+             unlistable: set[bytes], select: Select | None) -> list[Entry]:
+    """The listing pass: every entry's presence, kind, size and link target checked
+    against what was found; returns the files to hash."""
     checker = EntryChecker(f"snapshot {source.header.id}")
     to_hash: list[Entry] = []
     skip: bytes | None = None
-    if progress is not None:
-        progress("phase", "list")
 
     def corrupt(path: bytes, why: str) -> None:
         res.corrupt.append((path, why))
@@ -176,12 +197,12 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
                 to_hash.append(s)
         elif s.kind == SYMLINK and d.target != s.target:
             corrupt(path, "points elsewhere on the remote than in the snapshot")
-    res.durations["list"] = time.monotonic() - t0
+    return to_hash
 
-    t = time.monotonic()
-    if progress is not None:
-        progress("total", sum(e.size for e in to_hash))
-        progress("phase", "verify")
+
+def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int | None,
+              progress: Progress | None) -> None:
+    """The reading pass: each file hashed and compared with its snapshot digest."""
     # Chunk digests off: the whole-file digest is what the snapshot is checked against.
     # Each file is read through its folder's descriptor (see remotefs), held until its
     # result is back: a folder swapped for a link meanwhile cannot redirect the read.
@@ -207,13 +228,6 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
             _hashed(res, e, r)
             if progress is not None:
                 progress("progress", (res.checked_files, res.checked_bytes))
-    res.durations["hash"] = time.monotonic() - t
-    if res.missing or res.corrupt:
-        res.result, res.exit_code = "damaged", EXIT_DAMAGE
-    elif res.errors:
-        res.result, res.exit_code = "partial", EXIT_PARTIAL
-    res.durations["total"] = time.monotonic() - t0
-    return res
 
 
 def _hashed(res: VerifyResult, e: Entry, r: tuple) -> None:
@@ -267,8 +281,8 @@ def verify(
     st = BlockState(block.state)
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):
-        rmt.check_remote(block.remote, block.name, True)
-        source = open_snapshot(block.remote, snapshot, st)
+        ident = rmt.check_remote(block.remote, block.name, True)
+        source = open_snapshot(block.remote, snapshot, st, ident)
         res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress)
         res.block = block.name
         damaged = res.damaged
