@@ -20,7 +20,7 @@ from typing import Any
 from . import mounts
 from . import profile as profiles
 from . import remote as rmt
-from .config import Block, Lock
+from .config import Block
 from .durable import fsync_dir
 from .errors import (
     EXIT_OK,
@@ -40,7 +40,7 @@ from .plan import Plan, make_plan
 from .remotefs import Remote
 from .scan import ScanStats, scan
 from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
-from .state import BlockState, Head
+from .state import BlockState, Head, Lock
 from .transfer import syncfs
 
 

@@ -234,10 +234,9 @@ def doctor_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     keep the result on it; backups use it from then on."""
     from . import profile as profiles
     from . import remote as rmt
-    from .config import Lock
     from .errors import FatalIOError
     from .remotefs import Remote
-    from .state import BlockState
+    from .state import BlockState, Lock
 
     block = load_config(ctx).get(name)
     st = BlockState(block.state)

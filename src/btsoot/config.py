@@ -8,7 +8,6 @@ atomically, so a crash never leaves it half-written.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sys
@@ -20,7 +19,7 @@ import platformdirs
 import tomli_w
 
 from .durable import atomic_write
-from .errors import ConfigError, LocalStateError, LockedError
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -215,40 +214,3 @@ class Config:
             return self.blocks[name]
         except KeyError:
             raise ConfigError(f"no block named {name!r} (see 'btsoot list')") from None
-
-
-class Lock:
-    """One run per block: an exclusive flock on the block's lock file.
-
-    The kernel drops the lock when the process dies, even by SIGKILL, so a
-    crashed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, path: str, what: str) -> None:
-        self.path = path
-        self.what = what
-        self.fd = -1
-
-    def __enter__(self) -> Lock:
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise LocalStateError.of(e, self.path) from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = -1
-            raise LockedError(f"{self.what} is locked by another btsoot run") from None
-        try:  # who holds it, for a person looking (a full state disk does not stop the run here)
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1

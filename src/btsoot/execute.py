@@ -39,7 +39,8 @@ from .ops import (
     Symlink,
     Tag,
 )
-from .plan import Plan, parent
+from .paths import parent
+from .plan import Plan
 from .remotefs import Blocked, Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (

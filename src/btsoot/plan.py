@@ -29,9 +29,11 @@ deepest first, after everything inside them changed).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .diff import Diff as Diff
+from .diff import diff_streams as diff_streams
 from .ops import DAMAGED as DAMAGED
 from .ops import PATCH as PATCH
 from .ops import STASH as STASH
@@ -45,6 +47,9 @@ from .ops import Rmdir as Rmdir
 from .ops import SetAttr as SetAttr
 from .ops import Symlink as Symlink
 from .ops import op_name as op_name
+from .paths import is_under as is_under
+from .paths import merge as merge
+from .paths import parent as parent
 from .scanner import CHUNK_SIZE
 from .snapshot import DIR, FILE, SYMLINK, Entry, sort_key
 
@@ -72,76 +77,7 @@ class Plan:
         return c
 
 
-@dataclass(slots=True)
-class Diff:
-    """What differs between two snapshots, by path (pass 1 of planning)."""
-
-    removed: dict[bytes, Entry] = field(default_factory=dict)
-    added: dict[bytes, Entry] = field(default_factory=dict)
-    changed: list[tuple[Entry, Entry]] = field(default_factory=list)  # same path and kind
-    old_files: int = 0
-    new_files: int = 0
-    unchanged_files: int = 0
-    dirs: dict[bytes, Entry] | None = None  # every folder of the new tree, when known
-
-    @property
-    def empty(self) -> bool:
-        return not (self.removed or self.added or self.changed)
-
-    def pair(self, o: Entry | None, n: Entry) -> None:
-        """Record new entry n against the old entry at its path (None: none there)."""
-        if o is None:
-            self.added[n.path] = n
-        elif o.kind != n.kind:
-            self.removed[o.path] = o
-            self.added[n.path] = n
-        elif not (o.same_content(n) and o.same_attrs(n)):
-            self.changed.append((o, n))
-        elif n.kind == FILE:
-            self.unchanged_files += 1
-
-
-def diff_streams(old: Iterable[Entry], new: Iterable[Entry]) -> Diff:
-    d = Diff()
-    for o, n in merge(old, new):
-        if o is not None and o.kind == FILE:
-            d.old_files += 1
-        if n is None:
-            assert o is not None
-            d.removed[o.path] = o
-            continue
-        if n.kind == FILE:
-            d.new_files += 1
-        d.pair(o, n)
-    return d
-
-
 # --- helpers ----------------------------------------------------------------
-
-def merge(old: Iterable[Entry], new: Iterable[Entry]) -> Iterator[tuple[Entry | None, Entry | None]]:
-    """Merge-join two snapshot-ordered streams by path."""
-    oi, ni = iter(old), iter(new)
-    o, n = next(oi, None), next(ni, None)
-    while o is not None or n is not None:
-        if n is None or (o is not None and sort_key(o.path) < sort_key(n.path)):
-            yield o, None
-            o = next(oi, None)
-        elif o is None or sort_key(n.path) < sort_key(o.path):
-            yield None, n
-            n = next(ni, None)
-        else:
-            yield o, n
-            o, n = next(oi, None), next(ni, None)
-
-
-def parent(path: bytes) -> bytes:
-    i = path.rfind(b"/")
-    return path[:i] if i >= 0 else b""
-
-
-def is_under(path: bytes, top: bytes) -> bool:
-    return path == top or path.startswith(top + b"/")
-
 
 def _rebase(path: bytes, top: bytes, new_top: bytes) -> bytes:
     return new_top + path[len(top):]

@@ -17,13 +17,13 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from . import remote as rmt
 from . import scanner
 from .errors import FatalIOError, StateError, UsageError, show_path
 from .names import decode
-from .plan import is_under, merge, parent
+from .paths import is_under, merge, parent
 from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader, bad_path
 from .state import BlockState
 
@@ -257,10 +257,8 @@ def walk_decoded(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
             os.close(fd)
 
 
-#: plan.merge over a snapshot and what is found on disk (it needs only `.path`).
-merge_found = cast(
-    Callable[[Iterable[Entry], Iterable[Found]], Iterator[tuple[Entry | None, Found | None]]],
-    merge)
+#: paths.merge over a snapshot and what is found on disk.
+merge_found = merge
 
 
 def lstat_found(root: bytes, rel: bytes) -> Found | None:

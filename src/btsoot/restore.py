@@ -42,14 +42,14 @@ from typing import Any
 
 from . import remote as rmt
 from . import scanner
-from .config import Block, Lock
+from .config import Block
 from .errors import EXIT_DAMAGE, EXIT_PARTIAL, FatalIOError, GuardError, UsageError
-from .plan import is_under
+from .paths import is_under
 from .reading import EntryChecker, SnapshotSource, merge_found, open_snapshot, show, unsafe_path
 from .restore_apply import Applier, DryRunApplier, Progress, RestoreResult
 from .restore_walk import NowIndex, PairWalker, found, selected
 from .snapshot import FILE
-from .state import BlockState
+from .state import BlockState, Lock
 from .transfer import syncfs
 
 __all__ = ["RestoreResult", "SnapshotSource", "open_snapshot", "restore", "restore_block",

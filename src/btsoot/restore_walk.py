@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .plan import is_under, parent
+from .paths import is_under, parent
 from .reading import DIR_FLAGS, EntryChecker, Found, SnapshotSource, lstat_found, walk_found
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import temp_name

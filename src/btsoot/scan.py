@@ -31,9 +31,9 @@ from typing import Any
 import orjson
 
 from . import __version__, mounts, scanner
+from .diff import Diff
 from .errors import ConfigError
 from .longpath import ShortPaths
-from .plan import Diff
 from .snapshot import (
     DIR,
     FILE,

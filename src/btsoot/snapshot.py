@@ -29,6 +29,7 @@ import orjson
 
 from .durable import fsync_dir
 from .errors import LocalStateError, StateError
+from .paths import sort_key as sort_key
 from .scanner import line_path as _line_path
 
 FORMAT = "btsoot-snapshot"
@@ -39,11 +40,6 @@ FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
 _KINDS = (FILE, DIR, SYMLINK)
-
-
-def sort_key(path: bytes) -> bytes:
-    # NUL cannot occur in a name, so mapping "/" to it makes "/" sort first.
-    return path.replace(b"/", b"\x00")
 
 
 @dataclass(slots=True, frozen=True)

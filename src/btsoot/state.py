@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import glob
 import os
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .durable import atomic_write
-from .errors import LocalStateError, StateError, printable
+from .errors import LocalStateError, LockedError, StateError, printable
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -200,3 +201,39 @@ class BlockState:
                 continue
         return None
 
+
+class Lock:
+    """One run per block: an exclusive flock on the block's lock file.
+
+    The kernel drops the lock when the process dies, even by SIGKILL, so a
+    crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        self.fd = -1
+
+    def __enter__(self) -> Lock:
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise LocalStateError.of(e, self.path) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = -1
+            raise LockedError(f"{self.what} is locked by another btsoot run") from None
+        try:  # who holds it, for a person looking (a full state disk does not stop the run here)
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -33,9 +33,9 @@ import xxhash
 from . import profile as profiles
 from . import remote as rmt
 from . import scanner
-from .config import Block, Lock
+from .config import Block
 from .errors import EXIT_DAMAGE, EXIT_OK, EXIT_PARTIAL, FatalIOError, UsageError
-from .plan import is_under
+from .paths import is_under
 from .reading import (
     EntryChecker,
     Found,
@@ -48,7 +48,7 @@ from .reading import (
 )
 from .remotefs import Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
-from .state import BlockState
+from .state import BlockState, Lock
 
 Progress = Callable[[str, Any], None]
 Select = Callable[[bytes], bool]
