@@ -658,6 +658,31 @@ def test_crash_at_every_point_of_a_resumed_runs_commit(block) -> None:
         assert_done(env, src, dst)
 
 
+def test_the_harness_sees_every_phase_and_operation(block) -> None:
+    """The crash tests aim at phases and operations that btsoot announces itself
+    (btsoot.events): a refactor that drops an announcement shows here, not as
+    crash tests that quietly stop reaching a phase. (Planning touches nothing:
+    no event falls in it.)"""
+    env, src, dst = block
+    for i in range(4):
+        write(src / "d" / f"f{i}", bytes([i]) * 5000)
+    write(src / "gone", b"x")
+    env.run("backup", "b", check=0)
+    os.rename(src / "d", src / "moved")
+    (src / "gone").unlink()
+    write(src / "moved" / "f0", b"changed")
+    write(src / "new", b"new")
+    os.symlink("new", src / "link")
+    _, labels = torture_run(env, trace=env.root / "t.json", args=("--jobs", "1"))
+    seen = {lab.partition(":")[0] for lab in labels}
+    kinds = {lab.partition(":")[2] for lab in labels}
+    want = {"scan", "copy", "move", "delete", "attr", "symlink", "cleanup", "commit",
+            "snapshot-write"}
+    assert want <= seen, sorted(want - seen)
+    assert {"flush", "write", "fsync", "rename"} <= kinds, sorted(kinds)
+    assert_done(env, src, dst)
+
+
 @pytest.mark.slow
 def test_snapshot_temp_of_a_killed_writer_is_removed_whatever_the_next_kill(block) -> None:
     """A run killed while writing the second copy of a full snapshot leaves its temp

@@ -92,25 +92,36 @@ def _wrap_call(fn: Any, kind: str) -> Any:
     return wrapper
 
 
-def _wrap_phase(fn: Any, label: str, per_thread: bool = False) -> Any:
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        global _phase
-        if per_thread:
-            old = getattr(_tls, "op", None)
-            _tls.op = label(*a) if callable(label) else label
-            try:
-                return fn(*a, **kw)
-            finally:
-                _tls.op = old
-        old = _phase
-        _phase = label
-        try:
-            return fn(*a, **kw)
-        finally:
-            _phase = old
+class _Watcher:
+    """btsoot.events' watcher: the labels events carry (the phase, or on a
+    transfer thread the operation it carries out)."""
 
-    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-    return wrapper
+    def phase(self, name: str, entering: bool) -> None:
+        global _phase
+        stack = _phases
+        if entering:
+            stack.append(_phase)
+            _phase = name
+        else:
+            _phase = stack.pop()
+
+    def operation(self, label: str, entering: bool) -> None:
+        stack = getattr(_tls, "ops", None)
+        if stack is None:
+            stack = _tls.ops = []
+        if entering:
+            stack.append(getattr(_tls, "op", None))
+            _tls.op = _OP_LABELS.get(label, label)
+        else:
+            _tls.op = stack.pop()
+
+    def point(self, kind: str) -> None:
+        _event(kind)
+
+
+_phases: list[str] = []
+# Operations by the phase the crash tests aim at.
+_OP_LABELS = {"move-dir": "move", "rmdir": "delete", "set-attributes": "attr", "remote-copy": "copy"}
 
 
 def install() -> None:
@@ -118,7 +129,7 @@ def install() -> None:
     _kill_at = int(os.environ.get("TORTURE_KILL_AT", "0") or 0)
     _slow = float(os.environ.get("TORTURE_SLOW", "0") or 0)
 
-    from btsoot import backup, execute, plan, remote, scan, scanner, snapshot, transfer
+    from btsoot import backup, events, scanner, transfer
 
     # System calls that change or sync the remote or the local state.
     for name in ("rename", "replace", "unlink", "rmdir", "mkdir", "write", "pwrite", "ftruncate",
@@ -129,28 +140,8 @@ def install() -> None:
     backup.syncfs = transfer.syncfs
     scanner.hash_file = _wrap_call(scanner.hash_file, "hash")
     scanner.copy_small = _wrap_call(scanner.copy_small, "copy_small")
-    snapshot.SnapshotWriter._flush = _wrap_call(snapshot.SnapshotWriter._flush, "flush")
-
-    # Phases (the label events carry).
-    scan.scan = _wrap_phase(scan.scan, "scan")
-    backup.scan = scan.scan
-    backup.make_plan = _wrap_phase(plan.make_plan, "plan")
-    backup._recover = _wrap_phase(backup._recover, "recover")
-    backup._commit = _wrap_phase(backup._commit, "commit")
-    backup._cleanup_meta = _wrap_phase(backup._cleanup_meta, "cleanup")
-    remote.write_full = _wrap_phase(remote.write_full, "snapshot-write")
-    remote.write_delta = _wrap_phase(remote.write_delta, "snapshot-write")
-    remote.prune = _wrap_phase(remote.prune, "snapshot-prune")
-    remote.init_remote = _wrap_phase(remote.init_remote, "init")
-
-    def op_label(self: Any, op: Any) -> str:
-        name = plan.op_name(op)
-        return {"move-dir": "move", "rmdir": "delete", "set-attributes": "attr",
-                "remote-copy": "copy"}.get(name, name)
-
-    execute.Executor._one = _wrap_phase(execute.Executor._one, op_label, per_thread=True)
-    execute.Executor._transfer = _wrap_phase(execute.Executor._transfer, op_label,
-                                             per_thread=True)
+    # Phases, operations and snapshot flushes come through btsoot's own seam.
+    events.watch(_Watcher())
 
     ready_fd = int(os.environ.get("TORTURE_READY_FD", "-1") or -1)
     real_backup = backup.backup

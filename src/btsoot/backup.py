@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import mounts
+from . import events, mounts
 from . import profile as profiles
 from . import remote as rmt
 from .config import Block
@@ -473,6 +473,7 @@ def _drop_journal(st: BlockState) -> None:
     st.remove_bases()
 
 
+@events.in_phase("recover")
 def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str) -> str:
     from .journal import read_journal
 
@@ -587,6 +588,7 @@ def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
     return out
 
 
+@events.in_phase("cleanup")
 def _cleanup_meta(remote: Remote) -> None:
     """Remove the run's emptied stash folders, and the folder of patch redo files
     (empty once every patch finished: a redo file is removed right after its target
@@ -607,6 +609,7 @@ def _cleanup_meta(remote: Remote) -> None:
             pass
 
 
+@events.in_phase("commit")
 def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
             head: Head, ex: ExecStats, unchanged: bool,
             ident: dict[str, Any], tidy: bool) -> tuple[str, int]:

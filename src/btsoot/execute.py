@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import scanner
+from . import events, scanner
 from .errors import FatalIOError, SourceError
 from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
@@ -323,6 +323,7 @@ class Executor:
                 return True
         return False
 
+    @events.operates
     def _one(self, op: Op) -> None:
         if self._below_unstorable(op.where):
             return
@@ -486,6 +487,7 @@ class Executor:
             self.stats.bytes_sent += n
         return True
 
+    @events.operates
     def _transfer(self, op: Copy | RemoteCopy) -> None:
         if self._below_unstorable(op.path):
             return

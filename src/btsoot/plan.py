@@ -32,6 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from . import events
 from .diff import Diff as Diff
 from .diff import diff_streams as diff_streams
 from .ops import DAMAGED as DAMAGED
@@ -99,6 +100,7 @@ def _vote(old: bytes, new: bytes, rdirs: set[bytes], adirs: set[bytes]) -> tuple
 
 # --- the planner ------------------------------------------------------------
 
+@events.in_phase("plan")
 def make_plan(
     open_old: Callable[[], Iterable[Entry]],
     open_new: Callable[[], Iterable[Entry]],

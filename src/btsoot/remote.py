@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from . import events
 from .errors import FatalIOError, GuardError, StateError
 from .mounts import mount_of
 from .remotefs import Remote
@@ -192,6 +193,7 @@ def check_remote(remote: str, block: str, has_committed: bool) -> dict[str, Any]
     return ident
 
 
+@events.in_phase("init")
 def init_remote(remote: Remote, block: str) -> None:
     remote.makedirs(meta_rel("snapshots"))
     if read_ident(remote) is None:
@@ -207,6 +209,7 @@ def _strip(e: Entry) -> Entry:
 COPY_SUFFIX = ".full-copy.jsonl.gz"
 
 
+@events.in_phase("snapshot-write")
 def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[Entry]]) -> int:
     """Write a full snapshot, twice: ID.full.jsonl.gz and its copy ID.full-copy.jsonl.gz.
 
@@ -248,6 +251,7 @@ def _strip_obj(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ("ino", "dev")}
 
 
+@events.in_phase("snapshot-write")
 def write_delta(remote: Remote, header: Header, base_id: str,
                 old_path: str, new_path: str) -> tuple[int, int]:
     """Write the delta between two local snapshot files; returns (bytes, records).
@@ -420,6 +424,7 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
     return header, [table[k] for k in sorted(table, key=sort_key)]
 
 
+@events.in_phase("snapshot-prune")
 def prune(remote: Remote, keep_ids: set[str]) -> None:
     """Remove remote snapshot files that no kept snapshot's chain needs."""
     root = os.fsdecode(remote.root)

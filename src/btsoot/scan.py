@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__, mounts, scanner
+from . import __version__, events, mounts, scanner
 from .diff import Diff
 from .errors import ConfigError
 from .longpath import ShortPaths
@@ -135,6 +135,7 @@ def _same_stat(d: dict[str, Any], w: tuple) -> bool:
     return True
 
 
+@events.in_phase("scan")
 def scan(
     *,
     block: str,

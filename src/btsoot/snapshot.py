@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import orjson
 
+from . import events
 from .durable import fsync_dir
 from .errors import LocalStateError, StateError
 from .paths import sort_key as sort_key
@@ -552,6 +553,7 @@ class SnapshotWriter:
             self._flush()
 
     def _flush(self) -> None:
+        events.point("flush")
         if self._buf:
             try:
                 self._f.write(b"".join(self._buf))
