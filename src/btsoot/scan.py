@@ -100,13 +100,98 @@ def make_exclude(patterns: list[str]) -> Callable[[bytes, bool], bool] | None:
     return exclude
 
 
+# --- the tier decision --------------------------------------------------------
+#
+# What a walked entry needs, from the cheapest answer to the dearest. SAME_LINE
+# is decided on the raw line (scanner.line_same, before anything is decoded);
+# the rest by classify() on the decoded previous entry.
+
+SAME_LINE = "same line"  # the previous line says exactly what the walk found: written back as is
+SAME_STAT = "same stat"  # a decoded entry equal in every recorded field: its line is written back
+KEEP_DIGEST = "same size, mtime, inode"  # attributes changed, content did not: the digest is kept
+SAME_INODE_ELSEWHERE = "same inode elsewhere"  # a renamed folder's file: the digest found there
+SEND_UNHASHED = "hashed while sent"  # new, nothing on the remote can hold it (hash_new=False)
+HASH = "hash"
+NOT_A_FILE = "not a file"  # a folder or link with new attributes: its entry is the walk's
+
+
+@dataclass(slots=True, frozen=True)
+class Policy:
+    """What classify() trusts."""
+
+    racy_before: int  # a file modified at or after this is re-read (see RACY_NS)
+    checksum: bool = False  # re-read every file
+    trust_inode: bool = True  # an inode change means new content
+    hash_new: bool = True  # hash new files during the scan (else while they are sent)
+    # (inode, device, size, mtime) lookup of the previous scan's files: (digest, chunks)
+    find_moved: Callable[[tuple], tuple[str, tuple[str, ...] | None] | None] | None = None
+
+
+def classify(w: tuple, old: dict[str, Any] | None, policy: Policy
+             ) -> tuple[str, tuple[str, tuple[str, ...] | None] | None]:
+    """The tier of walk tuple w against its previous entry old (None: a new path),
+    with the (digest, chunks) found for SAME_INODE_ELSEWHERE. Pure: no file
+    system (find_moved answers from the previous snapshot)."""
+    path, kind, size, mtime, mode, ino, dev, extra = w
+    if old is not None and _same_stat(old, w) and (
+            kind != scanner.FILE or (not policy.checksum and old["mtime"] < policy.racy_before)):
+        return SAME_STAT, None
+    if kind != scanner.FILE:
+        return NOT_A_FILE, None
+    if (not policy.checksum and old is not None and old.get("type") == FILE and "digest" in old
+            and old.get("size") == size and old["mtime"] == mtime
+            and (not policy.trust_inode or old.get("ino") == ino)
+            and old["mtime"] < policy.racy_before):
+        return KEEP_DIGEST, None
+    if not policy.hash_new and old is None:
+        # Nothing on the remote can hold this content: the copy that sends it
+        # hashes it on the way (one read instead of two).
+        return SEND_UNHASHED, None
+    if old is None and policy.find_moved is not None and size >= MOVED_MIN_SIZE:
+        known = policy.find_moved(w)
+        if known is not None:
+            # A file at a new path, but the very inode, size and mtime of one the
+            # last scan saw elsewhere (its folder was renamed, or it is a hard
+            # link): the same trust as at its old path.
+            return SAME_INODE_ELSEWHERE, known
+    return HASH, None
+
+
+def _same_stat(d: dict[str, Any], w: tuple) -> bool:
+    """Does the walk tuple match the previous entry in every recorded field?"""
+    path, kind, size, mtime, mode, ino, dev, extra = w
+    if d.get("type") != _KIND.get(kind):
+        return False
+    if d.get("mtime") != mtime or d.get("mode") != mode or d.get("ino") != ino or d.get("dev") != dev:
+        return False
+    if kind == scanner.FILE:
+        return bool(d.get("size") == size and "digest" in d)
+    if kind == scanner.SYMLINK:
+        t = d.get("target")
+        return t is not None and t.encode("utf-8") == extra
+    return True
+
+
+# --- the merge of the walk with the previous snapshot -----------------------------
+
+class _Old:
+    """A previous entry, decoded, with the line it was read from (written back
+    verbatim when it still holds)."""
+
+    __slots__ = ("d", "line")
+
+    def __init__(self, d: dict[str, Any], line: bytes) -> None:
+        self.d = d
+        self.line = line
+
+
 class _Item:
     """One output position in the ordered pipeline."""
 
     __slots__ = ("path", "entry", "walk", "fut", "idx", "old", "raw")
 
     def __init__(self, path: bytes, entry: Entry | None = None, walk: tuple | None = None,
-                 fut: Future | None = None, old: dict[str, Any] | None = None,
+                 fut: Future | None = None, old: _Old | None = None,
                  raw: bytes | None = None) -> None:
         self.path = path
         self.entry = entry
@@ -114,25 +199,231 @@ class _Item:
         self.fut = fut  # the hash batch this file is in (_UNSENT until submitted)
         self.idx = 0  # its place in that batch
         self.old = old
-        self.raw = raw
+        self.raw = raw  # a line to write back as is (the entry unchanged, or carried forward)
 
 
 _UNSENT: Future = Future()
 
 
-def _same_stat(d: dict[str, Any], w: tuple) -> bool:
-    """Does the walk tuple match the previous entry in every recorded field?"""
-    kind = w[1]
-    if d.get("type") != _KIND.get(kind):
-        return False
-    if d.get("mtime") != w[3] or d.get("mode") != w[4] or d.get("ino") != w[5] or d.get("dev") != w[6]:
-        return False
-    if kind == scanner.FILE:
-        return bool(d.get("size") == w[2] and "digest" in d)
-    if kind == scanner.SYMLINK:
-        t = d.get("target")
-        return t is not None and t.encode("utf-8") == w[7]
-    return True
+class _Merge:
+    """The walk merged with the previous snapshot, in order, into the new one:
+    the writer, the counts, the diff, and the window of entries waiting for
+    their hashes (written in walk order as the hashes come back)."""
+
+    def __init__(self, root: bytes, out_path: str, previous: SnapshotReader | None,
+                 writer: SnapshotWriter, started: int, pool: ThreadPoolExecutor,
+                 on_progress: Callable[[ScanStats], None] | None) -> None:
+        self.root, self.out_path, self.previous = root, out_path, previous
+        self.writer, self.started, self.pool = writer, started, pool
+        self.on_progress = on_progress
+        self.stats = ScanStats()
+        self.diff = Diff(dirs={})
+        self.rewritten = False
+        self.pending: deque[_Item] = deque()
+        self.batch: list[_Item] = []
+        self.batch_bytes = 0
+        self.short = ShortPaths()
+        self.last_progress = 0
+        # Subtree that could not be listed: previous entries below it carry forward.
+        self.error_prefix: bytes | None = None
+        # Folders whose content changed after the walk began (see gone()).
+        self.busy: dict[bytes, bool] = {}
+
+    # Counting what is written: one place for every path through the merge.
+    def same(self, path: bytes, kind: str, size: int, folder: Entry | None) -> None:
+        """Count an entry written back unchanged (folder: its entry, for the diff)."""
+        stats = self.stats
+        if kind == FILE:
+            stats.files += 1
+            stats.bytes += size
+            self.diff.new_files += 1
+            self.diff.unchanged_files += 1
+        elif kind == DIR:
+            stats.dirs += 1
+            self.diff.dirs[path] = folder  # type: ignore[index,assignment]
+        else:
+            stats.symlinks += 1
+
+    def count(self, kind: str, size: int) -> None:
+        if kind == FILE:
+            self.stats.files += 1
+            self.stats.bytes += size
+            self.diff.new_files += 1
+        elif kind == DIR:
+            self.stats.dirs += 1
+        else:
+            self.stats.symlinks += 1
+
+    def hash_later(self, path: bytes, w: tuple, old: _Old | None) -> None:
+        it = _Item(path, walk=w, fut=_UNSENT, old=old)
+        self.pending.append(it)
+        self.batch.append(it)
+        self.batch_bytes += w[2]
+        if len(self.batch) >= scanner.BATCH_FILES or self.batch_bytes >= scanner.BATCH_BYTES:
+            self.send()
+
+    def send(self) -> None:
+        if self.batch:
+            root, short = self.root, self.short
+            fut = self.pool.submit(scanner.hash_batch, [short(root + b"/" + it.path) for it in self.batch],
+                                   scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
+            for i, it in enumerate(self.batch):
+                it.fut, it.idx = fut, i
+            self.batch, self.batch_bytes = [], 0
+
+    def carry(self, path: bytes, old: _Old) -> None:
+        """Write old back as it was (unreadable now, or vanished for this run)."""
+        self.pending.append(_Item(path, old=old, raw=old.line))
+
+    def emit(self, it: _Item) -> None:
+        if it.raw is not None:  # identical to the previous entry, or carried forward
+            self.writer.write_raw(it.path, it.raw)
+            if it.old is None:  # a file or folder whose line matched its walk tuple
+                w = it.walk
+                assert w is not None
+                if w[1] == scanner.FILE:
+                    self.same(it.path, FILE, w[2], None)
+                else:
+                    self.same(it.path, DIR, 0, _entry(w))
+                return
+            d = it.old.d
+            kind = d["type"]
+            self.same(it.path, kind, d.get("size", 0),
+                      entry_from_dict(d, self.out_path) if kind == DIR else None)
+            return
+        entry = it.entry
+        if it.fut is not None:
+            w = it.walk
+            assert w is not None
+            digest, chunks, size, mtime, ino, err = it.fut.result()[it.idx]
+            if err == 0:
+                entry = Entry(w[0], FILE, size, mtime, w[4], ino, w[6], digest,
+                              tuple(chunks) if chunks else None)
+                self.stats.hashed_files += 1
+                self.stats.hashed_bytes += size
+            elif err in (errno.ENOENT, errno.ENOTDIR):
+                entry = None  # vanished since the walk: deleted, not an error
+            else:
+                why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
+                self.stats.errors.append((w[0], why))
+                if it.old is not None and it.old.d.get("type") == FILE:
+                    it.raw = it.old.line
+                    self.emit(it)
+                    return
+                entry = None
+        old = entry_from_dict(it.old.d, self.out_path) if it.old is not None else None
+        if entry is None:
+            if old is not None:
+                self.diff.removed[old.path] = old
+                self.rewritten = True
+            return
+        self.writer.write(entry)
+        self.count(entry.kind, entry.size)
+        if entry.kind == DIR:
+            self.diff.dirs[entry.path] = entry  # type: ignore[index]
+        if old != entry:
+            self.rewritten = True
+        self.diff.pair(old, entry)
+
+    def drain(self, force: bool) -> None:
+        pending = self.pending
+        while pending:
+            head = pending[0]
+            if head.fut is _UNSENT:
+                if not force and len(pending) < _WINDOW:
+                    break
+                self.send()
+            if head.fut is not None and not head.fut.done() and not force and len(pending) < _WINDOW:
+                break
+            self.emit(pending.popleft())
+        if self.on_progress is not None and self.stats.files - self.last_progress >= 1000:
+            self.last_progress = self.stats.files
+            self.on_progress(self.stats)
+
+    def changed_since_start(self, folder: bytes) -> bool:
+        """Did folder's content change after the walk began? Its mtime must fall
+        between the scan's start and now: a folder stamped in the future (a clock
+        stepped back, a file server's clock ahead of ours) proves nothing, and
+        must not keep deletions waiting. No margin below the start: a deletion
+        made just before the run must not wait a run (where the file system
+        keeps whole seconds, a change in the scan's first second is missed)."""
+        known = self.busy.get(folder)
+        if known is None:
+            try:
+                m = os.lstat(self.short(self.root + b"/" + folder) if folder else self.root).st_mtime_ns
+                known = self.started <= m <= time.time_ns()
+            except OSError:
+                known = False  # gone itself: decided where its own entry is
+            self.busy[folder] = known
+        return known
+
+    def gone(self, old: _Old, path: bytes) -> None:
+        """A previous entry the walk did not meet."""
+        ep = self.error_prefix
+        if ep is not None and (path.startswith(ep) or ep == b""):
+            self.carry(path, old)  # unreadable: carry forward
+        elif old.d.get("type") == DIR and self.changed_since_start(path.rpartition(b"/")[0]):
+            # A folder missing from a folder that changed while the walk ran:
+            # perhaps moved into the part already walked. Kept as last backed up,
+            # with all below it, for this run. (Folders only: a file costs little
+            # to send again, and a folder written to all the time, a mailbox,
+            # must not keep its deleted files on the remote run after run.)
+            self.stats.vanished += 1
+            self.carry(path, old)
+            self.error_prefix = path + b"/"
+        else:
+            self.diff.removed[path] = entry_from_dict(old.d, self.out_path)
+            self.rewritten = True
+
+    def unreadable(self, path: bytes, err: int, old: _Old | None) -> None:
+        """The walk could not read path (a folder it listed, or a file gone)."""
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            # Listed, then gone before it was read. A folder is kept as last backed
+            # up, with all below it, for this run (moved, perhaps, into the part
+            # already walked); the next decides. A file is deleted. Neither is an
+            # error.
+            if old is not None and old.d.get("type") == DIR:
+                self.stats.vanished += 1
+                self.carry(path, old)
+                self.error_prefix = path + b"/"
+            elif old is not None:
+                self.gone(old, path)
+            return
+        self.stats.errors.append((path, os.strerror(err)))
+        if old is not None:
+            self.carry(path, old)
+        if old is None or old.d.get("type") == DIR:
+            self.error_prefix = path + b"/" if path else b""
+
+    def place(self, path: bytes, w: tuple, old: _Old | None, policy: Policy) -> None:
+        """A walked file, folder or link that is not its previous line verbatim."""
+        tier, known = classify(w, old.d if old is not None else None, policy)
+        if tier == SAME_STAT:
+            assert old is not None
+            if self.pending:
+                self.carry(path, old)
+            else:  # nothing to wait for: written at once
+                self.writer.write_raw(path, old.line)
+                kind = old.d["type"]
+                self.same(path, kind, w[2], entry_from_dict(old.d, self.out_path) if kind == DIR else None)
+            return
+        _, _, size, mtime, mode, ino, dev, _ = w
+        if tier == NOT_A_FILE:
+            self.pending.append(_Item(path, entry=_entry(w), old=old))
+        elif tier == KEEP_DIGEST:
+            assert old is not None
+            chunks = old.d.get("chunks")
+            self.pending.append(_Item(path, entry=Entry(
+                path, FILE, size, mtime, mode, ino, dev, old.d["digest"],
+                tuple(chunks) if chunks else None), old=old))
+        elif tier == SEND_UNHASHED:
+            self.pending.append(_Item(path, entry=Entry(path, FILE, size, mtime, mode, ino, dev)))
+        elif tier == SAME_INODE_ELSEWHERE:
+            assert known is not None
+            self.pending.append(_Item(path, entry=Entry(
+                path, FILE, size, mtime, mode, ino, dev, known[0], known[1])))
+        else:
+            self.hash_later(path, w, old)
 
 
 @events.in_phase("scan")
@@ -167,170 +458,36 @@ def scan(
         tool=f"btsoot {__version__}",
     )
     racy_before = (previous.header.scan_started_ns - RACY_NS) if previous else 0
-    stats = ScanStats()
-    diff = Diff(dirs={})
-    rewritten = False
     prev_iter = previous.lines() if previous is not None else iter(())
     # (path, line); read before the writer exists: a damaged first line
     # must not leave an open temp file behind.
     prev = next(prev_iter, None)
     writer = SnapshotWriter(out_path, header)
-    pending: deque[_Item] = deque()
-    threads = threads or scanner.default_threads()
-
-    short = ShortPaths()
-    last_progress = 0
-    batch: list[_Item] = []
-    batch_bytes = 0
-
-    def send() -> None:
-        nonlocal batch, batch_bytes
-        if batch:
-            fut = pool.submit(scanner.hash_batch, [short(root + b"/" + it.path) for it in batch],
-                              scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
-            for i, it in enumerate(batch):
-                it.fut, it.idx = fut, i
-            batch, batch_bytes = [], 0
-
-    def count(kind: str, size: int) -> None:
-        if kind == FILE:
-            stats.files += 1
-            stats.bytes += size
-            diff.new_files += 1
-        elif kind == DIR:
-            stats.dirs += 1
-        else:
-            stats.symlinks += 1
-
-    def emit(it: _Item) -> None:
-        nonlocal rewritten
-        if it.raw is not None:  # identical to the previous entry, or carried forward
-            writer.write_raw(it.path, it.raw)
-            if it.old is None:  # a file or folder whose line matched its walk tuple
-                w = it.walk
-                assert w is not None
-                if w[1] == scanner.FILE:
-                    count(FILE, w[2])
-                    diff.unchanged_files += 1
-                else:
-                    count(DIR, 0)
-                    diff.dirs[it.path] = _entry(w)  # type: ignore[index]
-                return
-            kind = it.old["type"]
-            count(kind, it.old.get("size", 0))
-            if kind == FILE:
-                diff.unchanged_files += 1
-            elif kind == DIR:
-                diff.dirs[it.path] = entry_from_dict(it.old, out_path)  # type: ignore[index]
-            return
-        entry = it.entry
-        if it.fut is not None:
-            w = it.walk
-            assert w is not None
-            digest, chunks, size, mtime, ino, err = it.fut.result()[it.idx]
-            if err == 0:
-                entry = Entry(w[0], FILE, size, mtime, w[4], ino, w[6], digest,
-                              tuple(chunks) if chunks else None)
-                stats.hashed_files += 1
-                stats.hashed_bytes += size
-            elif err in (errno.ENOENT, errno.ENOTDIR):
-                entry = None  # vanished since the walk: deleted, not an error
-            else:
-                why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
-                stats.errors.append((w[0], why))
-                if it.old is not None and it.old.get("type") == FILE:
-                    it.raw = it.old["\0line"]
-                    emit(it)
-                    return
-                entry = None
-        old = entry_from_dict(it.old, out_path) if it.old is not None else None
-        if entry is None:
-            if old is not None:
-                diff.removed[old.path] = old
-                rewritten = True
-            return
-        writer.write(entry)
-        count(entry.kind, entry.size)
-        if entry.kind == DIR:
-            diff.dirs[entry.path] = entry  # type: ignore[index]
-        if old != entry:
-            rewritten = True
-        diff.pair(old, entry)
-
-    def drain(force: bool) -> None:
-        nonlocal last_progress
-        while pending:
-            head = pending[0]
-            if head.fut is _UNSENT:
-                if not force and len(pending) < _WINDOW:
-                    break
-                send()
-            if head.fut is not None and not head.fut.done() and not force and len(pending) < _WINDOW:
-                break
-            emit(pending.popleft())
-        if on_progress is not None and stats.files - last_progress >= 1000:
-            last_progress = stats.files
-            on_progress(stats)
-
-    def take_prev() -> dict[str, Any]:
-        """Consume the current previous entry; keep its line for verbatim reuse."""
-        nonlocal prev
-        assert prev is not None and previous is not None
-        obj = previous.decode(prev[1])
-        obj["\0line"] = prev[1]
-        if obj.get("type") == FILE:
-            diff.old_files += 1
-        prev = next(prev_iter, None)
-        return obj
-
-    # Subtree that could not be listed: previous entries below it carry forward.
-    error_prefix: bytes | None = None
-    # Folders whose content changed after the walk began (see gone()): asked of the
-    # folder itself when something is missing from it. Its mtime must fall between
-    # the scan's start and now: a folder stamped in the future (a clock stepped
-    # back, a file server's clock ahead of ours) proves nothing, and must not keep
-    # deletions waiting. No margin below the start: a deletion made just before
-    # the run must not wait a run (where the file system keeps whole seconds, a
-    # change in the scan's first second is therefore missed).
-    busy: dict[bytes, bool] = {}
-
-    def changed_since_start(folder: bytes) -> bool:
-        known = busy.get(folder)
-        if known is None:
-            try:
-                m = os.lstat(short(root + b"/" + folder) if folder else root).st_mtime_ns
-                known = started <= m <= time.time_ns()
-            except OSError:
-                known = False  # gone itself: decided where its own entry is
-            busy[folder] = known
-        return known
-
-    def gone(obj: dict[str, Any], path: bytes) -> None:
-        nonlocal rewritten, error_prefix
-        if error_prefix is not None and (path.startswith(error_prefix) or error_prefix == b""):
-            pending.append(_Item(path, old=obj, raw=obj["\0line"]))  # unreadable: carry forward
-        elif obj.get("type") == DIR and changed_since_start(path.rpartition(b"/")[0]):
-            # A folder missing from a folder that changed while the walk ran:
-            # perhaps moved into the part already walked. Kept as last backed up,
-            # with all below it, for this run. (Folders only: a file costs little
-            # to send again, and a folder written to all the time, a mailbox,
-            # must not keep its deleted files on the remote run after run.)
-            stats.vanished += 1
-            pending.append(_Item(path, old=obj, raw=obj["\0line"]))
-            error_prefix = path + b"/"
-        else:
-            e = entry_from_dict(obj, out_path)
-            diff.removed[path] = e
-            rewritten = True
-
     moved = (_InodeIndex(previous.path) if previous is not None and trust_inode and not checksum
              else None)
+    policy = Policy(racy_before, checksum, trust_inode, hash_new,
+                    (lambda w: moved.find(w, racy_before)) if moved is not None else None)
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
     line_same = scanner.line_same
-    write_raw = writer.write_raw
+    decode = previous.decode if previous is not None else None
+    pool = ThreadPoolExecutor(max_workers=threads or scanner.default_threads(),
+                              thread_name_prefix="btsoot-scan")
+    m = _Merge(root, out_path, previous, writer, started, pool, on_progress)
+    diff, pending, same, write_raw = m.diff, m.pending, m.same, writer.write_raw
+
+    def take_prev() -> _Old:
+        """Consume the current previous entry, decoded, with its line."""
+        nonlocal prev
+        assert prev is not None and decode is not None
+        old = _Old(decode(prev[1]), prev[1])
+        if old.d.get("type") == FILE:
+            diff.old_files += 1
+        prev = next(prev_iter, None)
+        return old
+
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="btsoot-scan") as pool:
+        with pool:
             for w in _unlistable_as_errors(scanner.walk(root, one_file_system,
                                                         make_exclude(exclude))):
                 path, kind = w[0], w[1]
@@ -338,122 +495,48 @@ def scan(
                     key = sort_key(path)
                     while prev is not None and sort_key(prev[0]) < key:
                         p = prev[0]
-                        gone(take_prev(), p)
+                        m.gone(take_prev(), p)
                 if prev is not None and prev[0] == path and line_same(prev[1], w, file_bound):
-                    # The common case, kept cheap: the line records exactly what
-                    # the walk found (a file or folder); it is written back as is.
+                    # SAME_LINE, the common case, kept cheap: the line records exactly
+                    # what the walk found (a file or folder); it is written back as is.
                     line = prev[1]
                     prev = next(prev_iter, None)
                     if kind == scanner.FILE:
                         diff.old_files += 1
                     if pending:
                         pending.append(_Item(path, walk=w, raw=line))
-                        drain(False)
+                        m.drain(False)
                     elif kind == scanner.FILE:
                         write_raw(path, line)
-                        stats.files += 1
-                        stats.bytes += w[2]
-                        diff.new_files += 1
-                        diff.unchanged_files += 1
+                        same(path, FILE, w[2], None)
                     else:
                         write_raw(path, line)
-                        stats.dirs += 1
-                        diff.dirs[path] = _entry(w)  # type: ignore[index]
+                        same(path, DIR, 0, _entry(w))
                     continue
                 old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
-                    if w[7] in (errno.ENOENT, errno.ENOTDIR):
-                        # Listed, then gone before it was read. A folder is kept as
-                        # last backed up, with all below it, for this run (moved,
-                        # perhaps, into the part already walked); the next decides.
-                        # A file is deleted. Neither is an error.
-                        if old is not None and old.get("type") == DIR:
-                            stats.vanished += 1
-                            pending.append(_Item(path, old=old, raw=old["\0line"]))
-                            error_prefix = path + b"/"
-                        elif old is not None:
-                            gone(old, path)
-                        continue
-                    stats.errors.append((path, os.strerror(w[7])))
+                    m.unreadable(path, w[7], old)
+                elif kind == scanner.SPECIAL:
+                    m.stats.skipped.append(path)
                     if old is not None:
-                        pending.append(_Item(path, old=old, raw=old["\0line"]))
-                    if old is None or old.get("type") == DIR:
-                        error_prefix = path + b"/" if path else b""
-                    continue
-                if kind == scanner.SPECIAL:
-                    stats.skipped.append(path)
-                    if old is not None:
-                        gone(old, path)
-                    continue
-                if old is not None and _same_stat(old, w) and (
-                    kind != scanner.FILE
-                    or (not checksum and old["mtime"] < racy_before)
-                ):
-                    if pending:
-                        pending.append(_Item(path, old=old, raw=old["\0line"]))
-                    else:  # the common case, kept cheap: nothing to wait for
-                        writer.write_raw(path, old["\0line"])
-                        if kind == scanner.FILE:
-                            stats.files += 1
-                            stats.bytes += w[2]
-                            diff.new_files += 1
-                            diff.unchanged_files += 1
-                        elif kind == scanner.DIR:
-                            stats.dirs += 1
-                            diff.dirs[path] = entry_from_dict(old, out_path)  # type: ignore[index]
-                        else:
-                            stats.symlinks += 1
-                    continue
-                elif kind != scanner.FILE:
-                    pending.append(_Item(path, entry=_entry(w), old=old))
-                elif (
-                    not checksum
-                    and old is not None
-                    and old.get("type") == FILE
-                    and "digest" in old
-                    and old.get("size") == w[2]
-                    and old["mtime"] == w[3]
-                    and (not trust_inode or old.get("ino") == w[5])
-                    and old["mtime"] < racy_before
-                ):
-                    chunks = old.get("chunks")
-                    pending.append(_Item(path, entry=Entry(
-                        path, FILE, w[2], w[3], w[4], w[5], w[6], old["digest"],
-                        tuple(chunks) if chunks else None), old=old))
-                elif hash_new is False and old is None:
-                    # Nothing on the remote can hold this content: the copy that
-                    # sends it hashes it on the way (one read instead of two).
-                    pending.append(_Item(path, entry=Entry(
-                        path, FILE, w[2], w[3], w[4], w[5], w[6]), old=None))
-                elif (old is None and moved is not None and w[2] >= MOVED_MIN_SIZE
-                      and (known := moved.find(w, racy_before)) is not None):
-                    # A file at a new path, but the very inode, size and mtime of
-                    # one the last scan saw elsewhere (its folder was renamed, or
-                    # it is a hard link): the same trust as at its old path.
-                    pending.append(_Item(path, entry=Entry(
-                        path, FILE, w[2], w[3], w[4], w[5], w[6], known[0], known[1]), old=None))
+                        m.gone(old, path)
                 else:
-                    it = _Item(path, walk=w, fut=_UNSENT, old=old)
-                    pending.append(it)
-                    batch.append(it)
-                    batch_bytes += w[2]
-                    if len(batch) >= scanner.BATCH_FILES or batch_bytes >= scanner.BATCH_BYTES:
-                        send()
-                drain(False)
+                    m.place(path, w, old, policy)
+                    m.drain(False)
             while prev is not None:
                 p = prev[0]
-                gone(take_prev(), p)
-            send()
-            drain(True)
+                m.gone(take_prev(), p)
+            m.send()
+            m.drain(True)
     except BaseException:
         writer.abort()
         raise
     finally:
-        short.close()
+        m.short.close()
         if moved is not None:
             moved.close()
     writer.commit(sync=False)
-    return ScanResult(out_path, header, stats, diff, rewritten)
+    return ScanResult(out_path, header, m.stats, diff, m.rewritten)
 
 
 # Files below this size are cheaper to read again than to look up.
