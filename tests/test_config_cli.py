@@ -35,7 +35,8 @@ def dirs(env: Env) -> tuple[Env, Path, Path]:
 def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
     env, src, dst = dirs
     env.run("add", "photos", src, dst, "--exclude", "*.tmp", "--exclude", "cache/",
-            "--max-delete", "10%", "--cross-file-systems", "--keep", "5", check=0)
+            "--max-delete", "10%", "--cross-file-systems", "--keep", "5", "--attic-days", "14",
+            check=0)
     env.run("add", "b2", src / ".." / "src", dst.parent / "other", check=2)  # no such remote
     (dst.parent / "other").mkdir()
     env.run("add", "b2", src / ".." / "src", dst.parent / "other", "--max-delete", "500", check=0)
@@ -44,11 +45,11 @@ def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
     assert data["blocks"]["photos"] == {
         "source": str(src), "remote": str(dst), "exclude": ["*.tmp", "cache/"],
         "max_delete": "10%", "one_file_system": False, "keep_snapshots": 5, "jobs": 0,
-        "patch_in_place": True}
+        "patch_in_place": True, "attic_days": 14}
     assert data["blocks"]["b2"]["source"] == str(src)  # absolute and normalised
     cfg = Config.load(str(env.config))
     assert cfg.blocks["photos"] == Block("photos", str(src), str(dst), ["*.tmp", "cache/"], "10%",
-                                         False, 5)
+                                         False, 5, attic_days=14)
     assert cfg.blocks["b2"].delete_limit(10_000) == 500
     assert cfg.blocks["photos"].delete_limit(1000) == 100
     before = env.config.read_bytes()

@@ -28,6 +28,7 @@ from btsoot.plan import (
     Move,
     Plan,
     RemoteCopy,
+    Retire,
     Rmdir,
     SetAttr,
     Symlink,
@@ -86,8 +87,9 @@ def ordered(t: dict[bytes, Entry]) -> list[Entry]:
     return [t[k] for k in sorted(t, key=sort_key)]
 
 
-def plan_for(old: dict[bytes, Entry], new: dict[bytes, Entry]) -> Plan:
-    return make_plan(lambda: iter(ordered(old)), lambda: iter(ordered(new)), run_id="r1")
+def plan_for(old: dict[bytes, Entry], new: dict[bytes, Entry], attic: bool = False) -> Plan:
+    return make_plan(lambda: iter(ordered(old)), lambda: iter(ordered(new)), run_id="r1",
+                     attic=attic)
 
 
 # --- the model of the remote ----------------------------------------------------
@@ -115,6 +117,7 @@ class Remote:
 
     def __init__(self, entries: dict[bytes, Entry]) -> None:
         self.t: dict[bytes, Node] = {b"": Node(DIR)}
+        self.attic: dict[bytes, Node] = {}  # what Retire moved there, by path in the mirror
         for p, e in entries.items():
             self.t[p] = _node(e)
         meta = b""
@@ -208,6 +211,15 @@ class Remote:
                 raise self._fail(op, f"rmdir of a non-empty folder: {self._children(op.path)}")
             del self.t[op.path]
             self._dirty(parent(op.path))
+        elif isinstance(op, Retire):
+            n = self.t.get(op.path)
+            if n is None or n.kind == DIR:
+                raise self._fail(op, "retire of a missing path or a folder")
+            if n.kind != op.entry.kind or (n.kind == FILE and n.digest != op.entry.digest):
+                raise self._fail(op, "retired content is not the entry's")
+            del self.t[op.path]
+            self.attic[op.entry.path] = n
+            self._dirty(parent(op.path))
         elif isinstance(op, SetAttr):
             n = self.t.get(op.path)
             if n is None or n.kind != op.entry.kind:
@@ -225,7 +237,7 @@ class Remote:
         return [k for k in self.t if k.startswith(STASH + b"/r1/")]
 
 
-def apply_plan(old: dict[bytes, Entry], new: dict[bytes, Entry], plan: Plan) -> None:
+def apply_plan(old: dict[bytes, Entry], new: dict[bytes, Entry], plan: Plan) -> Remote:
     """Apply plan to old; assert the remote then holds exactly new, with no leftovers."""
     remote = Remote(old)
     for op in plan.ops:
@@ -246,6 +258,7 @@ def apply_plan(old: dict[bytes, Entry], new: dict[bytes, Entry], plan: Plan) -> 
     old_digests = {e.digest for e in old.values() if e.kind == FILE}
     sent = [op for op in plan.ops if isinstance(op, Copy) and op.entry.digest in old_digests]
     assert not sent, f"re-sent content the remote already held: {sent}"
+    return remote
 
 
 def check(old_spec: dict[str, object], new_spec: dict[str, object]) -> tuple[Plan, Counter[str]]:
@@ -568,6 +581,16 @@ def _random_trees(data: st.DataObject) -> None:
     assert plan.new_files == sum(e.kind == FILE for e in new.values())
     gone = [p for p, e in old.items() if e.kind == FILE and (p not in new or new[p].kind != FILE)]
     assert 0 <= plan.deleted_files <= len(gone)
+    # With the attic: the same mirror, and every old content that is nowhere in the
+    # new tree is in the attic, under a path where the old tree had it.
+    plan = plan_for(old, new, attic=True)
+    remote = apply_plan(old, new, plan)
+    kept = {n.digest for n in new.values() if n.kind == FILE}
+    for path, n in remote.attic.items():
+        assert path in old and old[path].kind == n.kind, path
+    retired = {n.digest for n in remote.attic.values() if n.kind == FILE}
+    lost = {e.digest for e in old.values() if e.kind == FILE} - kept - retired
+    assert not lost, f"old content neither kept nor in the attic: {lost}\n" + "\n".join(map(str, plan.ops))
 
 
 test_plan_turns_any_old_tree_into_the_new_one = settings(

@@ -121,7 +121,8 @@ class _Watcher:
 
 _phases: list[str] = []
 # Operations by the phase the crash tests aim at.
-_OP_LABELS = {"move-dir": "move", "rmdir": "delete", "set-attributes": "attr", "remote-copy": "copy"}
+_OP_LABELS = {"move-dir": "move", "rmdir": "delete", "set-attributes": "attr", "remote-copy": "copy",
+              "retire": "delete"}
 
 
 def install() -> None:

@@ -39,7 +39,7 @@ from .names import fold
 from .plan import Plan, make_plan
 from .remotefs import Remote
 from .scan import ScanStats, scan
-from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
+from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, id_ns, new_id, sort_key
 from .state import BlockState, Head, Lock
 from .transfer import syncfs
 
@@ -81,7 +81,7 @@ class BackupResult:
             ops = Counter(first["operations"]) + Counter(out["operations"])
             out["operations"] = dict(ops)
             for k in ("bytes_sent", "bytes_remote_copied", "remote_snapshot_bytes", "hashed_files",
-                      "hashed_bytes", "refetched", "repaired"):
+                      "hashed_bytes", "refetched", "repaired", "attic_files"):
                 out[k] += first[k]
             for k in ("set_aside", "remade", "notices"):
                 out[k] = first[k] + out[k]
@@ -124,6 +124,8 @@ class BackupResult:
             # sent again in a second pass), and content gone from the remote re-sent.
             "remade": sorted(p.decode("utf-8", "backslashreplace") for p in ex.lost),
             "refetched": ex.refetched,
+            # Old content moved into REMOTE/.btsoot/attic/RUN/ (attic_days > 0).
+            "attic_files": len(ex.attic),
             "passes": 1,
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
@@ -359,7 +361,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     if progress:
         progress("phase", "plan")
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
-                     patch=block.patch_in_place, fold=fold if prof.case_insensitive else None)
+                     patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
+                     attic=block.attic_days > 0)
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -392,6 +395,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,
                           sync_files=not prof.sync_reaches_disk).run(plan)
+            if ex.attic:
+                _record_attic(block, remote, ex.attic)
             _cleanup_meta(remote)
             try:
                 syncfs(block.remote)
@@ -487,8 +492,11 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
             raise StateError(f"{st.journal}: its base snapshot {base_path} is missing")
         with SnapshotReader(base_path) as r:
             model = {e.path: e for e in r}
+    attic: list[tuple[bytes, Entry]] = []
     try:
-        model = replay(st.journal, remote, model)
+        model = replay(st.journal, remote, model, attic)
+        if attic:  # listed now: the journal that knows of them goes when this run starts
+            rmt.record_attic(remote, attic)
     except OSError as e:
         raise FatalIOError(f"remote: cannot finish the interrupted run at "
                            f"{os.fsdecode(e.filename or remote.root)}: {e.strerror}") from None
@@ -697,8 +705,9 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
 
 
 def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: bool) -> None:
-    """Prune local snapshots past retention; with on_remote, the remote's too, and
-    the temp files of snapshots a killed run was writing there."""
+    """Prune local snapshots past retention; with on_remote, the remote's too, the
+    temp files of snapshots a killed run was writing there, and the attic of runs
+    more than attic_days before this one."""
     assert head.head is not None
     kept = st.prune(block.keep_snapshots, {head.head})
     if not on_remote:
@@ -708,3 +717,17 @@ def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: b
         rmt.prune(remote, keep)
     except OSError:
         pass
+    now = id_ns(head.head)
+    if now is not None:
+        try:
+            rmt.prune_attic(remote, new_id(now - block.attic_days * 86_400 * 10**9))
+        except OSError:
+            pass  # tried again by the next run that writes
+
+
+def _record_attic(block: Block, remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
+    try:
+        rmt.record_attic(remote, items)
+    except OSError as e:
+        raise FatalIOError(f"remote {block.remote}: cannot list what went into the attic: "
+                           f"{e.strerror}") from None

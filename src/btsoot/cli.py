@@ -16,7 +16,7 @@ import click
 import orjson
 
 from .cli_base import human, load_config, main_group
-from .config import Block, check_apart, parse_max_delete, validate_name
+from .config import MAX_ATTIC_DAYS, Block, check_apart, parse_max_delete, validate_name
 from .errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
@@ -40,9 +40,12 @@ from .errors import (
               help="Stay on SOURCE's file system (mount points are kept as empty folders).")
 @click.option("--keep", "keep_snapshots", default=30, show_default=True, type=click.IntRange(1),
               help="How many snapshots to keep.")
+@click.option("--attic-days", default=0, show_default=True, metavar="DAYS",
+              type=click.IntRange(0, MAX_ATTIC_DAYS),
+              help="Keep deleted and replaced files this many days in REMOTE/.btsoot/attic.")
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
-        max_delete: str, one_file_system: bool, keep_snapshots: int) -> None:
+        max_delete: str, one_file_system: bool, keep_snapshots: int, attic_days: int) -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
@@ -59,7 +62,7 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
         raise ConfigError(f"remote {dst} is not an existing folder (is the share mounted?)")
     check_apart(src, dst)
     cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
-                             keep_snapshots)
+                             keep_snapshots, attic_days=attic_days)
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
 

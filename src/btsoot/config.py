@@ -67,6 +67,9 @@ class Block:
     # Large files with few changed chunks: write those chunks into the remote file
     # (docs/design.md). Off for remotes with hard-linked history that hide link counts.
     patch_in_place: bool = True
+    # Days the content a run moves out of the mirror (deleted, or replaced) stays in
+    # REMOTE/.btsoot/attic (0: none is kept; see docs/design.md, "The attic").
+    attic_days: int = 0
 
     def delete_limit(self, files_before: int) -> int:
         n, pct = parse_max_delete(self.max_delete)
@@ -114,6 +117,7 @@ def _max_delete(v: object) -> bool:
 
 
 MAX_KEEP = 100_000
+MAX_ATTIC_DAYS = 36500
 MAX_JOBS = 256
 
 # Each key of a block: (required, check, what a valid value looks like). One table,
@@ -131,6 +135,8 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "jobs": (False, lambda v: _is_int(v) and 0 <= v <= MAX_JOBS,  # type: ignore[operator]
              f"a whole number from 0 (automatic) to {MAX_JOBS}"),
     "patch_in_place": (False, lambda v: isinstance(v, bool), "true or false"),
+    "attic_days": (False, lambda v: _is_int(v) and 0 <= v <= MAX_ATTIC_DAYS,  # type: ignore[operator]
+                   f"a whole number of days from 0 (no attic) to {MAX_ATTIC_DAYS}"),
 }
 
 

@@ -25,6 +25,7 @@ from .errors import FatalIOError, SourceError
 from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
 from .ops import (
+    ATTIC,
     DAMAGED,
     PATCH,
     STASH,
@@ -34,12 +35,14 @@ from .ops import (
     Move,
     Op,
     RemoteCopy,
+    Retire,
     Rmdir,
     SetAttr,
     Symlink,
     Tag,
+    attic_path,
 )
-from .paths import parent
+from .paths import is_under, parent
 from .plan import Plan
 from .remotefs import Blocked, Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
@@ -64,7 +67,7 @@ def _batch_kind(op: Op) -> str | None:
     """Runs of these are announced (see Executor._announce); other ops go one by one."""
     if isinstance(op, (Copy, RemoteCopy)):
         return _TRANSFERS
-    if isinstance(op, (Delete, Rmdir)):
+    if isinstance(op, (Delete, Rmdir, Retire)):
         return _DELETES
     return None
 # Folders repaired on the way to one operation before the run gives up (a remote
@@ -91,6 +94,8 @@ class ExecStats:
     lost: set[bytes] = field(default_factory=set)
     placed: set[bytes] = field(default_factory=set)
     refetched: int = 0  # content gone from the remote, sent again from the source
+    # What went into the attic: (its path there, the entry it was in the mirror)
+    attic: list[tuple[bytes, Entry]] = field(default_factory=list)
 
 
 class Executor:
@@ -129,6 +134,7 @@ class Executor:
         self.short = ShortPaths()
         # Journal numbers of announced begin records, by id(op) (see _announce).
         self._announced: dict[int, int] = {}
+        self._attic_dirs: set[bytes] = set()  # folders made in the attic by this run
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -203,7 +209,12 @@ class Executor:
             return op_record(op.tag, src=op.src, dst=op.dst, entry=op.entry)
         if isinstance(op, (Delete, Rmdir)):
             return op_record(op.tag, path=op.path)
+        if isinstance(op, Retire):
+            return op_record(op.tag, src=op.path, dst=self._attic_path(op), entry=op.entry)
         return op_record(op.tag, entry=op.entry)
+
+    def _attic_path(self, op: Retire) -> bytes:
+        return attic_path(self.run_id.encode(), op.entry.path, self.remote.escaped)
 
     def _tmp(self, op: Copy | RemoteCopy, attempt: int, repairs: int) -> bytes:
         return temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
@@ -425,6 +436,24 @@ class Executor:
                 raise
             self._set_aside(op.path)
 
+    def _retire(self, op: Retire) -> None:
+        dst = self._attic_path(op)
+        folder = parent(dst)
+        if folder not in self._attic_dirs:
+            self.remote.makedirs(folder)
+            with self._lock:
+                self._attic_dirs.add(folder)
+        try:
+            self.remote.rename(op.path, dst)
+        except FileNotFoundError:
+            return  # nothing there any more: as a delete that finds nothing
+        except Blocked as e:
+            if is_under(e.rel, ATTIC):
+                raise
+            return  # a folder on its way is gone: so is what it held
+        with self._lock:
+            self.stats.attic.append((dst, op.entry))
+
     def _set_attr(self, op: SetAttr) -> Callable[[], None] | None:
         try:
             set_attrs(self.remote, op.path, op.entry)
@@ -617,4 +646,5 @@ _NO_LINKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
 HANDLERS: dict[type, Callable[[Executor, Any], Callable[[], None] | None]] = {
     Mkdir: Executor._mkdir, Move: Executor._move, Symlink: Executor._symlink,
     Delete: Executor._delete, Rmdir: Executor._rmdir, SetAttr: Executor._set_attr,
+    Retire: Executor._retire,
 }

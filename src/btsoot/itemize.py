@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .errors import show_path
-from .ops import STASH, Copy, Delete, Mkdir, Move, RemoteCopy, Rmdir, SetAttr, Symlink
+from .ops import STASH, Copy, Delete, Mkdir, Move, RemoteCopy, Retire, Rmdir, SetAttr, Symlink
 from .plan import Plan, patch_bytes
 
 display_path = show_path
@@ -39,6 +39,8 @@ def itemize(plan: Plan) -> Iterator[str]:
             yield f"{op.verb:<9} {display_path(op.path)}/"
         elif isinstance(op, Symlink):
             yield f"{op.verb:<9} {display_path(op.path)} -> {display_path(op.entry.target or b'')}"
+        elif isinstance(op, Retire):
+            yield f"{op.verb:<9} {display_path(op.entry.path)}"
         elif isinstance(op, (Delete, Rmdir)):
             yield f"{op.verb:<9} {display_path(orig(op.path))}{'/' if isinstance(op, Rmdir) else ''}"
         elif isinstance(op, SetAttr):

@@ -24,7 +24,7 @@ import orjson
 
 from .durable import atomic_write
 from .errors import LocalStateError, StateError
-from .ops import DAMAGED, Tag
+from .ops import ATTIC, DAMAGED, Tag, attic_path
 from .remotefs import Remote
 from .snapshot import DIR, FILE, Entry, entry_from_dict, entry_to_dict, get_bytes, put_bytes
 
@@ -232,12 +232,14 @@ def _needs_entry(rec: dict[str, Any], e: Entry | None) -> Entry:
     return e
 
 
-def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, Entry]:
+def replay(path: str, remote: Remote, base: dict[bytes, Entry],
+           attic: list[tuple[bytes, Entry]] | None = None) -> dict[bytes, Entry]:
     """Apply a crashed run's journal to `base` (what the remote held before it).
 
     Completed operations are applied as recorded. An operation that began but
     did not finish is checked on the remote, on its own paths only, and
-    applied if it happened; its temp file, if any, is removed.
+    applied if it happened; its temp file, if any, is removed. What went into
+    the attic is added to `attic` as (its path there, its entry in the mirror).
     """
     from .transfer import apply_redo, matches  # late: transfer imports snapshot only
 
@@ -325,6 +327,16 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry]) -> dict[bytes, E
             touch(p)
             if completed or not exists(p):
                 model.pop(p, None)
+        elif t == Tag.ATTIC:
+            src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
+            e = _needs_entry(rec, named)
+            touch(src)
+            run = dst[len(ATTIC) + 1:].partition(b"/")[0]
+            attic_path(run, e.path, remote.escaped)  # its names there, as the run stored them
+            if completed or not exists(src):
+                model.pop(src, None)
+                if attic is not None and exists(dst):  # (else it found nothing to move)
+                    attic.append((dst, e))
         elif t == Tag.MOVE:
             src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
             touch(src)

@@ -22,6 +22,9 @@ from .snapshot import DIR, Entry
 STASH = b".btsoot/stash"
 PATCH = b".btsoot/patch"  # redo files of in-place updates (see transfer.patch_file)
 DAMAGED = b".btsoot/damaged"  # what stood where it should not (kept, never deleted)
+# Content that left the mirror (deleted, or replaced by new content), by run:
+# ATTIC/RUN/<its path in the mirror>, with ATTIC/RUN.jsonl listing it (see remote.py).
+ATTIC = b".btsoot/attic"
 
 
 class Tag:
@@ -33,6 +36,7 @@ class Tag:
     MOVE = "move"
     DEL = "del"  # a file or an empty folder removed
     ATTR = "attr"
+    ATTIC = "attic"  # old content moved into the attic
 
 
 class _Op:
@@ -178,7 +182,34 @@ class SetAttr(_AtPath):
     entry: Entry
 
 
-Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr
+@dataclass(slots=True, frozen=True)
+class Retire(_AtPath):
+    """Move the old content at path into the attic instead of losing it: a file or
+    link deleted, or a file about to be replaced (a rename: no bytes are sent)."""
+
+    name: ClassVar[str] = "retire"
+    verb: ClassVar[str] = "attic"
+    tag: ClassVar[str] = Tag.ATTIC
+    path: bytes  # where it is now: its path in the mirror, or its place in the stash
+    entry: Entry  # what it is; entry.path is its path in the mirror
+
+
+Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr | Retire
+
+
+def attic_path(run: bytes, path: bytes, escaped: set[bytes]) -> bytes:
+    """Where run puts the old content of mirror path: ATTIC/RUN/path, stored under
+    the mirror's names (escaped holds the mirror paths kept under their escaped
+    name, case twins: the attic's matching paths are added to it, so two twins
+    retired in one run do not take each other's place)."""
+    top = ATTIC + b"/" + run + b"/"
+    if escaped:
+        p = path
+        while p:
+            if p in escaped:
+                escaped.add(top + p)
+            p = p.rpartition(b"/")[0]
+    return top + path
 
 
 def op_name(op: Op) -> str:

@@ -44,6 +44,7 @@ from .ops import Mkdir as Mkdir
 from .ops import Move as Move
 from .ops import Op as Op
 from .ops import RemoteCopy as RemoteCopy
+from .ops import Retire as Retire
 from .ops import Rmdir as Rmdir
 from .ops import SetAttr as SetAttr
 from .ops import Symlink as Symlink
@@ -108,6 +109,7 @@ def make_plan(
     diff: Diff | None = None,
     patch: bool = True,
     fold: Callable[[bytes], bytes] | None = None,
+    attic: bool = False,
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
@@ -117,7 +119,9 @@ def make_plan(
     to find content that stays on the remote (for remote-side copies) and,
     without `diff.dirs`, the entries of unchanged folders whose mtime must be
     set again because something inside them changed. patch=False never plans
-    in-place updates of large files (always whole copies). `fold` maps a path to
+    in-place updates of large files (always whole copies). attic: content that
+    leaves the mirror (a file or link deleted, a file replaced by a whole copy)
+    is moved into the attic (Retire) instead of deleted. `fold` maps a path to
     the one a case-folding remote takes it for: an old entry that only differs
     in case from a new one is an obstacle like any other (stashed before the new
     one is written, else writing one and deleting the other hits the same file).
@@ -255,6 +259,14 @@ def make_plan(
             if op.patch is not None and (op.path in stash_of or loc(op.path) != op.path):
                 op = transfers[k] = Copy(op.path, op.entry, op.old)  # its old content moves away
             plan.copy_bytes += patch_bytes(op.entry, op.patch) if op.patch is not None else op.entry.size
+    if attic:
+        # The old content of a file about to be replaced (by a copy, or by content
+        # moved onto it), unless it moves on to another path itself (then it went
+        # through the stash) or the file is patched in place.
+        patched = {op.path for op in transfers if isinstance(op, Copy) and op.patch is not None}
+        for o, n in updates:
+            if o.path not in uses and o.path not in stash_of and n.path not in patched:
+                ops.append(Retire(loc(o.path), o))
     ops.extend(transfers)
     ops.extend(finals)
 
@@ -273,7 +285,7 @@ def make_plan(
         if e.kind == DIR:
             rmdirs.append(loc(p))
         else:
-            ops.append(Delete(loc(p), e))
+            ops.append(Retire(loc(p), e) if attic else Delete(loc(p), e))
             if e.kind == FILE:
                 plan.deleted_files += 1
     ops.extend(Rmdir(p) for p in sorted(rmdirs, key=sort_key, reverse=True))

@@ -33,7 +33,9 @@ from .snapshot import (
     SnapshotReader,
     SnapshotWriter,
     entry_from_dict,
+    entry_to_dict,
     get_bytes,
+    id_ns,
     put_bytes,
     sort_key,
 )
@@ -455,3 +457,101 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
             pass
     if removed:
         remote.sync_dir(d)
+
+
+# --- the attic ---------------------------------------------------------------------
+#
+# ATTIC/RUN/<path>: what run RUN moved out of the mirror (a file or link deleted,
+# a file replaced by new content), under its path in the mirror; ATTIC/RUN.jsonl
+# lists it, one entry per line as in a snapshot (its path in the mirror, size,
+# mtime, mode, digest). A run's attic expires whole, attic_days after the run.
+
+
+def record_attic(remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
+    """Add items (their path in the attic, their entry in the mirror) to the lists
+    of the runs that moved them, ATTIC/RUN.jsonl, durably (a recovered run adds
+    what a crashed one moved to that run's list)."""
+    from .ops import ATTIC
+
+    by_run: dict[bytes, list[Entry]] = {}
+    for dst, e in items:
+        run = dst[len(ATTIC) + 1:].partition(b"/")[0]
+        by_run.setdefault(run, []).append(_strip(e))
+    for run, entries in sorted(by_run.items()):
+        rel = ATTIC + b"/" + run + b".jsonl"
+        lines: dict[bytes, bytes] = {}
+        try:
+            fd = remote.open_file(rel)
+        except FileNotFoundError:
+            pass
+        else:
+            with os.fdopen(fd, "rb") as f:
+                for line in f:
+                    try:
+                        p = get_bytes(orjson.loads(line), "path")
+                    except (orjson.JSONDecodeError, ValueError):
+                        continue  # a damaged line: the entries it held are listed again below
+                    if p is not None:
+                        lines[p] = line if line.endswith(b"\n") else line + b"\n"
+        for e in entries:
+            lines[e.path] = orjson.dumps(entry_to_dict(e)) + b"\n"
+        remote.write_atomic(rel, b"".join(lines[p] for p in sorted(lines, key=sort_key)))
+
+
+def attic_runs(remote: Remote) -> list[str]:
+    """The runs that have content in the attic (or a list of it), oldest first."""
+    from .ops import ATTIC
+
+    try:
+        names = remote.listdir(ATTIC)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    runs = {os.fsdecode(n[:-6] if n.endswith(b".jsonl") else n) for n in names
+            if not n.endswith(b".tmp")}
+    return sorted(r for r in runs if id_ns(r) is not None)
+
+
+def prune_attic(remote: Remote, before: str) -> list[str]:
+    """Remove the attic of every run older than `before` (a run id): its folder,
+    then its list. Returns the runs removed. Only the attic's own folders are
+    listed, never the mirror; nothing below them is followed through a link."""
+    from .ops import ATTIC
+
+    removed = []
+    for run in attic_runs(remote):
+        if run >= before:
+            break
+        rel = ATTIC + b"/" + run.encode()
+        with remote.dir(ATTIC) as afd:
+            fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=afd)
+        try:
+            _remove_tree_at(fd, run.encode())
+            try:
+                os.unlink(run.encode() + b".jsonl", dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(fd)
+        remote.forget(rel)
+        removed.append(run)
+    if removed:
+        remote.sync_dir(ATTIC)
+    return removed
+
+
+def _remove_tree_at(dfd: int, name: bytes) -> None:
+    """rm -r of name in folder dfd, by the names as stored, never through a link."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        for n in os.listdir(fd):
+            _remove_tree_at(fd, os.fsencode(n))
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
