@@ -17,7 +17,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -504,7 +504,7 @@ def attic_runs(remote: Remote) -> list[str]:
 
     try:
         names = remote.listdir(ATTIC)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # none (remotefs.Blocked when the folder is missing), or unreadable
         return []
     runs = {os.fsdecode(n[:-6] if n.endswith(b".jsonl") else n) for n in names
             if not n.endswith(b".tmp")}
@@ -555,3 +555,23 @@ def _remove_tree_at(dfd: int, name: bytes) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dfd)
+
+
+def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry]]:
+    """What the attic holds, by its lists: (its path there, its entry in the mirror),
+    the newest run first (a content kept twice is found at its latest copy). A list
+    that cannot be read is skipped: its content is not offered, never guessed."""
+    from .ops import ATTIC, attic_path
+
+    for run in reversed(attic_runs(remote)):
+        try:
+            fd = remote.open_file(ATTIC + b"/" + run.encode() + b".jsonl")
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            for line in f:
+                try:
+                    e = entry_from_dict(orjson.loads(line), "attic list")
+                except (orjson.JSONDecodeError, ValueError, StateError):
+                    continue
+                yield attic_path(run.encode(), e.path, remote.escaped), e

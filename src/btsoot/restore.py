@@ -115,7 +115,8 @@ def _run(source: SnapshotSource, dest: str, res: RestoreResult, roots: list[byte
         root = applier.open_root()
         now = None
         if source.current is not None:
-            now = NowIndex(source.current, applier.rem.escaped)
+            now = NowIndex(source.current, applier.rem.escaped,
+                           lambda: rmt.attic_contents(applier.rem))
             applier.relocating(root)
         walker = PairWalker(delete, checksum, exclude, now)
         entries = selected(source, roots)

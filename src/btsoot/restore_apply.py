@@ -502,7 +502,8 @@ class _Base:
     @property
     def _gone(self) -> str:
         return ("not on the remote any more: changed or deleted after snapshot "
-                f"{self.source.header.id} (the remote keeps only its newest state)")
+                f"{self.source.header.id}, and not in its attic (old versions are kept "
+                "for the block's attic_days)")
 
     # ----- errors
 

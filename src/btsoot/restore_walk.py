@@ -178,12 +178,13 @@ class Sink(Protocol):
 class NowIndex:
     """Restoring an older snapshot: where each content lives on the remote now.
 
-    The remote keeps only its newest state, so an older snapshot's file is
+    The mirror holds only the newest state, so an older snapshot's file is
     found by its digest, at its own path or wherever the same content lives
-    now. Reading the current snapshot also tells which paths the remote stores
+    now, in the mirror or in the attic. Reading the current snapshot also tells which paths the remote stores
     under their escaped names (added to `escaped`)."""
 
-    def __init__(self, current: Callable[[], Iterator[Entry]], escaped: set[bytes]) -> None:
+    def __init__(self, current: Callable[[], Iterator[Entry]], escaped: set[bytes],
+                 attic: Callable[[], Iterable[tuple[bytes, Entry]]] | None = None) -> None:
         checker = EntryChecker("the remote's current snapshot")
         self._path: dict[bytes, str | None] = {}
         self._digest: dict[str, bytes] = {}
@@ -194,6 +195,12 @@ class NowIndex:
             if e.kind == FILE and e.digest:
                 self._path[e.path] = e.digest
                 self._digest.setdefault(e.digest, e.path)
+        if attic is not None:
+            # Content that left the mirror, kept in the attic (remote.attic_contents):
+            # found there when the mirror holds it nowhere.
+            for where, e in attic():
+                if e.kind == FILE and e.digest:
+                    self._digest.setdefault(e.digest, where)
 
     def source_of(self, e: Entry) -> bytes | None:
         """None: the remote holds e's content at e's own path; else where it does (or
