@@ -217,8 +217,51 @@ def backup(
             st.log_run({"started": started, "result": res.result, "exit_code": res.exit_code,
                         "snapshot": res.snapshot, "files": s["files"], "bytes": s["bytes"],
                         "bytes_sent": s["bytes_sent"], "errors": len(s["errors"]),
-                        "seconds": s["durations"].get("total", 0.0)})
+                        "seconds": s["durations"].get("total", 0.0),
+                        "change_weight": change_weight(res.plan) if res.plan else 0})
         return res
+
+
+# --- the mass-change guard ------------------------------------------------------------
+#
+# A fixed share never fires on a photo archive (well under 1% changes a night)
+# and ransomware that encrypts only the documents (5% of the files) passes a
+# deletion limit of 50%. So a run is measured against the block's own recent
+# runs: it stops (exit 4, before anything changes) when it would modify or
+# delete many times the usual number of files, and more than a floor. Files
+# unchanged for a long time count twice: people edit what they edited lately;
+# ransomware and a wrong sync tool touch everything alike.
+
+MASS_HISTORY = 30  # runs looked back on
+MASS_MIN_RUNS = 5  # no guard before this many runs of history
+MASS_FACTOR = 10
+MASS_FLOOR = 100  # never stops a run that changes fewer files than this
+STALE_DAYS = 180
+
+
+def change_weight(plan: Plan) -> int:
+    """Files a run modifies or deletes, the long-unchanged ones twice."""
+    return plan.modified_files + plan.deleted_files + plan.stale_changes
+
+
+def mass_change_guard(plan: Plan, runs: list[dict[str, Any]]) -> None:
+    """GuardError if plan changes far more than the recent runs (newest first) did."""
+    weights = sorted(r["change_weight"] for r in runs
+                     if r.get("result") in ("ok", "nothing", "partial")
+                     and type(r.get("change_weight")) is int and r["change_weight"] >= 0)
+    if len(weights) < MASS_MIN_RUNS:
+        return
+    usual = weights[(len(weights) - 1) * 9 // 10]  # 9 runs of 10 changed at most this
+    weight = change_weight(plan)
+    if weight <= max(MASS_FLOOR, MASS_FACTOR * usual):
+        return
+    n = plan.modified_files + plan.deleted_files
+    times = f"{weight / usual:.0f}x" if usual else "far more than"
+    raise GuardError(
+        f"backup would modify or delete {n:,} files ({plan.modified_files:,} modified, "
+        f"{plan.deleted_files:,} deleted), {times} this block's usual (at most {usual:,} on 9 of "
+        f"its last {len(weights)} runs); {plan.stale_changes:,} of them unchanged for over "
+        f"{STALE_DAYS} days; nothing was changed: use --override if this is intended")
 
 
 def _log_failure(st: BlockState, record: dict) -> None:
@@ -362,7 +405,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         progress("phase", "plan")
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
                      patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
-                     attic=block.attic_days > 0)
+                     attic=block.attic_days > 0,
+                     stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9)
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -373,6 +417,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             f"backup would delete {plan.deleted_files} of {plan.old_files} files on the remote, "
             f"more than the block's limit ({block.max_delete}); use --override if this is intended"
         )
+    if block.change_guard and not override:
+        mass_change_guard(plan, st.recent_runs(MASS_HISTORY))
     if dry_run:
         os.unlink(st.scan)  # a dry run leaves the state as it found it
         for p in glob.glob(glob.escape(st.base_path(run_id, 0)[:-7]) + "*.jsonl"):

@@ -70,6 +70,9 @@ class Block:
     # Days the content a run moves out of the mirror (deleted, or replaced) stays in
     # REMOTE/.btsoot/attic (0: none is kept; see docs/design.md, "The attic").
     attic_days: int = 0
+    # Stop a run that modifies or deletes far more files than this block's recent
+    # runs did (see backup.mass_change_guard).
+    change_guard: bool = True
 
     def delete_limit(self, files_before: int) -> int:
         n, pct = parse_max_delete(self.max_delete)
@@ -135,6 +138,7 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "jobs": (False, lambda v: _is_int(v) and 0 <= v <= MAX_JOBS,  # type: ignore[operator]
              f"a whole number from 0 (automatic) to {MAX_JOBS}"),
     "patch_in_place": (False, lambda v: isinstance(v, bool), "true or false"),
+    "change_guard": (False, lambda v: isinstance(v, bool), "true or false"),
     "attic_days": (False, lambda v: _is_int(v) and 0 <= v <= MAX_ATTIC_DAYS,  # type: ignore[operator]
                    f"a whole number of days from 0 (no attic) to {MAX_ATTIC_DAYS}"),
 }

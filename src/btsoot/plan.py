@@ -64,6 +64,10 @@ class Plan:
     old_files: int = 0
     new_files: int = 0
     deleted_files: int = 0  # content that leaves the remote for good
+    modified_files: int = 0  # files whose content at their path is replaced
+    # Of the modified and deleted files, those unchanged since before `stale_before`
+    # (see make_plan): what ransomware touches and a person rarely does.
+    stale_changes: int = 0
     copy_bytes: int = 0
     folder_moves: int = 0
     file_moves: int = 0
@@ -110,6 +114,7 @@ def make_plan(
     patch: bool = True,
     fold: Callable[[bytes], bytes] | None = None,
     attic: bool = False,
+    stale_before: int | None = None,
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
@@ -159,6 +164,9 @@ def make_plan(
 
     # Content sourcing ----------------------------------------------------------
     updates = [(o, n) for o, n in changed if n.kind == FILE and not o.same_content(n)]
+    plan.modified_files = len(updates)
+    if stale_before is not None:
+        plan.stale_changes = sum(1 for o, _ in updates if o.mtime_ns < stale_before)
     targets: list[tuple[Entry, Entry | None]] = [
         (n, None) for n in added.values() if n.kind == FILE
     ] + [(n, o) for o, n in updates]
@@ -288,6 +296,8 @@ def make_plan(
             ops.append(Retire(loc(p), e) if attic else Delete(loc(p), e))
             if e.kind == FILE:
                 plan.deleted_files += 1
+                if stale_before is not None and e.mtime_ns < stale_before:
+                    plan.stale_changes += 1
     ops.extend(Rmdir(p) for p in sorted(rmdirs, key=sort_key, reverse=True))
 
     # Attributes: files and links whose metadata alone changed; then every

@@ -184,22 +184,31 @@ class BlockState:
 
     @_local
     def last_run(self) -> dict[str, Any] | None:
+        runs = self.recent_runs(1)
+        return runs[0] if runs else None
+
+    @_local
+    def recent_runs(self, n: int) -> list[dict[str, Any]]:
+        """The last n records of the run log, newest first (damaged lines skipped)."""
         try:
             with open(self.runs, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
-                f.seek(max(0, size - 65536))
+                f.seek(max(0, size - 256 * max(n, 256)))
                 lines = f.read().splitlines()
         except FileNotFoundError:
-            return None
+            return []
+        out: list[dict[str, Any]] = []
         for line in reversed(lines):
             try:
                 rec = orjson.loads(line)
-                if isinstance(rec, dict):
-                    return rec
             except orjson.JSONDecodeError:
                 continue
-        return None
+            if isinstance(rec, dict):
+                out.append(rec)
+                if len(out) == n:
+                    break
+        return out
 
 
 class Lock:
