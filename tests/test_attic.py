@@ -249,6 +249,11 @@ def test_every_snapshot_restores_exactly_from_the_mirror_and_the_attic(attic_blo
     os.symlink("dir2/sub/d.txt", src / "link")
     snap()
     assert len(attic_files(dst)) == 4
+    listed = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+    assert [r["id"] for r in listed] == [sid for sid, _ in states]
+    assert all(r["complete"] for r in listed), listed
+    assert listed[1]["attic_files"] == 2 and listed[1]["attic_bytes"] == len(b"first a") + len(b"first b")
+    assert listed[0]["files"] == 5 and listed[0]["bytes"] > 17 << 20
     for i, (sid, want) in enumerate(states):
         for how, args in (("block", ("restore", "b")), ("remote", ("restore", "--from", str(dst)))):
             out = env.root / f"out-{i}-{how}"
@@ -257,6 +262,30 @@ def test_every_snapshot_restores_exactly_from_the_mirror_and_the_attic(attic_blo
             got = tree_state(out)
             assert got == want, (sid, how, sorted(set(got) ^ set(want)),
                                  [k for k in want if k in got and got[k] != want[k]])
+
+
+def test_snapshots_says_which_restore_exactly(block) -> None:
+    """Without the attic, a snapshot whose content a later run replaced or deleted
+    no longer restores exactly; with it, it does (until its attic expires)."""
+    env, src, dst = block
+    put(src / "a", b"one")
+    put(src / "b", b"two")
+    backup(env)
+    put(src / "c", b"added: nothing leaves")
+    backup(env)
+    put(src / "a", b"replaced")
+    backup(env)
+    rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+    assert [r["complete"] for r in rows] == [False, False, True]
+    assert [r["attic_files"] for r in rows] == [0, 0, 0]
+    set_attic(env, 30)
+    (src / "b").unlink()
+    backup(env)
+    rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+    assert [r["complete"] for r in rows] == [False, False, True, True]
+    assert rows[-1]["attic_files"] == 1
+    out = env.run("snapshots", "b", check=0).stdout
+    assert "exactly" in out and "in part" in out and "1 files" in out
 
 
 def test_add_takes_attic_days(env: Env, tmp_path: Path) -> None:

@@ -127,6 +127,38 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
+@main_group.command("snapshots")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, oldest first.")
+@click.pass_context
+def snapshots_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List a block's kept snapshots: size, what went to the attic, whether each
+    restores exactly (restore NAME --snapshot ID)."""
+    from .history import snapshot_table
+
+    rows = snapshot_table(load_config(ctx).get(name))
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    if not rows:
+        click.echo(f"{name}: no snapshots yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None)
+    for col in ("id", "time (UTC)", "files", "bytes", "to the attic", "restores"):
+        t.add_column(col)
+    for r in rows:
+        attic = ("-" if r["attic_files"] is None else
+                 f"{r['attic_files']} files, {human(r['attic_bytes'])}" if r["attic_files"] else "")
+        t.add_row(r["id"], (r["time"] or "-").replace("T", " ").rstrip("Z"),
+                  "-" if r["files"] is None else str(r["files"]),
+                  "-" if r["bytes"] is None else human(r["bytes"]), attic,
+                  {True: "exactly", False: "in part", None: "? (remote not reachable)"}[r["complete"]])
+    Console(width=200 if not sys.stdout.isatty() else None).print(t)
+
+
 def _when(t: object) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # type: ignore[arg-type]
