@@ -158,6 +158,30 @@ def test_a_runs_attic_expires_after_attic_days(attic_block) -> None:
     assert_mirror(src, dst)
 
 
+def test_prune_removes_only_what_is_older_than_attic_days(attic_block) -> None:
+    from test_record import faketime
+
+    env, src, dst = attic_block
+    set_attic(env, 2)
+    for name in ("a", "b"):
+        put(src / name, name.encode())
+    backup(env, extra_env=faketime("2027-03-01 00:00:00"))
+    (src / "a").unlink()
+    r1 = backup(env, extra_env=faketime("2027-03-01 01:00:00"))["snapshot"]
+    (src / "b").unlink()
+    r2 = backup(env, "--override", extra_env=faketime("2027-03-02 12:00:00"))["snapshot"]
+    later = faketime("2027-03-03 06:00:00")  # r1 is 2 days and 5 hours old, r2 not 1
+    r = env.run("prune", "b", "--dry-run", extra_env=later)
+    assert r.returncode == 0 and f"would remove the attic of 1 run(s): {r1}" in r.stdout, r.stdout
+    assert sorted(attic_files(dst)) == [r1, r2]
+    r = env.run("prune", "b", extra_env=later)
+    assert r.returncode == 0 and f"removed the attic of 1 run(s): {r1}" in r.stdout, r.stdout
+    assert sorted(attic_files(dst)) == [r2] and sorted(manifests(dst)) == [r2]
+    r = env.run("prune", "b", extra_env=later)
+    assert "nothing in the attic is older" in r.stdout
+    assert_mirror(src, dst)
+
+
 def test_a_crash_at_any_point_loses_no_old_version(attic_block, tmp_path: Path) -> None:
     """Kill a run that deletes and replaces files at events spread over it, then let
     the next run finish: the mirror is the source, and every old version that left

@@ -159,6 +159,23 @@ def snapshots_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
+@main_group.command("prune")
+@click.argument("name")
+@click.option("--dry-run", "-n", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.pass_context
+def prune_cmd(ctx: click.Context, name: str, dry_run: bool) -> None:
+    """Remove the attic of runs older than the block's attic_days (each backup that
+    writes to the remote does this too)."""
+    from .history import prune
+
+    runs = prune(load_config(ctx).get(name), dry_run)
+    verb = "would remove" if dry_run else "removed"
+    if not runs:
+        click.echo(f"{name}: nothing in the attic is older than its attic_days")
+        return
+    click.echo(f"{name}: {verb} the attic of {len(runs)} run(s): {', '.join(runs)}")
+
+
 def _when(t: object) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # type: ignore[arg-type]

@@ -91,3 +91,32 @@ def _attic_sizes(remote_path: str) -> dict[str, tuple[int, int]] | None:
     finally:
         remote.close()
     return out
+
+
+def prune(block: Block, dry_run: bool) -> list[str]:
+    """Remove the attic of runs more than attic_days before now (never before the
+    newest snapshot: a clock stepped back does not keep more, and ids only grow),
+    as a backup that writes does; returns those runs (with dry_run: those that
+    would be removed, nothing is)."""
+    from .errors import FatalIOError
+    from .snapshot import new_id
+    from .state import Lock
+
+    st = BlockState(block.state)
+    st.ensure()
+    with Lock(st.lock, f"block {block.name!r}"):
+        head = st.load_head()
+        ident = rmt.check_remote(block.remote, block.name, head.head is not None)
+        if head.head is None:
+            return []
+        newest = max(filter(None, (head.head, (ident or {}).get("snapshot"))))
+        now = id_ns(new_id(after=newest))
+        assert now is not None
+        before = new_id(now - block.attic_days * 86_400 * 10**9)
+        try:
+            with Remote(block.remote) as remote:
+                if dry_run:
+                    return [r for r in rmt.attic_runs(remote) if r < before]
+                return rmt.prune_attic(remote, before)
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot prune the attic: {e.strerror}") from None
