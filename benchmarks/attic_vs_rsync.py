@@ -1,0 +1,89 @@
+"""A day of changes with history kept: btsoot's attic beside rsync --backup-dir.
+
+    python3 benchmarks/attic_vs_rsync.py [--files 1000] [--size 102400] [--top /tmp/atticbench]
+
+One tree, backed up first by each tool into its own folder on the same file
+system; then a day: a folder of 10% of the files renamed, 5% rewritten, 5%
+deleted. Each tool runs again, keeping what it replaces or deletes (btsoot:
+attic_days = 30; rsync: --backup --backup-dir=.rsync-attic/DAY). Prints, for the
+day, the bytes each sent (btsoot: bytes_sent; rsync: literal data of --stats)
+and the bytes its folder holds afterwards (du -sb: mirror plus history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr}")
+    return p.stdout
+
+
+def du(path: str) -> int:
+    return int(run(["du", "-sb", path]).split()[0])
+
+
+def rsync_literal(out: str) -> int:
+    m = re.search(r"Literal data: ([\d,]+)", out)
+    assert m, out
+    return int(m.group(1).replace(",", ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=100 * 1024)
+    ap.add_argument("--top", default="/tmp/atticbench")
+    a = ap.parse_args()
+    shutil.rmtree(a.top, ignore_errors=True)
+    src, bt, rs = (os.path.join(a.top, n) for n in ("src", "btsoot", "rsync"))
+    rng = random.Random(1)
+    for i in range(a.files):
+        d = os.path.join(src, f"folder{i // 100}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
+            f.write(rng.randbytes(a.size))
+    os.makedirs(bt)
+    os.makedirs(rs)
+    env = dict(os.environ, BTSOOT_STATE=os.path.join(a.top, "state"),
+               BTSOOT_CONFIG=os.path.join(a.top, "config.toml"))
+    btsoot = [sys.executable, "-m", "btsoot"]
+    run(btsoot + ["add", "b", src, bt, "--attic-days", "30"], env)
+    run(btsoot + ["backup", "b", "-q"], env)
+    rsync = ["rsync", "-a", "--delete", "--stats"]
+    run(rsync + [src + "/", rs + "/"])
+
+    # A day: a folder renamed, 5% rewritten, 5% deleted.
+    os.rename(os.path.join(src, "folder0"), os.path.join(src, "folder0-renamed"))
+    files = sorted(os.path.join(dp, n) for dp, _, ns in os.walk(src) for n in ns
+                   if "folder0-renamed" not in dp)
+    rng.shuffle(files)
+    k = a.files // 20
+    for p in files[:k]:
+        with open(p, "wb") as f:
+            f.write(rng.randbytes(a.size))
+    for p in files[k:2 * k]:
+        os.unlink(p)
+
+    s = json.loads(run(btsoot + ["backup", "b", "--json", "--override"], env))
+    out = run(rsync + ["--backup", "--backup-dir=.rsync-attic/day1", src + "/", rs + "/"])
+    print(f"{a.files} files of {a.size} bytes; a day: {a.files // 10} renamed with their folder, "
+          f"{k} rewritten, {k} deleted")
+    print(f"{'':<28}{'sent':>14}{'stored after':>16}")
+    print(f"{'btsoot, attic_days = 30':<28}{s['bytes_sent']:>14,}{du(bt):>16,}")
+    print(f"{'rsync --backup-dir':<28}{rsync_literal(out):>14,}{du(rs):>16,}")
+    print(f"(source: {du(src):,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
