@@ -312,6 +312,34 @@ def test_snapshots_says_which_restore_exactly(block) -> None:
     assert "exactly" in out and "in part" in out and "1 files" in out
 
 
+def test_verify_reads_the_attic_too(attic_block) -> None:
+    env, src, dst = attic_block
+    for name in ("a", "b", "c"):
+        put(src / name, name.encode() * 1000)
+    backup(env)
+    put(src / "a", b"new a")
+    (src / "b").unlink()
+    (src / "c").unlink()
+    run = backup(env, "--override")["snapshot"]
+    r = env.run("verify", "b", "--attic", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["attic"] == {"checked_files": 3, "missing": [], "corrupt": []}
+    (dst / ATTIC / run / "b").write_bytes(b"B" * 1000)  # same size, other bytes
+    (dst / ATTIC / run / "c").unlink()
+    r = env.run("verify", "b", "--attic")
+    assert r.returncode == 7, r.stderr
+    at = f".btsoot/attic/{run}"
+    assert f"corrupt   {at}/b (attic)" in r.stdout and f"missing   {at}/c (attic)" in r.stdout, \
+        r.stdout
+    assert "2 missing or corrupt (kept as they are)" in r.stdout
+    # Without --attic the mirror alone is read, and it is fine; nothing is recorded
+    # for the next backup, which leaves the attic as it is.
+    assert env.run("verify", "b").returncode == 0
+    put(src / "d", b"d")
+    backup(env)
+    assert (dst / ATTIC / run / "b").read_bytes() == b"B" * 1000
+
+
 def test_add_takes_attic_days(env: Env, tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "r").mkdir()

@@ -176,11 +176,13 @@ def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
               help="Read only a random share of the files.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel readers.")
+@click.option("--attic", is_flag=True, help="Also read the attic's files against their lists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless damage is found.")
 @click.pass_context
 def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str | None,
-               sample: float | None, jobs: int | None, as_json: bool, quiet: bool) -> None:
+               sample: float | None, jobs: int | None, attic: bool, as_json: bool,
+               quiet: bool) -> None:
     """Re-read the remote and compare it with the snapshot (sizes and digests).
 
     Exits 7 when files are missing or corrupt; the next backup re-sends them.
@@ -195,7 +197,7 @@ def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str 
     block = load_config(ctx).get(name)
     with _Bar(name, "verify", enabled=not (quiet or as_json)) as bar:
         res = v.verify(block, snapshot=snapshot, select=select, jobs=jobs,
-                       progress=bar.update)
+                       progress=bar.update, attic=attic)
     s = res.summary()
     if as_json:
         click.echo(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode())
@@ -204,12 +206,16 @@ def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str 
             click.echo(f"missing   {show(p)}")
         for p, why in res.corrupt:
             click.echo(f"corrupt   {show(p)}: {why}")
+        for p in res.attic_missing:
+            click.echo(f"missing   {show(p)} (attic)")
+        for p, why in res.attic_corrupt:
+            click.echo(f"corrupt   {show(p)} (attic): {why}")
         if not quiet:
             for p in res.extra:
                 click.echo(f"extra     {show(p)}")
     for p, why in res.errors:
         click.echo(f"btsoot: {name}: cannot verify {show(p)}: {why}", err=True)
-    if not as_json and (not quiet or res.damaged):
+    if not as_json and (not quiet or res.damaged or res.attic_missing or res.attic_corrupt):
         click.echo(_verify_line(name, s))
     ctx.exit(res.exit_code)
 
@@ -229,4 +235,9 @@ def _verify_line(name: str, s: dict[str, Any]) -> str:
         line += f"; {len(s['errors'])} could not be checked"
     if s["recorded_for_next_backup"]:
         line += f"; the next backup re-sends {s['recorded_for_next_backup']} damaged paths"
+    a = s["attic"]
+    if a is not None:
+        bad = len(a["missing"]) + len(a["corrupt"])
+        line += (f"; attic: read {a['checked_files']} files"
+                 + (f", {bad} missing or corrupt (kept as they are)" if bad else ", ok"))
     return line

@@ -95,6 +95,11 @@ class VerifyResult:
     errors: list[tuple[bytes, str]] = field(default_factory=list)  # could not be checked
     recorded: int = 0  # damaged paths remembered: the next backup re-sends them
     durations: dict[str, float] = field(default_factory=dict)
+    # With attic=True: the attic's files read and checked against their lists (kept
+    # apart: nothing is re-sent for them, and nothing in the attic is ever deleted).
+    attic_files: int | None = None
+    attic_missing: list[bytes] = field(default_factory=list)
+    attic_corrupt: list[tuple[bytes, str]] = field(default_factory=list)
 
     @property
     def damaged(self) -> set[bytes]:
@@ -117,13 +122,19 @@ class VerifyResult:
             "extra": [show(p) for p in self.extra],
             "errors": [{"path": show(p), "error": w} for p, w in self.errors],
             "recorded_for_next_backup": self.recorded,
+            "attic": None if self.attic_files is None else {
+                "checked_files": self.attic_files,
+                "missing": [show(p) for p in self.attic_missing],
+                "corrupt": [{"path": show(p), "error": w} for p, w in self.attic_corrupt]},
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
 
 
 def verify_remote(source: SnapshotSource, select: Select | None = None, *,
-                  jobs: int | None = None, progress: Progress | None = None) -> VerifyResult:
-    """Compare source.remote with source's snapshot; hash the files `select` picks (all)."""
+                  jobs: int | None = None, progress: Progress | None = None,
+                  attic: bool = False) -> VerifyResult:
+    """Compare source.remote with source's snapshot; hash the files `select` picks (all).
+    attic: also read the attic's files (those `select` picks) against their lists."""
     t0 = time.monotonic()
     res = VerifyResult(snapshot=source.header.id, remote=source.remote)
     root = os.fsencode(source.remote)
@@ -147,9 +158,20 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
     if progress is not None:
         progress("total", sum(e.size for e in to_hash))
         progress("phase", "verify")
-    _hash_all(res, remote, to_hash, jobs, progress)
-    res.durations["hash"] = time.monotonic() - t
-    if res.missing or res.corrupt:
+    with remote:
+        _hash_all(res, remote, to_hash, jobs, progress)
+        res.durations["hash"] = time.monotonic() - t
+        if attic:
+            t = time.monotonic()
+            held = [e.with_path(where) for where, e in rmt.attic_contents(remote)
+                    if e.kind == FILE and e.digest and (select is None or select(where))]
+            part = VerifyResult(snapshot=res.snapshot, remote=res.remote)
+            _hash_all(part, remote, held, jobs, None)
+            res.attic_files = len(held)
+            res.attic_missing, res.attic_corrupt = part.missing, part.corrupt
+            res.errors += part.errors
+            res.durations["attic"] = time.monotonic() - t
+    if res.missing or res.corrupt or res.attic_missing or res.attic_corrupt:
         res.result, res.exit_code = "damaged", EXIT_DAMAGE
     elif res.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -221,13 +243,12 @@ def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int
             held.append(cm)
             yield p
 
-    with remote:
-        results = scanner.hash_files(paths(), jobs, chunk_threshold=1 << 62)
-        for e, r in zip(to_hash, results, strict=True):
-            held.popleft().__exit__(None, None, None)
-            _hashed(res, e, r)
-            if progress is not None:
-                progress("progress", (res.checked_files, res.checked_bytes))
+    results = scanner.hash_files(paths(), jobs, chunk_threshold=1 << 62)
+    for e, r in zip(to_hash, results, strict=True):
+        held.popleft().__exit__(None, None, None)
+        _hashed(res, e, r)
+        if progress is not None:
+            progress("progress", (res.checked_files, res.checked_bytes))
 
 
 def _hashed(res: VerifyResult, e: Entry, r: tuple) -> None:
@@ -269,6 +290,7 @@ def verify(
     select: Select | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    attic: bool = False,
 ) -> VerifyResult:
     """Verify a block's remote against its committed snapshot (or the one named).
 
@@ -283,7 +305,8 @@ def verify(
     with Lock(st.lock, f"block {block.name!r}"):
         ident = rmt.check_remote(block.remote, block.name, True)
         source = open_snapshot(block.remote, snapshot, st, ident)
-        res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress)
+        res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress,
+                            attic=attic)
         res.block = block.name
         damaged = res.damaged
         if damaged and source.header.id == st.load_head().head:
