@@ -7,14 +7,11 @@ import os
 import time
 from typing import Any
 
-import orjson
-
 from . import remote as rmt
 from .config import Block
-from .errors import StateError
 from .ops import ATTIC
 from .remotefs import Remote
-from .snapshot import entry_from_dict, id_ns
+from .snapshot import id_ns
 from .state import BlockState
 
 
@@ -73,21 +70,10 @@ def _attic_sizes(remote_path: str) -> dict[str, tuple[int, int]] | None:
         return None
     out: dict[str, tuple[int, int]] = {}
     try:
-        for run in rmt.attic_runs(remote):
-            try:
-                fd = remote.open_file(ATTIC + b"/" + run.encode() + b".jsonl")
-            except OSError:
-                continue
-            n = size = 0
-            with os.fdopen(fd, "rb") as f:
-                for line in f:
-                    try:
-                        e = entry_from_dict(orjson.loads(line), "attic list")
-                    except (orjson.JSONDecodeError, ValueError, StateError):
-                        continue
-                    n += 1
-                    size += e.size
-            out[run] = (n, size)
+        for where, e in rmt.attic_contents(remote):
+            run = os.fsdecode(where[len(ATTIC) + 1:].partition(b"/")[0])
+            n, size = out.get(run, (0, 0))
+            out[run] = (n + 1, size + e.size)
     finally:
         remote.close()
     return out
