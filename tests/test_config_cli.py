@@ -45,7 +45,7 @@ def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
     assert data["blocks"]["photos"] == {
         "source": str(src), "remote": str(dst), "exclude": ["*.tmp", "cache/"],
         "max_delete": "10%", "one_file_system": False, "keep_snapshots": 5, "jobs": 0,
-        "patch_in_place": True, "attic_days": 14}
+        "patch_in_place": True, "attic_days": 14, "change_guard": True}
     assert data["blocks"]["b2"]["source"] == str(src)  # absolute and normalised
     cfg = Config.load(str(env.config))
     assert cfg.blocks["photos"] == Block("photos", str(src), str(dst), ["*.tmp", "cache/"], "10%",
