@@ -442,13 +442,19 @@ def test_the_remote_restores_itself_without_btsoot(env: Env, tmp_path: Path) -> 
     env.run("backup", "b", check=0)
     guide = dst / ".btsoot"
     assert (guide / "FORMAT.txt").read_text().startswith("What this folder is")
-    _flip(sorted((guide / "snapshots").glob("*.full.jsonl.gz"))[0], 0.6)
-    out = tmp_path / "restored"
-    p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(guide / "restore.py"), str(out)],
-                       capture_output=True, text=True, timeout=60, cwd="/")
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "restored snapshot" in p.stdout and "problems" not in p.stdout
-    assert_mirror(src, out)
+    full = sorted((guide / "snapshots").glob("*.full.jsonl.gz"))[0]
+    whole = full.read_bytes()
+    # Damage in the header, the deflate stream (a CRC error or an invalid code,
+    # depending on the bytes there) or the trailer: the copy is read instead.
+    for k, at in enumerate((0.02, 0.2, 0.4, 0.6, 0.8, 0.99)):
+        full.write_bytes(whole)
+        _flip(full, at)
+        out = tmp_path / f"restored-{k}"
+        p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(guide / "restore.py"), str(out)],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+        assert p.returncode == 0, (at, p.stdout + p.stderr)
+        assert "restored snapshot" in p.stdout and "problems" not in p.stdout
+        assert_mirror(src, out)
     listed = subprocess.run(["/usr/bin/python3", "-I", "-S", str(guide / "restore.py"), "--list"],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "delta" in listed.stdout and "full" in listed.stdout

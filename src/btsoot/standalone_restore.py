@@ -22,6 +22,7 @@ import json
 import os
 import stat
 import sys
+import zlib
 from base64 import b64decode
 from typing import Any, NoReturn
 
@@ -42,6 +43,10 @@ def field(d: dict[str, Any], key: str) -> bytes:
         return b64decode(d[key + "_b64"])
     v = d.get(key)
     return v.encode("utf-8") if isinstance(v, str) else b""
+
+
+# What a damaged gzip file raises, depending on where the damage is.
+DAMAGED = (OSError, ValueError, EOFError, zlib.error)
 
 
 def read_lines(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -87,7 +92,11 @@ def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str) -> dict[bytes, di
         files = snaps[sid]
         if files[0][0] == "full":
             break
-        header, recs = read_lines(files[0][1])
+        try:
+            header, recs = read_lines(files[0][1])
+        except DAMAGED as err:
+            fail("snapshot " + sid + " is damaged (" + str(err) + "); an older one may be"
+                 " whole: restore.py --list, then restore.py --snapshot ID DEST")
         chain.append(recs)
         sid = str(header.get("base"))
     table: dict[bytes, dict[str, Any]] | None = None
@@ -97,7 +106,7 @@ def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str) -> dict[bytes, di
             _, recs = read_lines(path)
             table = {field(e, "path"): e for e in recs}
             break
-        except (OSError, ValueError, EOFError) as err:
+        except DAMAGED as err:
             errors.append(path + ": " + str(err))
     if table is None:
         fail("no readable full snapshot: " + "; ".join(errors))
