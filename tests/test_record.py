@@ -499,7 +499,6 @@ class PowerCutLayer:
             time.sleep(0.05)
         self.proc.wait(timeout=30)
         assert self.proc.stderr is not None
-        self.err = self.proc.stderr.read().decode(errors="replace")
         self.proc.stderr.close()
 
     def cut(self) -> None:

@@ -766,14 +766,14 @@ def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: b
     now = id_ns(head.head)
     if now is not None:
         try:
-            rmt.prune_attic(remote, new_id(now - block.attic_days * 86_400 * 10**9))
+            rmt.prune_attic(remote, rmt.attic_cutoff(block.attic_days, now))
         except OSError:
             pass  # tried again by the next run that writes
 
 
 def _record_attic(block: Block, remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
     try:
-        rmt.record_attic(remote, items)
+        rmt.record_attic(remote, items, merge=False)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: cannot list what went into the attic: "
                            f"{e.strerror}") from None

@@ -20,7 +20,7 @@ so they stay stable.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 watcher: Any = None
@@ -35,56 +35,50 @@ def watch(w: Any) -> None:
 
 
 @contextmanager
-def phase(name: str) -> Iterator[None]:
-    w = watcher
-    if w is None or not hasattr(w, "phase"):
+def _span(method: str, name: str) -> Iterator[None]:
+    """The watcher's method(name, True) before, (name, False) after, if it has one."""
+    call = getattr(watcher, method, None)
+    if call is None:
         yield
         return
-    w.phase(name, True)
+    call(name, True)
     try:
         yield
     finally:
-        w.phase(name, False)
+        call(name, False)
+
+
+def phase(name: str) -> AbstractContextManager[None]:
+    return _span("phase", name)
+
+
+def operation(label: str) -> AbstractContextManager[None]:
+    """An operation on this thread (label: its name in the plan's counts)."""
+    return _span("operation", label)
+
+
+def point(kind: str) -> None:
+    call = getattr(watcher, "point", None)
+    if call is not None:
+        call(kind)
+
+
+def _traced(fn: _F, span: Callable[..., AbstractContextManager[None]]) -> _F:
+    """fn, inside span(*its arguments) while someone watches."""
+    def inner(*a: Any, **kw: Any) -> Any:
+        if watcher is None:
+            return fn(*a, **kw)
+        with span(*a):
+            return fn(*a, **kw)
+    inner.__name__, inner.__doc__, inner.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
+    return inner  # type: ignore[return-value]
 
 
 def in_phase(name: str) -> Callable[[_F], _F]:
     """Decorator: the function's whole call is phase name."""
-    def wrap(fn: _F) -> _F:
-        def inner(*a: Any, **kw: Any) -> Any:
-            if watcher is None:
-                return fn(*a, **kw)
-            with phase(name):
-                return fn(*a, **kw)
-        inner.__name__, inner.__doc__, inner.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
-        return inner  # type: ignore[return-value]
-    return wrap
-
-
-@contextmanager
-def operation(label: str) -> Iterator[None]:
-    w = watcher
-    if w is None or not hasattr(w, "operation"):
-        yield
-        return
-    w.operation(label, True)
-    try:
-        yield
-    finally:
-        w.operation(label, False)
-
-
-def point(kind: str) -> None:
-    w = watcher
-    if w is not None and hasattr(w, "point"):
-        w.point(kind)
+    return lambda fn: _traced(fn, lambda *a: phase(name))
 
 
 def operates(fn: _F) -> _F:
     """Decorator for a method(self, op, ...): the call is operation op.label()."""
-    def inner(self: Any, op: Any, *a: Any, **kw: Any) -> Any:
-        if watcher is None:
-            return fn(self, op, *a, **kw)
-        with operation(op.label()):
-            return fn(self, op, *a, **kw)
-    inner.__name__, inner.__doc__, inner.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
-    return inner  # type: ignore[return-value]
+    return _traced(fn, lambda self, op, *a: operation(op.label()))

@@ -98,7 +98,7 @@ def prune(block: Block, dry_run: bool) -> list[str]:
         newest = max(filter(None, (head.head, (ident or {}).get("snapshot"))))
         now = id_ns(new_id(after=newest))
         assert now is not None
-        before = new_id(now - block.attic_days * 86_400 * 10**9)
+        before = rmt.attic_cutoff(block.attic_days, now)
         try:
             with Remote(block.remote) as remote:
                 if dry_run:

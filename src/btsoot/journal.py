@@ -86,9 +86,7 @@ class Journal:
             return []
         with self._lock:
             first = self._n + 1
-            for k, rec in enumerate(recs):
-                self._done.append(orjson.dumps(dict(rec, i=first + k, s="b"),
-                                               option=orjson.OPT_APPEND_NEWLINE))
+            self._done.extend(_begin_line(rec, first + k) for k, rec in enumerate(recs))
             self._n += len(recs)
             self._flush()
         self.sync()
@@ -110,7 +108,7 @@ class Journal:
         with self._lock:
             self._n += 1
             i = self._n
-            self._done.append(orjson.dumps(dict(rec, i=i, s="b"), option=orjson.OPT_APPEND_NEWLINE))
+            self._done.append(_begin_line(rec, i))
             self._flush()
         if durable:
             self.sync()
@@ -160,6 +158,10 @@ class Journal:
                 self._flush()
             os.close(self.fd)
             self.fd = -1
+
+
+def _begin_line(rec: dict[str, Any], i: int) -> bytes:
+    return orjson.dumps(dict(rec, i=i, s="b"), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def read_journal(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bool]]]:

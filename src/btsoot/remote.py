@@ -36,6 +36,7 @@ from .snapshot import (
     entry_to_dict,
     get_bytes,
     id_ns,
+    new_id,
     put_bytes,
     sort_key,
 )
@@ -467,10 +468,11 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
 # mtime, mode, digest). A run's attic expires whole, attic_days after the run.
 
 
-def record_attic(remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
+def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool = True) -> None:
     """Add items (their path in the attic, their entry in the mirror) to the lists
     of the runs that moved them, ATTIC/RUN.jsonl, durably (a recovered run adds
-    what a crashed one moved to that run's list)."""
+    what a crashed one moved to that run's list). merge=False: the lists do not
+    exist yet (a run writing its own, once), nothing is read first."""
     from .ops import ATTIC
 
     by_run: dict[bytes, list[Entry]] = {}
@@ -481,10 +483,10 @@ def record_attic(remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
         rel = ATTIC + b"/" + run + b".jsonl"
         lines: dict[bytes, bytes] = {}
         try:
-            fd = remote.open_file(rel)
+            fd = remote.open_file(rel) if merge else -1
         except FileNotFoundError:
-            pass
-        else:
+            fd = -1
+        if fd >= 0:
             with os.fdopen(fd, "rb") as f:
                 for line in f:
                     try:
@@ -509,6 +511,11 @@ def attic_runs(remote: Remote) -> list[str]:
     runs = {os.fsdecode(n[:-6] if n.endswith(b".jsonl") else n) for n in names
             if not n.endswith(b".tmp")}
     return sorted(r for r in runs if id_ns(r) is not None)
+
+
+def attic_cutoff(days: int, now_ns: int) -> str:
+    """The run id before which a run's attic has expired, days before now_ns."""
+    return new_id(now_ns - days * 86_400 * 10**9)
 
 
 def prune_attic(remote: Remote, before: str) -> list[str]:

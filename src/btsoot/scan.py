@@ -232,17 +232,11 @@ class _Merge:
     # Counting what is written: one place for every path through the merge.
     def same(self, path: bytes, kind: str, size: int, folder: Entry | None) -> None:
         """Count an entry written back unchanged (folder: its entry, for the diff)."""
-        stats = self.stats
+        self.count(kind, size)
         if kind == FILE:
-            stats.files += 1
-            stats.bytes += size
-            self.diff.new_files += 1
             self.diff.unchanged_files += 1
         elif kind == DIR:
-            stats.dirs += 1
             self.diff.dirs[path] = folder  # type: ignore[index,assignment]
-        else:
-            stats.symlinks += 1
 
     def count(self, kind: str, size: int) -> None:
         if kind == FILE:
