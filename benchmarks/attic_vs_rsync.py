@@ -5,7 +5,7 @@
 One tree, backed up first by each tool into its own folder on the same file
 system; then a day: a folder of 10% of the files renamed, 5% rewritten, 5%
 deleted. Each tool runs again, keeping what it replaces or deletes (btsoot:
-attic_days = 30; rsync: --backup --backup-dir=.rsync-attic/DAY). Prints, for the
+keep_within = "30d"; rsync: --backup --backup-dir=.rsync-attic/DAY). Prints, for the
 day, the bytes each sent (btsoot: bytes_sent; rsync: literal data of --stats)
 and the bytes its folder holds afterwards (du -sb: mirror plus history).
 """
@@ -58,7 +58,7 @@ def main() -> None:
     env = dict(os.environ, BTSOOT_STATE=os.path.join(a.top, "state"),
                BTSOOT_CONFIG=os.path.join(a.top, "config.toml"))
     btsoot = [sys.executable, "-m", "btsoot"]
-    run(btsoot + ["add", "b", src, bt, "--attic-days", "30"], env)
+    run(btsoot + ["add", "b", src, bt, "--keep-within", "30d"], env)
     run(btsoot + ["backup", "b", "-q"], env)
     rsync = ["rsync", "-a", "--delete", "--stats"]
     run(rsync + [src + "/", rs + "/"])
@@ -80,7 +80,7 @@ def main() -> None:
     print(f"{a.files} files of {a.size} bytes; a day: {a.files // 10} renamed with their folder, "
           f"{k} rewritten, {k} deleted")
     print(f"{'':<28}{'sent':>14}{'stored after':>16}")
-    print(f"{'btsoot, attic_days = 30':<28}{s['bytes_sent']:>14,}{du(bt):>16,}")
+    print(f"{'btsoot, keep_within = 30d':<28}{s['bytes_sent']:>14,}{du(bt):>16,}")
     print(f"{'rsync --backup-dir':<28}{rsync_literal(out):>14,}{du(rs):>16,}")
     print(f"(source: {du(src):,} bytes)")
 

@@ -1,7 +1,7 @@
 """The attic: what a run moves out of the mirror (a file or link deleted, a file
 replaced by new content) is renamed into REMOTE/.btsoot/attic/RUN/<path>, not
-lost, and listed in REMOTE/.btsoot/attic/RUN.jsonl; a run's attic expires whole
-`attic_days` after the run."""
+lost, and listed in REMOTE/.btsoot/attic/RUN.jsonl; it stays while a snapshot
+the block's retention keeps needs it."""
 
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ def put(p: Path, data: bytes) -> None:
     p.write_bytes(data)
 
 
-def set_attic(env: Env, days: int) -> None:
+def set_key(env: Env, key: str, value: str) -> None:
+    """Set a key of block b in the config (TOML text: `value` as written)."""
     text = env.config.read_text()
-    assert "attic_days = " in text
-    lines = [f"attic_days = {days}" if ln.startswith("attic_days = ") else ln
-             for ln in text.splitlines()]
+    assert f"\n{key} = " in text
+    lines = [f"{key} = {value}" if ln.startswith(f"{key} = ") else ln for ln in text.splitlines()]
     env.config.write_text("\n".join(lines) + "\n")
+
+
+def set_attic(env: Env, days: int) -> None:
+    set_key(env, "keep_within", f'"{days}d"')
 
 
 def backup(env: Env, *args: str, extra_env: dict[str, str] | None = None) -> dict:
@@ -115,8 +119,9 @@ def test_deleted_and_replaced_content_goes_to_the_attic_without_being_sent(attic
     assert backup(env)["result"] == "nothing"
 
 
-def test_without_attic_days_nothing_is_kept(block) -> None:
+def test_without_history_nothing_is_kept(block) -> None:
     env, src, dst = block
+    set_attic(env, 0)
     put(src / "a", b"one")
     put(src / "b", b"two")
     backup(env)
@@ -128,57 +133,75 @@ def test_without_attic_days_nothing_is_kept(block) -> None:
     assert_mirror(src, dst)
 
 
-def test_a_runs_attic_expires_after_attic_days(attic_block) -> None:
+def test_the_attic_keeps_what_the_kept_snapshots_need(attic_block) -> None:
+    """keep_within = 30d: a snapshot stays while it is within 30 days of the newest,
+    and the attic holds exactly the content those snapshots need."""
     from test_record import faketime
 
     env, src, dst = attic_block
     for name in ("a", "b", "c", "d"):
         put(src / name, name.encode() * 10)
-    backup(env, extra_env=faketime("2027-01-01 00:00:00"))
+    s0 = backup(env, extra_env=faketime("2027-01-01 00:00:00"))["snapshot"]
     (src / "a").unlink()
     r1 = backup(env, extra_env=faketime("2027-01-02 00:00:00"))["snapshot"]
     (src / "b").unlink()
     r2 = backup(env, extra_env=faketime("2027-01-20 00:00:00"))["snapshot"]
     assert sorted(attic_files(dst)) == [r1, r2]
-    # 30 days after the first: not yet (a run with nothing to send tidies nothing).
+    # 30 days after the first snapshot, to the second: every snapshot is kept.
     put(src / "c", b"changed")
-    r3 = backup(env, extra_env=faketime("2027-01-31 23:00:00"))["snapshot"]
+    r3 = backup(env, extra_env=faketime("2027-01-31 00:00:00"))["snapshot"]
     assert sorted(attic_files(dst)) == [r1, r2, r3]
-    # More than 30 days after r1 and r3's run... r1 goes, with its list; the others stay.
+    ids = [r["id"] for r in json.loads(env.run("snapshots", "b", "--json", check=0).stdout)]
+    assert ids == [s0, r1, r2, r3]
+    # Two days later s0 and r1 fall out of the window. "a" (deleted by r1) and "b"
+    # (deleted by r2) were only in those two: their attic goes. r3's old "c" is in
+    # r2, which is kept.
     put(src / "d", b"changed")
     r4 = backup(env, extra_env=faketime("2027-02-02 00:00:00"))["snapshot"]
-    assert sorted(attic_files(dst)) == [r2, r3, r4]
-    assert sorted(manifests(dst)) == [r2, r3, r4]
-    assert attic_files(dst)[r2] == {"b": b"b" * 10}
-    # attic_days = 0: the next run that writes removes the rest.
+    rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+    assert [r["id"] for r in rows] == [r2, r3, r4]
+    assert [r["kept_by"] for r in rows] == [["within"], ["within"], ["newest", "last", "within"]]
+    assert attic_files(dst) == {r3: {"c": b"c" * 10}, r4: {"d": b"d" * 10}}
+    assert sorted(manifests(dst)) == [r3, r4]
+    # The remote's own snapshot files follow: r2 restores from the remote alone.
+    r = env.run("restore", "--from", str(dst), "--snapshot", r2, "--to", env.root / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(env.root / "out")) == ["c", "d"]
+    assert [(env.root / "out" / n).read_bytes() for n in "cd"] == [b"c" * 10, b"d" * 10]
+    # No history: the next run that writes removes the rest, and keeps one snapshot.
     set_attic(env, 0)
     put(src / "new", b"n")
     backup(env, extra_env=faketime("2027-02-03 00:00:00"))
     assert attic_files(dst) == {} and manifests(dst) == {}
+    assert len(json.loads(env.run("snapshots", "b", "--json", check=0).stdout)) == 1
     assert_mirror(src, dst)
 
 
-def test_prune_removes_only_what_is_older_than_attic_days(attic_block) -> None:
+def test_prune_applies_a_tightened_policy(attic_block) -> None:
     from test_record import faketime
 
     env, src, dst = attic_block
-    set_attic(env, 2)
     for name in ("a", "b"):
         put(src / name, name.encode())
-    backup(env, extra_env=faketime("2027-03-01 00:00:00"))
+    s0 = backup(env, extra_env=faketime("2027-03-01 00:00:00"))["snapshot"]
     (src / "a").unlink()
-    r1 = backup(env, extra_env=faketime("2027-03-01 01:00:00"))["snapshot"]
+    r1 = backup(env, extra_env=faketime("2027-03-01 13:00:00"))["snapshot"]
     (src / "b").unlink()
     r2 = backup(env, "--override", extra_env=faketime("2027-03-02 12:00:00"))["snapshot"]
-    later = faketime("2027-03-03 06:00:00")  # r1 is 2 days and 5 hours old, r2 not 1
-    r = env.run("prune", "b", "--dry-run", extra_env=later)
-    assert r.returncode == 0 and f"would remove the attic of 1 run(s): {r1}" in r.stdout, r.stdout
     assert sorted(attic_files(dst)) == [r1, r2]
-    r = env.run("prune", "b", extra_env=later)
-    assert r.returncode == 0 and f"removed the attic of 1 run(s): {r1}" in r.stdout, r.stdout
-    assert sorted(attic_files(dst)) == [r2] and sorted(manifests(dst)) == [r2]
-    r = env.run("prune", "b", extra_env=later)
-    assert "nothing in the attic is older" in r.stdout
+    # One day back from r2 keeps r1 and r2: s0 goes, and with it the attic of "a"
+    # (only s0 had it); r1 had "b", so r2's attic stays.
+    set_key(env, "keep_within", '"1d"')
+    r = env.run("prune", "b", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "would let go 1" in r.stdout and s0 in r.stdout, r.stdout
+    assert "would remove 1 file(s)" in r.stdout and "keeps 1," in r.stdout, r.stdout
+    assert sorted(attic_files(dst)) == [r1, r2]
+    r = env.run("prune", "b")
+    assert r.returncode == 0 and "removed 1 file(s)" in r.stdout, r.stdout
+    assert attic_files(dst) == {r2: {"b": b"b"}} and sorted(manifests(dst)) == [r2]
+    r = env.run("prune", "b")
+    assert "let go 0" in r.stdout and "removed 0 file(s)" in r.stdout, r.stdout
     assert_mirror(src, dst)
 
 
@@ -288,28 +311,28 @@ def test_every_snapshot_restores_exactly_from_the_mirror_and_the_attic(attic_blo
                                  [k for k in want if k in got and got[k] != want[k]])
 
 
-def test_snapshots_says_which_restore_exactly(block) -> None:
-    """Without the attic, a snapshot whose content a later run replaced or deleted
-    no longer restores exactly; with it, it does (until its attic expires)."""
-    env, src, dst = block
+def test_snapshots_says_which_restore_exactly(attic_block) -> None:
+    """A kept snapshot restores exactly while the content of each of its files is on
+    the remote, in the mirror or the attic (by the attic's lists: the remote is not
+    walked); `snapshots` checks that, and says so when it is not (here: a run's
+    attic removed by hand)."""
+    env, src, dst = attic_block
     put(src / "a", b"one")
     put(src / "b", b"two")
     backup(env)
     put(src / "c", b"added: nothing leaves")
     backup(env)
     put(src / "a", b"replaced")
-    backup(env)
+    run = backup(env)["snapshot"]
+    rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+    assert [r["complete"] for r in rows] == [True, True, True]
+    assert [r["attic_files"] for r in rows] == [0, 0, 1]
+    shutil.rmtree(dst / ATTIC / run)
+    (dst / ATTIC / f"{run}.jsonl").unlink()
     rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
     assert [r["complete"] for r in rows] == [False, False, True]
-    assert [r["attic_files"] for r in rows] == [0, 0, 0]
-    set_attic(env, 30)
-    (src / "b").unlink()
-    backup(env)
-    rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
-    assert [r["complete"] for r in rows] == [False, False, True, True]
-    assert rows[-1]["attic_files"] == 1
     out = env.run("snapshots", "b", check=0).stdout
-    assert "exactly" in out and "in part" in out and "1 files" in out
+    assert "exactly" in out and "in part" in out
 
 
 def test_verify_reads_the_attic_too(attic_block) -> None:
@@ -340,20 +363,67 @@ def test_verify_reads_the_attic_too(attic_block) -> None:
     assert (dst / ATTIC / run / "b").read_bytes() == b"B" * 1000
 
 
-def test_add_takes_attic_days(env: Env, tmp_path: Path) -> None:
+def test_add_takes_the_retention_terms(env: Env, tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "r").mkdir()
-    env.run("add", "b", tmp_path / "s", tmp_path / "r", "--attic-days", "14", check=0)
-    assert "attic_days = 14" in env.config.read_text()
-    r = env.run("add", "c", tmp_path / "s", tmp_path / "r", "--attic-days", "-3")
-    assert r.returncode == 2 and "attic-days" in r.stderr
+    env.run("add", "b", tmp_path / "s", tmp_path / "r", "--keep-daily", "7", "--keep-monthly", "12",
+            "--keep-within", "2w", "--attic-max", "50G", check=0)
+    text = env.config.read_text()
+    for line in ("keep_daily = 7", "keep_monthly = 12", 'keep_within = "2w"', 'attic_max = "50G"'):
+        assert line in text, text
+    env.run("add", "c", tmp_path / "s", tmp_path / "r", "--attic-days", "14", check=0)
+    assert 'keep_within = "14d"' in env.config.read_text()  # the older option
+    for bad in (("--attic-days", "-3"), ("--keep-within", "3 days"), ("--attic-max", "lots"),
+                ("--keep-daily", "-1")):
+        r = env.run("add", "d", tmp_path / "s", tmp_path / "r", *bad)
+        assert r.returncode == 2 and bad[0].lstrip("-") in r.stderr, (bad, r.stderr)
 
 
-def test_attic_days_is_checked(block) -> None:
+def test_the_retention_terms_are_checked(block) -> None:
     env, src, dst = block
+    good = env.config.read_text()
+    for key, bad in (("keep_within", '"3 days"'), ("keep_within", "30"), ("keep_last", "0"),
+                     ("keep_daily", "-1"), ("keep_monthly", "true"), ("attic_max", '"lots"'),
+                     ("attic_max", "-5")):
+        set_key(env, key, bad)
+        r = env.run("backup", "b")
+        assert r.returncode == 2 and key in r.stderr, (key, bad, r.stderr)
+        env.config.write_text(good)
+    # A config written before the terms: attic_days and keep_snapshots are read as
+    # keep_within and keep_last (and checked as before).
+    old = good.replace('keep_within = "30d"', "attic_days = 7").replace("keep_last = 1",
+                                                                        "keep_snapshots = 3")
+    env.config.write_text(old)
     for bad in ("-1", "\"30d\"", "true", "36501"):
-        text = env.config.read_text().replace("attic_days = 0", f"attic_days = {bad}")
-        env.config.write_text(text)
+        env.config.write_text(old.replace("attic_days = 7", f"attic_days = {bad}"))
         r = env.run("backup", "b")
         assert r.returncode == 2 and "attic_days" in r.stderr, (bad, r.stderr)
-        env.config.write_text(text.replace(f"attic_days = {bad}", "attic_days = 0"))
+    env.config.write_text(old)
+    put(src / "a", b"a")
+    backup(env)
+    env.run("rm", "b", check=0)  # (a rewrite of the config writes the new names)
+
+
+def test_diff_between_two_snapshots(attic_block) -> None:
+    env, src, dst = attic_block
+    put(src / "same", b"s")
+    put(src / "edit", b"old")
+    put(src / "gone", b"g")
+    put(src / "touch", b"t")
+    s0 = backup(env)["snapshot"]
+    put(src / "edit", b"new content")
+    (src / "gone").unlink()
+    put(src / "dir" / "new", b"n")
+    os.chmod(src / "touch", 0o600)
+    s1 = backup(env)["snapshot"]
+    r = env.run("diff", "b", "--from", s0, "--to", s1[:-3])  # (an id or a unique prefix)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "added    dir/", "added    dir/new", "changed  edit", "deleted  gone", "attrs    touch",
+        f"b: {s0} -> {s1}: 2 added, 1 attrs, 1 changed, 1 deleted"]
+    r = env.run("diff", "b", "--from", s1, "--json")  # --to: the newest
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    r = env.run("diff", "b", "--from", "1999")
+    assert r.returncode == 2 and "no snapshot '1999'" in r.stderr, r.stderr
+    r = env.run("diff", "b", "--to", s1)
+    assert r.returncode == 2 and "--from" in r.stderr

@@ -99,7 +99,9 @@ def test_every_operation_type(block: tuple[Env, Path, Path]) -> None:
     (src / "empty/deeper").rmdir()
     (src / "fresh").mkdir()
     s = backup(env)
-    assert ops(s) == {"copy": 2, "remote-copy": 1, "symlink": 1, "delete": 1, "rmdir": 1,
+    # (History is kept by default: what leaves the mirror, a deleted file and the
+    # old content of the replaced one, moves into the attic.)
+    assert ops(s) == {"copy": 2, "remote-copy": 1, "symlink": 1, "retire": 2, "rmdir": 1,
                       "mkdir": 1, "set-attributes": 4}
     assert s["bytes_sent"] == 500 + 3 and s["bytes_remote_copied"] == 70_000
     assert_mirror(src, dst)
@@ -179,7 +181,7 @@ def test_folder_moved_with_edits_inside(block: tuple[Env, Path, Path]) -> None:
     put(src / "x/y/a2/new", b"brand new")
     s = backup(env)
     o = ops(s)
-    assert o["move-dir"] == 1 and o["copy"] == 3 and o["delete"] == 1 and "move" not in o
+    assert o["move-dir"] == 1 and o["copy"] == 3 and o["retire"] == 3 and "move" not in o
     assert s["bytes_sent"] == len(b"edited") + 1000 + len(b"brand new")
     assert_mirror(src, dst)
 
@@ -248,7 +250,7 @@ def test_large_file_edits_send_only_the_changed_chunks(block: tuple[Env, Path, P
     env, src, dst = block
     put(src / "vm.img", rand(40 * MiB, 1))
     put(src / "log", rand(20 * MiB, 2))
-    backup(env)
+    first = backup(env)["snapshot"]
     with open(src / "vm.img", "r+b") as f:  # two chunks: 1 and 7
         f.seek(5 * MiB)
         f.write(b"x" * 10)
@@ -262,6 +264,16 @@ def test_large_file_edits_send_only_the_changed_chunks(block: tuple[Env, Path, P
     assert s["bytes_sent"] == 2 * 4 * MiB + 100
     assert_mirror(src, dst)
     assert not (dst / ".btsoot" / "patch").exists()
+    # History: the chunks each patch overwrote are kept as undo records in the
+    # attic (vm.img: its two old chunks; log: nothing was overwritten, only added),
+    # and the snapshot before restores exactly from them.
+    attic = dst / ".btsoot" / "attic" / s["snapshot"]
+    assert 2 * 4 * MiB < (attic / "vm.img").stat().st_size < 2 * 4 * MiB + 4096
+    assert (attic / "log").stat().st_size < 4096
+    r = env.run("restore", "b", "--snapshot", first, "--to", env.root / "then")
+    assert r.returncode == 0, r.stderr
+    assert (env.root / "then" / "vm.img").read_bytes() == rand(40 * MiB, 1)
+    assert (env.root / "then" / "log").read_bytes() == rand(20 * MiB, 2)
     # Shrunk in the middle of a chunk: only the new last chunk, then a truncate.
     os.truncate(src / "vm.img", 33 * MiB + 5)
     s = backup(env)
@@ -271,7 +283,7 @@ def test_large_file_edits_send_only_the_changed_chunks(block: tuple[Env, Path, P
     with open(src / "log", "r+b") as f:
         f.write(rand(15 * MiB, 3))
     s = backup(env)
-    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB + 100
+    assert ops(s) == {"copy": 1, "retire": 1} and s["bytes_sent"] == 20 * MiB + 100
     assert_mirror(src, dst)
 
 
@@ -306,7 +318,7 @@ def test_patch_in_place_can_be_turned_off(block: tuple[Env, Path, Path]) -> None
     with open(src / "big", "r+b") as f:
         f.write(b"new start")
     s = backup(env)
-    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 20 * MiB
+    assert ops(s) == {"copy": 1, "retire": 1} and s["bytes_sent"] == 20 * MiB
     assert_mirror(src, dst)
     env.config.write_text(cfg.replace("patch_in_place = true", "patch_in_place = 1"))
     refused(env, 2, "backup", "b", says="patch_in_place = 1: expected true or false")
@@ -419,7 +431,7 @@ def test_dry_run_and_diff_change_nothing(block: tuple[Env, Path, Path]) -> None:
     before = state()
     p = env.run("backup", "b", "--dry-run", check=0)
     assert re.search(r"^move-dir +d -> e$", p.stdout, re.M), p.stdout
-    assert re.search(r"^copy +new", p.stdout, re.M) and re.search(r"^delete +e/0", p.stdout, re.M)
+    assert re.search(r"^copy +new", p.stdout, re.M) and re.search(r"^attic +e/0", p.stdout, re.M)
     p2 = env.run("diff", "b", check=0)
     assert p2.stdout.splitlines()[:-1] == p.stdout.splitlines()[:-1]
     s = backup(env, "--dry-run")
@@ -500,7 +512,7 @@ def test_checksum_finds_what_size_and_mtime_hide(block: tuple[Env, Path, Path]) 
     s = backup(env)
     assert s["result"] == "nothing" and (dst / "doc").read_bytes() == b"version one"
     s = backup(env, "--checksum")
-    assert ops(s) == {"copy": 1} and s["bytes_sent"] == 11
+    assert ops(s) == {"copy": 1, "retire": 1} and s["bytes_sent"] == 11
     assert_mirror(src, dst)
 
 
@@ -517,7 +529,7 @@ def test_racy_timestamp_is_not_trusted(block: tuple[Env, Path, Path]) -> None:
         f.write(b"FIRST")
     os.utime(src / "hot", ns=(mtime, mtime))
     s = backup(env)
-    assert ops(s) == {"copy": 1} and s["hashed_files"] == 1  # "hot" only: "old" is trusted
+    assert ops(s) == {"copy": 1, "retire": 1} and s["hashed_files"] == 1  # "hot" only
     assert_mirror(src, dst)
 
 
@@ -564,7 +576,7 @@ def test_unreadable_file_and_folder_are_errors_never_deletions(
     put(src / "new-secret", b"never readable", mode=0)
     p = env.run("backup", "b", "--json", check=3, **user)
     s = json.loads(p.stdout)
-    assert s["result"] == "partial" and ops(s) == {"copy": 1}
+    assert s["result"] == "partial" and ops(s) == {"copy": 1, "retire": 1}
     assert sorted(e["path"] for e in s["errors"]) == ["closed", "new-secret", "secret"]
     assert "secret" in p.stderr and "closed" in p.stderr
     after = everything(dst)
@@ -685,7 +697,7 @@ def test_guard_deletion_limit_as_a_count(env: Env) -> None:
     put(src / "f0", b"0")
     put(src / "f1", b"1")
     s = backup(env)
-    assert s["operations"]["delete"] == 1
+    assert s["operations"]["retire"] == 1
     assert_mirror(src, dst)
 
 
@@ -834,7 +846,7 @@ def test_change_detection_never_lists_or_reads_the_remote(block: tuple[Env, Path
     put(src / "a/f3", rand(500, 4242))
     put(src / "b/new", b"new file")
     s, log = _traced_backup(env, env.root / "change.strace")
-    assert ops(s) == {"copy": 2, "set-attributes": 2}
+    assert ops(s) == {"copy": 2, "retire": 1, "set-attributes": 2}
     planned = {"a", "a/f3", "b", "b/new"}
     temp = re.compile(r"[ab]/\.btsoot-tmp-[^/]*")
     stray = sorted(p for p in _remote_paths(log, dst)

@@ -44,12 +44,13 @@ def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
         data = tomllib.load(f)
     assert data["blocks"]["photos"] == {
         "source": str(src), "remote": str(dst), "exclude": ["*.tmp", "cache/"],
-        "max_delete": "10%", "one_file_system": False, "keep_snapshots": 5, "jobs": 0,
-        "patch_in_place": True, "attic_days": 14, "change_guard": True}
+        "max_delete": "10%", "one_file_system": False, "jobs": 0, "patch_in_place": True,
+        "keep_last": 5, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, "keep_yearly": 0,
+        "keep_within": "14d", "attic_max": "", "change_guard": True}
     assert data["blocks"]["b2"]["source"] == str(src)  # absolute and normalised
     cfg = Config.load(str(env.config))
     assert cfg.blocks["photos"] == Block("photos", str(src), str(dst), ["*.tmp", "cache/"], "10%",
-                                         False, 5, attic_days=14)
+                                         False, keep_last=5, keep_within="14d")
     assert cfg.blocks["b2"].delete_limit(10_000) == 500
     assert cfg.blocks["photos"].delete_limit(1000) == 100
     before = env.config.read_bytes()

@@ -123,6 +123,7 @@ def test_round_trip(env: Env, mounted: tuple[str, Path]) -> None:
 
     s, err = backup(env, 0)
     assert s["result"] == "ok" and s["files"] == files and not s["errors"], (s, err)
+    first, before = s["snapshot"], tree_state(src)
 
     day_of_changes(src, rng)
     s, err = backup(env, 0)
@@ -130,15 +131,22 @@ def test_round_trip(env: Env, mounted: tuple[str, Path]) -> None:
     assert s["result"] == "ok" and not s["errors"], (s, err)
     # the renamed folder is one move; the big file sends its changed chunk only
     assert ops.get("move-dir") == 1 and ops.get("patch") == 1, ops
-    assert ops.get("copy") == 5 and ops.get("delete") == 2, ops
+    # history (the default): 2 deleted and 3 replaced files move into the attic,
+    # and the big file's overwritten chunk is kept as an undo record
+    assert ops.get("copy") == 5 and ops.get("retire") == 5 and "delete" not in ops, ops
     assert s["bytes_sent"] < 8 * MiB, s
 
-    v = json.loads(env.run("verify", "b", "--json", check=0).stdout)
+    v = json.loads(env.run("verify", "b", "--json", "--attic", check=0).stdout)
     assert v["checked_files"] == v["files"] == files, v
     assert not (v["missing"] or v["corrupt"] or v["extra"] or v["errors"]), v
+    assert v["attic"] == {"checked_files": 5, "missing": [], "corrupt": []}, v
 
     env.run("restore", "--from", remote, "--to", restored, check=0)
     assert_mirror(src, restored)
+    # the day before, from the mirror and the attic, whatever names the remote holds
+    env.run("restore", "--from", remote, "--snapshot", first, "--to", env.root / "before",
+            check=0)
+    assert tree_state(env.root / "before") == before
     if kind in ("tmpfs", "ext4", "xfs"):  # these hold names, modes and mtimes as they are
         assert_mirror(src, remote)
 
@@ -261,13 +269,16 @@ def test_case_twins_on_exfat(env: Env, mounted: tuple[str, Path]) -> None:
     assert s2["result"] == "nothing", s2
 
     # The plain twin goes: the other keeps its (escaped) place, nothing is re-sent.
+    before = tree_state(src)
     (src / "A.txt").unlink()
     s3, _ = backup(env, 0)
-    assert s3["operations"] == {"delete": 1}, s3
+    assert s3["operations"] == {"retire": 1}, s3  # into the attic (history: the default)
     assert len([n for n in os.listdir(remote) if n != ".btsoot"]) == 4
-    env.run("verify", "b", check=0)
+    env.run("verify", "b", "--attic", check=0)
     env.run("restore", "--from", remote, "--to", env.root / "back2", check=0)
     assert_mirror(src, env.root / "back2")
+    env.run("restore", "b", "--snapshot", s["snapshot"], "--to", env.root / "back1", check=0)
+    assert tree_state(env.root / "back1") == before
 
 
 # A file replaced by one whose name differs only in case (and whose content differs, so

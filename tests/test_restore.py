@@ -249,8 +249,12 @@ def test_older_snapshot_and_from_delta_chain(env: Env, tmp_path: Path) -> None:
         states.append(tree_state(src))
     assert any(n.endswith(".delta.jsonl.gz") for n in os.listdir(remote / ".btsoot/snapshots"))
 
-    # restore NAME --snapshot (a unique prefix will do): the remote keeps only its newest
-    # state, so what changed since is reported, and the rest is found by digest.
+    # With the attic (history is kept by default), every snapshot restores exactly.
+    p = restore(env, "b", "--to", tmp_path / "out0", "--snapshot", ids[0], "--json")
+    assert tree_state(tmp_path / "out0") == states[0]
+    # Without it (lost here by hand): what changed since is reported, and the rest is
+    # found by digest, wherever the mirror holds it now.
+    shutil.rmtree(remote / ".btsoot" / "attic")
     out = tmp_path / "out1"
     p = restore(env, "b", "--to", out, "--snapshot", ids[0][:-3], "--json", check=3)
     assert set(_errors(p)) == {"docs/a.txt", "top.txt"}

@@ -34,12 +34,14 @@ from .errors import (
     printable,
 )
 from .execute import ExecStats, Executor
+from .history import retain
 from .journal import UNKNOWN_MTIME, Journal, replay
 from .names import fold
 from .plan import Plan, make_plan
 from .remotefs import Remote
+from .retention import Policy, select
 from .scan import ScanStats, scan
-from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, id_ns, new_id, sort_key
+from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
 from .state import BlockState, Head, Lock
 from .transfer import syncfs
 
@@ -60,6 +62,7 @@ class BackupResult:
     scan: ScanStats | None = None
     execution: ExecStats | None = None
     remote_meta_bytes: int = 0
+    attic_bytes: int | None = None  # what the attic holds after this run's pruning
     durations: dict[str, float] = field(default_factory=dict)
     # The pass before this one, when the remote had lost content below a folder that
     # had to be made again (see Executor._repair): this pass sent it back.
@@ -86,6 +89,8 @@ class BackupResult:
             for k in ("set_aside", "remade", "notices"):
                 out[k] = first[k] + out[k]
             out["adopted"] = out["adopted"] or first["adopted"]
+            if out["attic_bytes"] is None:
+                out["attic_bytes"] = first["attic_bytes"]
             out["passes"] = first["passes"] + 1
             out["durations"]["total"] = round(first["durations"].get("total", 0.0)
                                               + out["durations"].get("total", 0.0), 3)
@@ -124,8 +129,10 @@ class BackupResult:
             # sent again in a second pass), and content gone from the remote re-sent.
             "remade": sorted(p.decode("utf-8", "backslashreplace") for p in ex.lost),
             "refetched": ex.refetched,
-            # Old content moved into REMOTE/.btsoot/attic/RUN/ (attic_days > 0).
+            # Old content moved into REMOTE/.btsoot/attic/RUN/ (history kept), and
+            # the attic's size once pruned (None: not pruned by this run).
             "attic_files": len(ex.attic),
+            "attic_bytes": self.attic_bytes,
             "passes": 1,
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
         }
@@ -218,7 +225,8 @@ def backup(
                         "snapshot": res.snapshot, "files": s["files"], "bytes": s["bytes"],
                         "bytes_sent": s["bytes_sent"], "errors": len(s["errors"]),
                         "seconds": s["durations"].get("total", 0.0),
-                        "change_weight": change_weight(res.plan) if res.plan else 0})
+                        "change_weight": change_weight(res.plan) if res.plan else 0,
+                        **({"attic_bytes": s["attic_bytes"]} if s["attic_bytes"] is not None else {})})
         return res
 
 
@@ -333,6 +341,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
 
     # Does the local record describe this remote as it is? (See state.Head.)
     base = committed
+    base_id = head.head  # the snapshot base is (None: a view rebuilt from a journal)
     interrupted = os.path.exists(st.journal)  # a killed run: the remote gets tidied
     journal_ok = interrupted and (dry_run or _journal_is_for(st, ident, res))
     why = rmt.record_differs(head, ident) if committed else None
@@ -345,6 +354,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         # A crashed run left a journal: rebuild what the remote holds now.
         res.resumed = True
         base = _recover(st, committed, remote, run_id)
+        base_id = None
     elif why is not None or committed is None:
         # The remote's own record: another disk rotated in, a rollback, or the local
         # state gone (a reinstalled machine). Its newest snapshot and no other: if
@@ -356,6 +366,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             base = _write_base(st, entries, run_id)
         else:
             base = None
+        base_id = newest
         res.adopted = newest is not None or why is not None
         head.remote_head = None  # this remote gets a full snapshot, not a delta
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
@@ -405,7 +416,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         progress("phase", "plan")
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
                      patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
-                     attic=block.attic_days > 0,
+                     attic=Policy.of(block).history,
                      stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9)
     res.plan = plan
     if progress:
@@ -440,9 +451,10 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,
-                          sync_files=not prof.sync_reaches_disk).run(plan)
+                          sync_files=not prof.sync_reaches_disk,
+                          history=Policy.of(block).history).run(plan)
             if ex.attic:
-                _record_attic(block, remote, ex.attic)
+                _record_attic(block, remote, ex.attic, base_id, ex.undo)
             _cleanup_meta(remote)
             try:
                 syncfs(block.remote)
@@ -462,9 +474,9 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         os.unlink(st.scan)
         res.snapshot = head.head
         if interrupted:
-            _tidy(block, remote, st, head, True)
+            res.attic_bytes = _tidy(block, remote, st, head, True)
     else:
-        res.snapshot, res.remote_meta_bytes = _commit(
+        res.snapshot, res.remote_meta_bytes, res.attic_bytes = _commit(
             block, remote, st, sres.header, committed, head, ex, unchanged, ident, interrupted)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
@@ -539,10 +551,11 @@ def _recover(st: BlockState, committed: str | None, remote: Remote, run_id: str)
         with SnapshotReader(base_path) as r:
             model = {e.path: e for e in r}
     attic: list[tuple[bytes, Entry]] = []
+    undo: dict[bytes, dict[str, Any]] = {}
     try:
-        model = replay(st.journal, remote, model, attic)
+        model = replay(st.journal, remote, model, attic, undo)
         if attic:  # listed now: the journal that knows of them goes when this run starts
-            rmt.record_attic(remote, attic)
+            rmt.record_attic(remote, attic, prev=header.get("committed"), undo=undo)
     except OSError as e:
         raise FatalIOError(f"remote: cannot finish the interrupted run at "
                            f"{os.fsdecode(e.filename or remote.root)}: {e.strerror}") from None
@@ -666,7 +679,7 @@ def _cleanup_meta(remote: Remote) -> None:
 @events.in_phase("commit")
 def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
             head: Head, ex: ExecStats, unchanged: bool,
-            ident: dict[str, Any], tidy: bool) -> tuple[str, int]:
+            ident: dict[str, Any], tidy: bool) -> tuple[str, int, int | None]:
     """Write the snapshot of what the remote now holds; then point head at it.
 
     Usually that is the scan itself, renamed into place; entries whose transfer
@@ -738,7 +751,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
     st.save_head(head)
     # The remote is tidied while the journal is still there: a run killed before
     # this point leaves a journal, and the run that finds one tidies (see backup()).
-    _tidy(block, remote, st, head, bool(meta_bytes) or tidy)
+    attic = _tidy(block, remote, st, head, bool(meta_bytes) or tidy)
     # The journal goes before the base views: a journal whose base is gone stops
     # every later run (exit 8), and a kill between the two must not leave one.
     for p in (st.journal, st.scan, st.damaged):
@@ -747,33 +760,29 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         except FileNotFoundError:
             pass
     st.remove_bases()
-    return snap_id, meta_bytes
+    return snap_id, meta_bytes, attic
 
 
-def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: bool) -> None:
-    """Prune local snapshots past retention; with on_remote, the remote's too, the
-    temp files of snapshots a killed run was writing there, and the attic of runs
-    more than attic_days before this one."""
+def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: bool) -> int | None:
+    """Apply the block's retention (history.retain): with on_remote, on the remote
+    too (its snapshots, the attic, and the temp files of snapshots a killed run
+    was writing there); else only to the local snapshots. Returns the bytes the
+    attic keeps (None when the remote was not pruned)."""
     assert head.head is not None
-    kept = st.prune(block.keep_snapshots, {head.head})
+    protect = {i for i in (head.head, head.remote_head) if i}
     if not on_remote:
-        return
-    keep = set(kept) | ({head.remote_head} if head.remote_head else set())
+        st.keep_only(set(select(st.committed_ids(), Policy.of(block))) | protect)
+        return None
     try:
-        rmt.prune(remote, keep)
+        return retain(block, remote, st, protect).decision.attic_bytes
     except OSError:
-        pass
-    now = id_ns(head.head)
-    if now is not None:
-        try:
-            rmt.prune_attic(remote, rmt.attic_cutoff(block.attic_days, now))
-        except OSError:
-            pass  # tried again by the next run that writes
+        return None  # tried again by the next run that writes
 
 
-def _record_attic(block: Block, remote: Remote, items: list[tuple[bytes, Entry]]) -> None:
+def _record_attic(block: Block, remote: Remote, items: list[tuple[bytes, Entry]],
+                  prev: str | None, undo: dict[bytes, dict[str, Any]]) -> None:
     try:
-        rmt.record_attic(remote, items, merge=False)
+        rmt.record_attic(remote, items, merge=False, prev=prev, undo=undo)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: cannot list what went into the attic: "
                            f"{e.strerror}") from None

@@ -16,7 +16,7 @@ import click
 import orjson
 
 from .cli_base import human, load_config, main_group
-from .config import MAX_ATTIC_DAYS, Block, check_apart, parse_max_delete, validate_name
+from .config import MAX_ATTIC_DAYS, MAX_KEEP, Block, check_apart, parse_max_delete, validate_name
 from .errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
@@ -24,8 +24,10 @@ from .errors import (
     ConfigError,
     StateError,
     Stopped,
+    UsageError,
     printable,
 )
+from .retention import DEFAULT_WITHIN, Policy, parse_size, parse_within
 
 
 @main_group.command()
@@ -38,17 +40,37 @@ from .errors import (
               help="Stop a backup that would delete more files than this.")
 @click.option("--one-file-system/--cross-file-systems", default=True, show_default=True,
               help="Stay on SOURCE's file system (mount points are kept as empty folders).")
-@click.option("--keep", "keep_snapshots", default=30, show_default=True, type=click.IntRange(1),
-              help="How many snapshots to keep.")
-@click.option("--attic-days", default=0, show_default=True, metavar="DAYS",
-              type=click.IntRange(0, MAX_ATTIC_DAYS),
-              help="Keep deleted and replaced files this many days in REMOTE/.btsoot/attic.")
+@click.option("--keep-within", default=DEFAULT_WITHIN, show_default=True, metavar="DURATION",
+              help="Keep every snapshot this long (30d, 2w, 6m, 1y; 0: none).")
+@click.option("--keep-last", "--keep", "keep_last", default=1, show_default=True,
+              type=click.IntRange(1, MAX_KEEP), help="Keep the N newest snapshots.")
+@click.option("--keep-daily", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N",
+              help="Keep the newest snapshot of each of the last N days.")
+@click.option("--keep-weekly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
+@click.option("--keep-monthly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
+@click.option("--keep-yearly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
+@click.option("--attic-max", default="", metavar="SIZE",
+              help="Let the oldest snapshots go while the attic is bigger (50G).")
+@click.option("--attic-days", default=None, metavar="DAYS", type=click.IntRange(0, MAX_ATTIC_DAYS),
+              hidden=True)  # the older name of --keep-within DAYSd
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
-        max_delete: str, one_file_system: bool, keep_snapshots: int, attic_days: int) -> None:
+        max_delete: str, one_file_system: bool, keep_within: str, keep_last: int,
+        keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
+        attic_max: str, attic_days: int | None) -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
+    if attic_days is not None:
+        keep_within = f"{attic_days}d"
+    try:
+        parse_within(keep_within)
+    except ValueError as e:
+        raise ConfigError(f"--keep-within: {e}") from None
+    try:
+        parse_size(attic_max)
+    except ValueError as e:
+        raise ConfigError(f"--attic-max: {e}") from None
     from .scan import make_exclude
 
     make_exclude(list(exclude))  # refuse a pattern gitignore would not take
@@ -62,7 +84,9 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
         raise ConfigError(f"remote {dst} is not an existing folder (is the share mounted?)")
     check_apart(src, dst)
     cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
-                             keep_snapshots, attic_days=attic_days)
+                             keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+                             keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+                             keep_within=keep_within, attic_max=attic_max)
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
 
@@ -95,7 +119,10 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             remotes = bst.load_head().remotes
         except StateError:
             remotes = {}
+        attic = next((r["attic_bytes"] for r in bst.recent_runs(50)
+                      if type(r.get("attic_bytes")) is int), None)
         rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last,
+                     "attic_bytes": attic,  # as the last run that pruned it left it
                      # each remote (disk) the block went to: generation, snapshot, when
                      "remotes": [dict(v, id=k) for k, v in sorted(remotes.items())]})
     if as_json:
@@ -108,7 +135,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(box=None)
-    for col in ("name", "source", "remote", "last run", "result", "files", "bytes"):
+    for col in ("name", "source", "remote", "last run", "result", "files", "bytes", "attic"):
         t.add_column(col)
     for r in rows:
         last = r["last_run"]
@@ -117,13 +144,14 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         files, size = last.get("files"), last.get("bytes")
         t.add_row(r["name"], r["source"], r["remote"], when, str(last.get("result", "-")),
                   str(files) if type(files) is int else "-",
-                  human(size) if type(size) is int and size >= 0 else "-")
+                  human(size) if type(size) is int and size >= 0 else "-",
+                  human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-")
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
                 upd = _when(ns / 1e9 if type(ns) is int else None)
                 t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
-                          f"generation {rem.get('generation')}", "", "")
+                          f"generation {rem.get('generation')}", "", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
@@ -147,7 +175,7 @@ def snapshots_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(box=None)
-    for col in ("id", "time (UTC)", "files", "bytes", "to the attic", "restores"):
+    for col in ("id", "time (UTC)", "files", "bytes", "to the attic", "restores", "kept by"):
         t.add_column(col)
     for r in rows:
         attic = ("-" if r["attic_files"] is None else
@@ -155,7 +183,8 @@ def snapshots_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         t.add_row(r["id"], (r["time"] or "-").replace("T", " ").rstrip("Z"),
                   "-" if r["files"] is None else str(r["files"]),
                   "-" if r["bytes"] is None else human(r["bytes"]), attic,
-                  {True: "exactly", False: "in part", None: "? (remote not reachable)"}[r["complete"]])
+                  {True: "exactly", False: "in part", None: "? (remote not reachable)"}[r["complete"]],
+                  ", ".join(r["kept_by"]))
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
@@ -164,16 +193,25 @@ def snapshots_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--dry-run", "-n", is_flag=True, help="Print what would be removed; remove nothing.")
 @click.pass_context
 def prune_cmd(ctx: click.Context, name: str, dry_run: bool) -> None:
-    """Remove the attic of runs older than the block's attic_days (each backup that
-    writes to the remote does this too)."""
+    """Apply the block's retention now: let go the snapshots it does not keep, and
+    remove from the attic what no kept snapshot needs (each backup that writes to
+    the remote does this too)."""
     from .history import prune
 
-    runs = prune(load_config(ctx).get(name), dry_run)
-    verb = "would remove" if dry_run else "removed"
-    if not runs:
-        click.echo(f"{name}: nothing in the attic is older than its attic_days")
+    block = load_config(ctx).get(name)
+    p = prune(block, dry_run)
+    if p is None:
+        click.echo(f"{name}: no snapshots yet")
         return
-    click.echo(f"{name}: {verb} the attic of {len(runs)} run(s): {', '.join(runs)}")
+    d = p.decision
+    verb = "would let go" if dry_run else "let go"
+    click.echo(f"{name}: keeps {len(d.kept)} snapshot(s) ({Policy.of(block).describe()}); "
+               f"{verb} {len(d.dropped)}" + (f" ({len(d.capped)} for attic_max)" if d.capped else ""))
+    for sid in d.dropped:
+        click.echo(f"  {sid}")
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{name}: attic: {verb} {len(d.doomed)} file(s), {human(p.doomed_bytes)}; "
+               f"keeps {len(d.held)}, {human(d.attic_bytes)}")
 
 
 def _when(t: object) -> str:
@@ -319,11 +357,36 @@ def doctor_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
 @main_group.command("diff")
 @click.argument("name")
 @click.option("--checksum", "-c", is_flag=True, help="Re-read and hash every file.")
+@click.option("--from", "old", metavar="ID", help="Compare two kept snapshots instead: this one ...")
+@click.option("--to", "new", metavar="ID", help="... with this one (default: the newest).")
+@click.option("--json", "as_json", is_flag=True, help="With --from: one JSON object per line.")
 @click.pass_context
-def diff_cmd(ctx: click.Context, name: str, checksum: bool) -> None:
-    """Show what the next backup would do (changes nothing)."""
-    ctx.invoke(backup_cmd, names=(name,), all_=False, dry_run=True, checksum=checksum,
-               override=True, jobs=None, as_json=False, quiet=False)
+def diff_cmd(ctx: click.Context, name: str, checksum: bool, old: str | None, new: str | None,
+             as_json: bool) -> None:
+    """Show what the next backup would do (changes nothing); with --from, what
+    changed between two snapshots."""
+    if old is None:
+        if new is not None or as_json:
+            raise UsageError("--to and --json go with --from ID")
+        ctx.invoke(backup_cmd, names=(name,), all_=False, dry_run=True, checksum=checksum,
+                   override=True, jobs=None, as_json=False, quiet=False)
+        return
+    from .history import snapshot_diff
+    from .itemize import display_path
+
+    a, b, changes = snapshot_diff(load_config(ctx).get(name), old, new)
+    counts: dict[str, int] = {}
+    for what, e in changes:
+        counts[what] = counts.get(what, 0) + 1
+        if as_json:
+            click.echo(orjson.dumps({"change": what, "path": display_path(e.path), "type": e.kind,
+                                     "size": e.size}).decode())
+        else:
+            tail = "/" if e.kind == "dir" else ""
+            click.echo(f"{what:<8} {display_path(e.path)}{tail}")
+    if not as_json:
+        said = ", ".join(f"{n} {w}" for w, n in sorted(counts.items())) or "no changes"
+        click.echo(f"{name}: {a} -> {b}: {said}")
 
 
 def _stop(signum: int, _frame: object) -> None:

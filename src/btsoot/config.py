@@ -20,6 +20,7 @@ import tomli_w
 
 from .durable import atomic_write
 from .errors import ConfigError
+from .retention import DEFAULT_WITHIN, parse_size, parse_within
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +29,6 @@ else:  # pragma: no cover
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_DELETE = "50%"
-DEFAULT_KEEP = 30
 
 
 def config_path(override: str | None = None) -> str:
@@ -62,14 +62,19 @@ class Block:
     exclude: list[str] = field(default_factory=list)
     max_delete: str = DEFAULT_MAX_DELETE
     one_file_system: bool = True
-    keep_snapshots: int = DEFAULT_KEEP
     jobs: int = 0  # 0: automatic
     # Large files with few changed chunks: write those chunks into the remote file
     # (docs/design.md). Off for remotes with hard-linked history that hide link counts.
     patch_in_place: bool = True
-    # Days the content a run moves out of the mirror (deleted, or replaced) stays in
-    # REMOTE/.btsoot/attic (0: none is kept; see docs/design.md, "The attic").
-    attic_days: int = 0
+    # Retention (retention.py): which snapshots are kept; the attic in
+    # REMOTE/.btsoot/attic keeps what they need (docs/design.md, "The attic").
+    keep_last: int = 1
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    keep_within: str = DEFAULT_WITHIN
+    attic_max: str | int = ""
     # Stop a run that modifies or deletes far more files than this block's recent
     # runs did (see backup.mass_change_guard).
     change_guard: bool = True
@@ -121,6 +126,32 @@ def _max_delete(v: object) -> bool:
 
 MAX_KEEP = 100_000
 MAX_ATTIC_DAYS = 36500
+
+
+def _within(v: object) -> bool:
+    try:
+        parse_within(v)  # type: ignore[arg-type]
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(v, str)
+
+
+def _size(v: object) -> bool:
+    try:
+        parse_size(v)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+    return _is_int(v) or isinstance(v, str)
+
+
+def _count(lo: int) -> tuple[bool, Callable[[object], bool], str]:
+    return (False, lambda v: _is_int(v) and lo <= v <= MAX_KEEP,
+            f"a whole number from {lo} to {MAX_KEEP}")
+
+
+# Keys of configs written before the retention terms, read as those terms:
+# keep_snapshots as keep_last, attic_days as keep_within in days (0: none).
+LEGACY = {"keep_snapshots": "keep_last", "attic_days": "keep_within"}
 MAX_JOBS = 256
 
 # Each key of a block: (required, check, what a valid value looks like). One table,
@@ -133,8 +164,14 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
                 "a list of gitignore-style patterns (strings), e.g. [\"*.tmp\"]"),
     "max_delete": (False, _max_delete, "a count or a percentage, e.g. 500 or \"10%\""),
     "one_file_system": (False, lambda v: isinstance(v, bool), "true or false"),
-    "keep_snapshots": (False, lambda v: _is_int(v) and 1 <= v <= MAX_KEEP,  # type: ignore[operator]
-                       f"a whole number from 1 to {MAX_KEEP}"),
+    "keep_last": _count(1),
+    "keep_daily": _count(0),
+    "keep_weekly": _count(0),
+    "keep_monthly": _count(0),
+    "keep_yearly": _count(0),
+    "keep_within": (False, _within, "a duration like \"30d\", \"2w\", \"6m\", \"1y\" or \"0\""),
+    "attic_max": (False, _size, "a size like \"50G\" or \"500M\", or 0 (no cap)"),
+    "keep_snapshots": _count(1),
     "jobs": (False, lambda v: _is_int(v) and 0 <= v <= MAX_JOBS,  # type: ignore[operator]
              f"a whole number from 0 (automatic) to {MAX_JOBS}"),
     "patch_in_place": (False, lambda v: isinstance(v, bool), "true or false"),
@@ -159,7 +196,14 @@ def check_block(b: object) -> dict[str, Any]:
             continue
         if not ok(b[key]):
             raise ConfigError(f"{key} = {_show(b[key])}: expected {want}")
-    return dict(b)
+    out = dict(b)
+    for old, new in LEGACY.items():
+        if old in out:
+            if new in b:
+                raise ConfigError(f"{old} and {new} are both given ({old} is the older name)")
+            v = out.pop(old)
+            out[new] = f"{v}d" if old == "attic_days" else v
+    return out
 
 
 def _show(v: object) -> str:

@@ -47,13 +47,16 @@ from .plan import Plan
 from .remotefs import Blocked, Remote
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (
+    NotTheOld,
     SourceChanged,
     make_symlink,
     matches,
     patch_file,
     set_attrs,
     temp_name,
+    undo_meta,
     write_file,
+    write_undo,
 )
 
 COPY_RETRIES = 3
@@ -96,6 +99,8 @@ class ExecStats:
     refetched: int = 0  # content gone from the remote, sent again from the source
     # What went into the attic: (its path there, the entry it was in the mirror)
     attic: list[tuple[bytes, Entry]] = field(default_factory=list)
+    # Of those, the undo records of files patched in place: what each applies to.
+    undo: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 class Executor:
@@ -109,6 +114,7 @@ class Executor:
         on_progress: Callable[[ExecStats], None] | None = None,
         small_inline: bool = False,
         sync_files: bool = False,
+        history: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -135,6 +141,9 @@ class Executor:
         # Journal numbers of announced begin records, by id(op) (see _announce).
         self._announced: dict[int, int] = {}
         self._attic_dirs: set[bytes] = set()  # folders made in the attic by this run
+        # The block keeps history: a file patched in place keeps an undo record of
+        # the chunks the patch overwrites (transfer.write_undo).
+        self.history = history
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -215,6 +224,13 @@ class Executor:
 
     def _attic_path(self, op: Retire) -> bytes:
         return attic_path(self.run_id.encode(), op.entry.path, self.remote.escaped)
+
+    def _attic_folder(self, dst: bytes) -> None:
+        folder = parent(dst)
+        if folder not in self._attic_dirs:
+            self.remote.makedirs(folder)
+            with self._lock:
+                self._attic_dirs.add(folder)
 
     def _tmp(self, op: Copy | RemoteCopy, attempt: int, repairs: int) -> bytes:
         return temp_name(op.path, f"{self.run_id}-{id(op)}-{attempt}-{repairs}")
@@ -437,12 +453,18 @@ class Executor:
             self._set_aside(op.path)
 
     def _retire(self, op: Retire) -> None:
+        try:
+            st = self.remote.lstat(op.path)
+        except (FileNotFoundError, Blocked):
+            return  # nothing there any more: as a delete that finds nothing
+        want = stat.S_ISLNK if op.entry.kind == SYMLINK else stat.S_ISREG
+        if not want(st.st_mode):
+            # Not what the record says left (someone put a folder there): not ours
+            # to keep as the old version, nor to delete.
+            self._set_aside(op.path)
+            return
         dst = self._attic_path(op)
-        folder = parent(dst)
-        if folder not in self._attic_dirs:
-            self.remote.makedirs(folder)
-            with self._lock:
-                self._attic_dirs.add(folder)
+        self._attic_folder(dst)
         try:
             self.remote.rename(op.path, dst)
         except FileNotFoundError:
@@ -499,21 +521,41 @@ class Executor:
                 and st.st_size == op.old.size
                 and self.remote.same_mtime(st.st_mtime_ns, op.old.mtime_ns)):
             return False
+        undo: bytes | None = None
         try:
             if not self._patch_ready:
                 self.remote.makedirs(PATCH)
                 self.remote.sync_dir(PATCH.rpartition(b"/")[0])
                 self._patch_ready = True
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
-            i = self.journal.begin(op_record(Tag.PATCH, entry=op.entry, redo=redo), durable=True)
+            undo = None
+            if self.history and op.old.chunks and op.entry.digest:
+                undo = attic_path(self.run_id.encode(), op.old.path, self.remote.escaped)
+                self._attic_folder(undo)
+            i = self.journal.begin(op_record(Tag.PATCH, entry=op.entry, redo=redo, undo=undo,
+                                             old=op.old if undo else None), durable=True)
+            kept = 0
+            if undo is not None:
+                # The old chunks first, synced: a kill after this and before the
+                # patch finished leaves the old content whole (replay decides).
+                kept = write_undo(self.remote, op.path, undo, op.old, op.entry, op.patch)
             n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
-        except (SourceChanged, SourceError):
+        except (SourceChanged, SourceError, NotTheOld):
+            if undo is not None:
+                try:
+                    self.remote.unlink(undo)
+                except OSError:
+                    pass
             return False  # (a source error: the full copy meets it again and reports it)
         except OSError as e:
             raise self._fatal(e, "patch", op.path) from None
         self.journal.done(i)
         with self._lock:
             self.stats.bytes_sent += n
+            if undo is not None:
+                assert op.entry.digest is not None
+                self.stats.attic.append((undo, op.old))
+                self.stats.undo[undo] = undo_meta(op.entry, kept)
         return True
 
     @events.operates

@@ -235,13 +235,15 @@ def _needs_entry(rec: dict[str, Any], e: Entry | None) -> Entry:
 
 
 def replay(path: str, remote: Remote, base: dict[bytes, Entry],
-           attic: list[tuple[bytes, Entry]] | None = None) -> dict[bytes, Entry]:
+           attic: list[tuple[bytes, Entry]] | None = None,
+           undo: dict[bytes, dict[str, Any]] | None = None) -> dict[bytes, Entry]:
     """Apply a crashed run's journal to `base` (what the remote held before it).
 
     Completed operations are applied as recorded. An operation that began but
     did not finish is checked on the remote, on its own paths only, and
     applied if it happened; its temp file, if any, is removed. What went into
-    the attic is added to `attic` as (its path there, its entry in the mirror).
+    the attic is added to `attic` as (its path there, its entry in the mirror);
+    the undo records among them to `undo` (their path there: what they apply to).
     """
     from .transfer import apply_redo, matches  # late: transfer imports snapshot only
 
@@ -306,14 +308,19 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry],
                 except OSError as err:
                     raise StateError(f"cannot finish the update of {remote.show(e.path)} "
                                      f"from {remote.show(redo)}: {err.strerror}") from None
+            patched = False
             if completed:
                 model[e.path] = e
+                patched = True
             elif matches(remote, e.path, e):  # finished, only the done record was lost
                 old = model.get(e.path)
                 if old is not None and old.size == e.size and old.mtime_ns == e.mtime_ns:
                     model[e.path] = replace(e, digest=None, chunks=None)  # cannot tell
                 else:
                     model[e.path] = e
+                    patched = True
+            if get_bytes(rec, "undo") is not None:
+                _replay_undo(remote, rec, e, patched, attic, undo)
         elif t == Tag.MKDIR:
             e = _needs_entry(rec, named)
             touch(e.path)
@@ -365,3 +372,35 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry],
         else:
             raise StateError(f"{path}: unknown journal record {t!r}")
     return model
+
+
+def _replay_undo(remote: Remote, rec: dict[str, Any], e: Entry, patched: bool,
+                 attic: list[tuple[bytes, Entry]] | None,
+                 undo: dict[bytes, dict[str, Any]] | None) -> None:
+    """A patch that kept an undo record (transfer.write_undo): listed in the attic
+    if the patch happened and the record is complete; else removed (the old
+    content is still the file itself, or the record is torn)."""
+    from .transfer import read_undo_header, undo_meta
+
+    where = decode_path(rec, "undo")
+    old = record_entry(rec, "old")
+    size = None
+    try:
+        fd = remote.open_file(where)
+    except OSError:
+        return  # never written, or removed with a patch that did not happen
+    try:
+        if read_undo_header(fd) is not None:
+            size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if patched and size is not None and old is not None and attic is not None:
+        attic.append((where, old))
+        if undo is not None:
+            undo[where] = undo_meta(e, size)
+        return
+    if not patched or size is None:
+        try:
+            remote.unlink(where)
+        except OSError:
+            pass

@@ -26,7 +26,8 @@ import orjson
 from . import events
 from .errors import FatalIOError, GuardError, StateError
 from .mounts import mount_of
-from .remotefs import Remote
+from .paths import is_under
+from .remotefs import Blocked, Remote
 from .snapshot import (
     Entry,
     Header,
@@ -468,17 +469,21 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
 # mtime, mode, digest). A run's attic expires whole, attic_days after the run.
 
 
-def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool = True) -> None:
+def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool = True,
+                 prev: str | None = None, undo: dict[bytes, dict[str, Any]] | None = None) -> None:
     """Add items (their path in the attic, their entry in the mirror) to the lists
     of the runs that moved them, ATTIC/RUN.jsonl, durably (a recovered run adds
     what a crashed one moved to that run's list). merge=False: the lists do not
-    exist yet (a run writing its own, once), nothing is read first."""
+    exist yet (a run writing its own, once), nothing is read first. prev: the
+    snapshot the run planned from (it holds every item; see retention.py). undo:
+    the items (by their path there) that are undo records of a file patched in
+    place, with what the record applies to (transfer.write_undo)."""
     from .ops import ATTIC
 
-    by_run: dict[bytes, list[Entry]] = {}
+    by_run: dict[bytes, list[tuple[Entry, dict[str, Any] | None]]] = {}
     for dst, e in items:
         run = dst[len(ATTIC) + 1:].partition(b"/")[0]
-        by_run.setdefault(run, []).append(_strip(e))
+        by_run.setdefault(run, []).append((_strip(e), (undo or {}).get(dst)))
     for run, entries in sorted(by_run.items()):
         rel = ATTIC + b"/" + run + b".jsonl"
         lines: dict[bytes, bytes] = {}
@@ -495,8 +500,13 @@ def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool =
                         continue  # a damaged line: the entries it held are listed again below
                     if p is not None:
                         lines[p] = line if line.endswith(b"\n") else line + b"\n"
-        for e in entries:
-            lines[e.path] = orjson.dumps(entry_to_dict(e)) + b"\n"
+        for e, u in entries:
+            d = entry_to_dict(e)
+            if prev is not None:
+                d["prev"] = prev
+            if u is not None:
+                d["undo"] = u
+            lines[e.path] = orjson.dumps(d) + b"\n"
         remote.write_atomic(rel, b"".join(lines[p] for p in sorted(lines, key=sort_key)))
 
 
@@ -518,17 +528,18 @@ def attic_cutoff(days: int, now_ns: int) -> str:
     return new_id(now_ns - days * 86_400 * 10**9)
 
 
-def prune_attic(remote: Remote, before: str) -> list[str]:
-    """Remove the attic of every run older than `before` (a run id): its folder,
-    then its list. Returns the runs removed. Only the attic's own folders are
-    listed, never the mirror; nothing below them is followed through a link."""
-    from .ops import ATTIC
+@events.in_phase("attic-prune")
+def prune_attic(remote: Remote, whole: list[str], parts: dict[str, set[bytes]]) -> None:
+    """Remove what no kept snapshot needs (retention.decide says what): the runs
+    in `whole` entirely (their folder, then their list), and of each run in
+    `parts` the listed paths given (the files first, then the list without them:
+    a kill in between leaves list lines whose file is gone, which the next prune
+    removes again, never a file no list knows of). Only the attic's own folders
+    are listed, never the mirror; nothing is followed through a link."""
+    from .ops import ATTIC, attic_path
 
-    removed = []
-    for run in attic_runs(remote):
-        if run >= before:
-            break
-        rel = ATTIC + b"/" + run.encode()
+    changed = False
+    for run in whole:
         with remote.dir(ATTIC) as afd:
             fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=afd)
         try:
@@ -539,11 +550,48 @@ def prune_attic(remote: Remote, before: str) -> list[str]:
                 pass
         finally:
             os.close(fd)
-        remote.forget(rel)
-        removed.append(run)
-    if removed:
+        remote.forget(ATTIC + b"/" + run.encode())
+        changed = True
+    for run, paths in sorted(parts.items()):
+        top = ATTIC + b"/" + run.encode()
+        folders: set[bytes] = set()
+        for p in sorted(paths, key=sort_key):
+            where = attic_path(run.encode(), p, remote.escaped)
+            try:
+                remote.unlink(where)
+            except (FileNotFoundError, Blocked):
+                pass
+            except IsADirectoryError:  # a folder where the list has a file: not ours to judge
+                continue
+            q = where.rpartition(b"/")[0]
+            while q != top and is_under(q, top):
+                folders.add(q)
+                q = q.rpartition(b"/")[0]
+        for q in sorted(folders, key=lambda x: x.count(b"/"), reverse=True):
+            try:
+                remote.rmdir(q)  # emptied by this prune; one still holding something stays
+            except OSError:
+                pass
+        rel = top + b".jsonl"
+        try:
+            fd = remote.open_file(rel)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        left = []
+        for line in lines:
+            listed: bytes | None
+            try:
+                listed = get_bytes(orjson.loads(line), "path")
+            except (orjson.JSONDecodeError, ValueError):
+                listed = None
+            if listed is None or listed not in paths:
+                left.append(line if line.endswith(b"\n") else line + b"\n")
+        remote.write_atomic(rel, b"".join(left))
+        changed = True
+    if changed:
         remote.sync_dir(ATTIC)
-    return removed
 
 
 def _remove_tree_at(dfd: int, name: bytes) -> None:
@@ -564,10 +612,21 @@ def _remove_tree_at(dfd: int, name: bytes) -> None:
     os.rmdir(name, dir_fd=dfd)
 
 
-def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry]]:
-    """What the attic holds, by its lists: (its path there, its entry in the mirror),
-    the newest run first (a content kept twice is found at its latest copy). A list
-    that cannot be read is skipped: its content is not offered, never guessed."""
+def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry, dict[str, Any] | None]]:
+    """What the attic holds, by its lists: (its path there, its entry in the mirror,
+    None or, for an undo record, what it applies to), the newest run first (a
+    content kept twice is found at its latest copy)."""
+    for _, where, e, _prev, undo in attic_lists(remote):
+        yield where, e, undo
+
+
+def attic_lists(remote: Remote) -> Iterator[tuple[str, bytes, Entry, str | None,
+                                                   dict[str, Any] | None]]:
+    """Every line of the attic's lists: (run, its path there, its entry in the
+    mirror, the snapshot the run planned from if the line says, and for an undo
+    record {"base": digest, "base_size": n, "bytes": its size}), the newest run
+    first. A list (or line) that cannot be read is skipped: its content is not
+    offered, never guessed."""
     from .ops import ATTIC, attic_path
 
     for run in reversed(attic_runs(remote)):
@@ -578,7 +637,21 @@ def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry]]:
         with os.fdopen(fd, "rb") as f:
             for line in f:
                 try:
-                    e = entry_from_dict(orjson.loads(line), "attic list")
+                    d = orjson.loads(line)
+                    e = entry_from_dict(d, "attic list")
                 except (orjson.JSONDecodeError, ValueError, StateError):
                     continue
-                yield attic_path(run.encode(), e.path, remote.escaped), e
+                prev, undo = d.get("prev"), _undo_meta(d.get("undo"))
+                if d.get("undo") is not None and undo is None:
+                    continue  # a damaged undo line: not offered
+                yield (run, attic_path(run.encode(), e.path, remote.escaped), e,
+                       prev if isinstance(prev, str) else None, undo)
+
+
+def _undo_meta(u: Any) -> dict[str, Any] | None:
+    if not isinstance(u, dict):
+        return None
+    base, size, n = u.get("base"), u.get("base_size"), u.get("bytes")
+    if not isinstance(base, str) or type(size) is not int or type(n) is not int or size < 0 or n < 0:
+        return None
+    return {"base": base, "base_size": size, "bytes": n}

@@ -117,6 +117,7 @@ def _run(source: SnapshotSource, dest: str, res: RestoreResult, roots: list[byte
         if source.current is not None:
             now = NowIndex(source.current, applier.rem.escaped,
                            lambda: rmt.attic_contents(applier.rem))
+            applier.now = now
             applier.relocating(root)
         walker = PairWalker(delete, checksum, exclude, now)
         entries = selected(source, roots)

@@ -38,6 +38,7 @@ from .restore_walk import (
     KeepExtra,
     Leftover,
     MakeDir,
+    NowIndex,
     PutFile,
     PutSymlink,
     Refuse,
@@ -46,7 +47,7 @@ from .restore_walk import (
     basename,
 )
 from .snapshot import FILE, SYMLINK, Entry
-from .transfer import copy_fd, temp_name
+from .transfer import apply_undo, copy_fd, temp_name
 
 Progress = Callable[[str, Any], None]
 
@@ -219,6 +220,7 @@ class _Base:
         self.rem.encode, self.rem.escape = self.codec.encode, self.codec.escape
         self.res = res
         self.progress = progress
+        self.now: NowIndex | None = None  # restoring an older snapshot: where content is now
         self.pool: BatchPool[Folder, _Job, list[_Outcome]] = BatchPool(
             jobs, self._start, self._settle)
         self._open: list[Folder] = []  # every Folder whose descriptors are still open
@@ -503,7 +505,7 @@ class _Base:
     def _gone(self) -> str:
         return ("not on the remote any more: changed or deleted after snapshot "
                 f"{self.source.header.id}, and not in its attic (old versions are kept "
-                "for the block's attic_days)")
+                "as long as the block's retention keeps a snapshot that has them)")
 
     # ----- errors
 
@@ -755,6 +757,8 @@ class Applier(_Base):
 
     def _copy_in(self, dfd: int, rfd: int, e: Entry, name: bytes,
                  src: bytes | None) -> tuple[int, int, str]:
+        if src is not None and self.now is not None and src in self.now.undo:
+            return self._rebuild(dfd, e, name, src)
         try:
             if src is None:
                 sfd = os.open(self._stored(e, name), _READ_FLAGS, dir_fd=rfd)
@@ -777,8 +781,36 @@ class Applier(_Base):
         finally:
             os.close(sfd)
 
-    def _write_checked(self, dfd: int, sfd: int, e: Entry, name: bytes) -> tuple[int, int, str]:
-        """Copy sfd into a temp file beside name, check its digest, rename it into place."""
+    def _rebuild(self, dfd: int, e: Entry, name: bytes, undo: bytes) -> tuple[int, int, str]:
+        """An older version of a file patched in place since: its newer content,
+        with the undo records of the patches applied newest first."""
+        assert self.now is not None
+        chain = self.now.rebuild_chain(undo)
+        if chain is None:
+            return DAMAGED, 0, "its undo record's base content is no longer on the remote"
+        start, size, undos = chain
+        try:
+            sfd = self.rem.open_file(start)
+        except OSError as err:
+            return DAMAGED, 0, f"cannot be read on the remote: {err.strerror}"
+        fds: list[int] = []
+        try:
+            if os.fstat(sfd).st_size != size:
+                return DAMAGED, 0, "the content its undo record applies to has another size"
+            for u in undos:
+                fds.append(self.rem.open_file(u))
+            return self._write_checked(dfd, sfd, e, name, size, fds)
+        except OSError as err:
+            return DAMAGED, 0, f"cannot be read on the remote: {err.strerror}"
+        finally:
+            for fd in [sfd, *fds]:
+                os.close(fd)
+
+    def _write_checked(self, dfd: int, sfd: int, e: Entry, name: bytes,
+                       base_size: int | None = None, undos: list[int] | None = None,
+                       ) -> tuple[int, int, str]:
+        """Copy sfd into a temp file beside name (with undos: sfd's base_size bytes,
+        then each undo record applied), check its digest, rename it into place."""
         tmp = self._tmp(name)
         try:
             tfd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dfd)
@@ -786,14 +818,20 @@ class Applier(_Base):
             return self._dest_failure(err, "cannot create a file")
         placed = False
         try:
+            want = e.size if base_size is None else base_size
             try:
-                n = copy_fd(sfd, tfd, e.size)
+                n = copy_fd(sfd, tfd, want)
+                for ufd in undos or ():
+                    if not apply_undo(ufd, tfd):
+                        return DAMAGED, 0, "an undo record of it on the remote is damaged"
             except OSError as err:
                 if err.errno in _FATAL_ERRNOS:
                     return self._dest_failure(err, "cannot write")
                 return DAMAGED, 0, f"cannot be read on the remote: {err.strerror}"
-            if n != e.size:
+            if n != want:
                 return DAMAGED, 0, "is shorter on the remote than the snapshot says"
+            if undos:
+                n = e.size
             if _digest(tfd, e.size) != e.digest:
                 return DAMAGED, 0, ("does not match its snapshot digest: the copy on the "
                                     "remote is corrupt; not restored")

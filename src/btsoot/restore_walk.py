@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .paths import is_under, parent
 from .reading import DIR_FLAGS, EntryChecker, Found, SnapshotSource, lstat_found, walk_found
@@ -184,10 +184,15 @@ class NowIndex:
     under their escaped names (added to `escaped`)."""
 
     def __init__(self, current: Callable[[], Iterator[Entry]], escaped: set[bytes],
-                 attic: Callable[[], Iterable[tuple[bytes, Entry]]] | None = None) -> None:
+                 attic: Callable[[], Iterable[tuple[bytes, Entry, dict[str, Any] | None]]]
+                 | None = None) -> None:
         checker = EntryChecker("the remote's current snapshot")
         self._path: dict[bytes, str | None] = {}
         self._digest: dict[str, bytes] = {}
+        # Undo records (old content = the record applied to its base): by the
+        # digest they rebuild, their path; by their path, (base digest, base size).
+        self._undo_of: dict[str, bytes] = {}
+        self.undo: dict[bytes, tuple[str, int]] = {}
         for e in current():
             checker.check(e)
             if e.escaped:
@@ -198,9 +203,14 @@ class NowIndex:
         if attic is not None:
             # Content that left the mirror, kept in the attic (remote.attic_contents):
             # found there when the mirror holds it nowhere.
-            for where, e in attic():
-                if e.kind == FILE and e.digest:
+            for where, e, undo in attic():
+                if e.kind != FILE or not e.digest:
+                    continue
+                if undo is None:
                     self._digest.setdefault(e.digest, where)
+                else:
+                    self._undo_of.setdefault(e.digest, where)
+                    self.undo[where] = (undo["base"], undo["base_size"])
 
     def source_of(self, e: Entry) -> bytes | None:
         """None: the remote holds e's content at e's own path; else where it does (or
@@ -208,7 +218,22 @@ class NowIndex:
         if self._path.get(e.path) == e.digest:
             return None
         assert e.digest is not None
-        return self._digest.get(e.digest, NOWHERE)
+        return self._digest.get(e.digest) or self._undo_of.get(e.digest, NOWHERE)
+
+    def rebuild_chain(self, where: bytes) -> tuple[bytes, int, list[bytes]] | None:
+        """For an undo record at where: (the file to start from, its size, the undo
+        records to apply to it in order); None when a base is held nowhere."""
+        chain = [where]
+        while len(chain) <= 10_000:
+            base, size = self.undo[chain[-1]]
+            plain = self._digest.get(base)
+            if plain is not None:
+                return plain, size, chain[::-1]
+            nxt = self._undo_of.get(base)
+            if nxt is None or nxt in chain:
+                return None
+            chain.append(nxt)
+        return None
 
 
 # --- the two sorted streams ---------------------------------------------------------

@@ -132,15 +132,14 @@ class BlockState:
         return sorted(os.path.basename(p)[:-6] for p in glob.glob(os.path.join(self.snapshots, "*.jsonl")))
 
     @_local
-    def prune(self, keep: int, protect: set[str]) -> list[str]:
-        ids = self.committed_ids()
-        drop = [i for i in ids[:-keep] if i not in protect] if keep > 0 else []
-        for i in drop:
-            try:
-                os.unlink(self.snapshot_path(i))
-            except FileNotFoundError:
-                pass
-        return [i for i in ids if i not in drop]
+    def keep_only(self, keep: set[str]) -> None:
+        """Remove the committed snapshots not in keep (retention decided)."""
+        for i in self.committed_ids():
+            if i not in keep:
+                try:
+                    os.unlink(self.snapshot_path(i))
+                except FileNotFoundError:
+                    pass
 
     def load_damaged(self) -> set[bytes]:
         """Paths `btsoot verify` found missing or corrupt on the remote."""

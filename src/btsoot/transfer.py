@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import stat
+from typing import Any
 
 import orjson
 import xxhash
@@ -338,6 +339,108 @@ def apply_redo(remote: Remote, redo: bytes, target: bytes, check: bool = True) -
             os.fsync(tfd)
         finally:
             os.close(tfd)
+    return True
+
+
+class NotTheOld(Exception):
+    """The remote file is not the content the snapshot says it replaces."""
+
+
+def undo_chunks(old: Entry, new: Entry, idx: tuple[int, ...]) -> list[int]:
+    """The chunks of old that a patch of new's chunks idx overwrites or cuts off."""
+    assert old.chunks is not None and new.chunks is not None
+    cut = [i for i in range(len(new.chunks), len(old.chunks))]
+    return sorted({i for i in idx if i < len(old.chunks)} | set(cut))
+
+
+def write_undo(remote: Remote, target: bytes, undo: bytes, old: Entry, new: Entry,
+               idx: tuple[int, ...]) -> int:
+    """Before target (holding old) is patched to new's content: keep the chunks
+    about to be overwritten or cut off as an undo record at `undo` (the format of
+    a redo file, plus the content it applies to: `base`, new's digest and size),
+    written and synced. old's content is then new's plus this record. Returns the
+    record's size. Raises NotTheOld if a chunk read does not hash to old's."""
+    assert old.chunks is not None and new.digest is not None
+    keep = undo_chunks(old, new, idx)
+    header = {"format": PATCH_FORMAT, "size": old.size, "mode": old.mode & 0o7777,
+              "mtime": old.mtime_ns, "chunk_size": CHUNK_SIZE,
+              "chunks": [[i, old.chunks[i]] for i in keep],
+              "base": new.digest, "base_size": new.size}
+    head = orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE)
+    tfd = remote.open_file(target)
+    try:
+        ufd = remote.open(undo, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            _write_all(ufd, head)
+            n = len(head)
+            for i in keep:
+                off = i * CHUNK_SIZE
+                want = min(CHUNK_SIZE, old.size - off)
+                buf = os.pread(tfd, want, off)
+                if len(buf) != want or xxhash.xxh3_128_hexdigest(buf) != old.chunks[i]:
+                    raise NotTheOld()
+                _write_all(ufd, buf)
+                n += len(buf)
+            os.fsync(ufd)
+        except BaseException:
+            os.close(ufd)
+            try:
+                remote.unlink(undo)
+            except OSError:
+                pass
+            raise
+        os.close(ufd)
+    finally:
+        os.close(tfd)
+    remote.sync_dir(undo.rpartition(b"/")[0])
+    return n
+
+
+def undo_meta(new: Entry, nbytes: int) -> dict[str, Any]:
+    """What an undo record's list line says of it: the content it applies to, and
+    its own size."""
+    return {"base": new.digest, "base_size": new.size, "bytes": nbytes}
+
+
+def read_undo_header(fd: int) -> tuple[dict[str, Any], int] | None:
+    """An undo (or redo) record's header and where its data starts; None if the
+    record is not complete and well-formed."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        try:
+            h = orjson.loads(f.readline())
+            size, cs = int(h["size"]), int(h["chunk_size"])
+            chunks = [(int(i), str(d)) for i, d in h["chunks"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        start = f.tell()
+    if h.get("format") != PATCH_FORMAT or cs <= 0 or size < 0:
+        return None
+    body = sum(max(0, min(cs, size - i * cs)) for i, _ in chunks)
+    if os.fstat(fd).st_size != start + body:
+        return None
+    return h, start
+
+
+def apply_undo(ufd: int, tfd: int) -> bool:
+    """Turn tfd (holding the record's base content) into the content before the
+    patch: write the record's chunks (each checked against its digest) and set
+    the size. False if the record is damaged (tfd is then not to be used)."""
+    got = read_undo_header(ufd)
+    if got is None:
+        return False
+    h, pos = got
+    size, cs = int(h["size"]), int(h["chunk_size"])
+    for i, d in h["chunks"]:
+        off, n = int(i) * cs, max(0, min(cs, size - int(i) * cs))
+        buf = os.pread(ufd, n, pos)
+        pos += n
+        if len(buf) != n or xxhash.xxh3_128_hexdigest(buf) != d:
+            return False
+        view = memoryview(buf)
+        while view:
+            view = view[os.pwrite(tfd, view, off + n - len(view)):]
+    os.ftruncate(tfd, size)
     return True
 
 

@@ -163,7 +163,8 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
         res.durations["hash"] = time.monotonic() - t
         if attic:
             t = time.monotonic()
-            held = [e.with_path(where) for where, e in rmt.attic_contents(remote)
+            held = [e.with_path(where) for where, e, undo in rmt.attic_contents(remote)
+                    if undo is None  # (an undo record is checked as it is applied)
                     if e.kind == FILE and e.digest and (select is None or select(where))]
             part = VerifyResult(snapshot=res.snapshot, remote=res.remote)
             _hash_all(part, remote, held, jobs, None)
