@@ -282,3 +282,69 @@ def _sha(p: Path) -> str:
     import hashlib
 
     return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_kill_while_pruning_loses_nothing_kept(block, tmp_path: Path) -> None:
+    """Tighten the terms (keep_last 6 -> 2) and kill the backup that prunes at each
+    event of its pruning: after the next run the kept snapshots restore exactly and
+    the attic holds exactly what they need (a kill between a file's removal and its
+    list's rewrite leaves a line whose file is gone; the next prune removes it)."""
+    import shutil
+    import signal
+
+    from test_reliability import torture_run
+
+    env, src, dst = block
+    text = env.config.read_text()
+    env.config.write_text(text.replace('keep_within = "30d"', 'keep_within = "0"')
+                          .replace("keep_last = 1", "keep_last = 6")
+                          .replace('max_delete = "50%"', 'max_delete = "100%"'))
+    rng = random.Random(4)
+    for k in range(8):
+        (src / f"f{k}").write_bytes(rng.randbytes(3000))
+    states = {}
+    for step in range(5):
+        if step:
+            (src / f"f{step}").write_bytes(rng.randbytes(2000))  # replaced
+            (src / f"f{step + 3}").unlink(missing_ok=True)  # deleted
+        r = env.run("backup", "b", "--json")
+        assert r.returncode == 0, r.stderr
+        states[json.loads(r.stdout)["snapshot"]] = tree_state(src)
+    env.config.write_text(env.config.read_text().replace("keep_last = 6", "keep_last = 2"))
+    (src / "new").write_bytes(b"the run that prunes")
+    saved = tmp_path / "saved"
+    for name in ("src", "remote", "state"):
+        shutil.copytree(env.root / name, saved / name, symlinks=True)
+    _, labels = torture_run(env, trace=tmp_path / "trace.json")
+    points = [i + 1 for i, lab in enumerate(labels) if lab.split(":")[0] in ("attic-prune",
+                                                                           "snapshot-prune")]
+    assert len(points) >= 4, labels
+    for idx in points[::2] + points[-1:]:
+        for name in ("src", "remote", "state"):
+            shutil.rmtree(env.root / name)
+            shutil.copytree(saved / name, env.root / name, symlinks=True)
+        rc, _ = torture_run(env, kill_at=idx)
+        assert rc in (0, -signal.SIGKILL)
+        (src / "later").write_bytes(b"%d" % idx)  # a run that writes, so it prunes
+        r = env.run("backup", "b", "--json")
+        assert r.returncode == 0, f"killed at {idx} ({labels[idx - 1]}): {r.stderr}"
+        states_now = dict(states)
+        rows = json.loads(env.run("snapshots", "b", "--json", check=0).stdout)
+        kept = [row["id"] for row in rows]
+        assert len(kept) == 2 and all(row["complete"] for row in rows), (idx, rows)
+        older = [x for x in kept if x in states_now]
+        for x in older:
+            out = env.root / f"out-{idx}-{x}"
+            r = env.run("restore", "b", "--snapshot", x, "--to", out)
+            assert r.returncode == 0, (idx, r.stderr)
+            assert tree_state(out) == states_now[x], (idx, x)
+        mirror = {v[1] for v in tree_state(dst).values() if v[0] == "file"}
+        needed = {v[1] for x in older for v in states_now[x].values() if v[0] == "file"} - mirror
+        attic = dst / ".btsoot" / "attic"
+        held = [p for p in attic.rglob("*") if p.is_file() and p.parent != attic] \
+            if attic.exists() else []
+        assert {_sha(p) for p in held} == needed, (idx, labels[idx - 1])
+        listed = [json.loads(ln) for p in attic.glob("*.jsonl") for ln in p.read_text().splitlines()] \
+            if attic.exists() else []
+        assert len(listed) == len(held), (idx, labels[idx - 1])

@@ -313,12 +313,12 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry],
                 model[e.path] = e
                 patched = True
             elif matches(remote, e.path, e):  # finished, only the done record was lost
+                patched = True  # (the file is the one the patch writes: the old is gone)
                 old = model.get(e.path)
                 if old is not None and old.size == e.size and old.mtime_ns == e.mtime_ns:
                     model[e.path] = replace(e, digest=None, chunks=None)  # cannot tell
                 else:
                     model[e.path] = e
-                    patched = True
             if get_bytes(rec, "undo") is not None:
                 _replay_undo(remote, rec, e, patched, attic, undo)
         elif t == Tag.MKDIR:

@@ -422,10 +422,11 @@ def read_undo_header(fd: int) -> tuple[dict[str, Any], int] | None:
     return h, start
 
 
-def apply_undo(ufd: int, tfd: int) -> bool:
+def apply_undo(ufd: int, tfd: int | None) -> bool:
     """Turn tfd (holding the record's base content) into the content before the
     patch: write the record's chunks (each checked against its digest) and set
-    the size. False if the record is damaged (tfd is then not to be used)."""
+    the size. False if the record is damaged (tfd is then not to be used).
+    tfd None: only check the record."""
     got = read_undo_header(ufd)
     if got is None:
         return False
@@ -438,9 +439,10 @@ def apply_undo(ufd: int, tfd: int) -> bool:
         if len(buf) != n or xxhash.xxh3_128_hexdigest(buf) != d:
             return False
         view = memoryview(buf)
-        while view:
+        while view and tfd is not None:
             view = view[os.pwrite(tfd, view, off + n - len(view)):]
-    os.ftruncate(tfd, size)
+    if tfd is not None:
+        os.ftruncate(tfd, size)
     return True
 
 

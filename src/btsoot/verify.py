@@ -163,12 +163,15 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
         res.durations["hash"] = time.monotonic() - t
         if attic:
             t = time.monotonic()
-            held = [e.with_path(where) for where, e, undo in rmt.attic_contents(remote)
-                    if undo is None  # (an undo record is checked as it is applied)
-                    if e.kind == FILE and e.digest and (select is None or select(where))]
+            held: list[Entry] = []
+            undos: list[Entry] = []
+            for where, e, undo in rmt.attic_contents(remote):
+                if e.kind == FILE and e.digest and (select is None or select(where)):
+                    (held if undo is None else undos).append(e.with_path(where))
             part = VerifyResult(snapshot=res.snapshot, remote=res.remote)
             _hash_all(part, remote, held, jobs, None)
-            res.attic_files = len(held)
+            _check_undos(part, remote, undos)
+            res.attic_files = len(held) + len(undos)
             res.attic_missing, res.attic_corrupt = part.missing, part.corrupt
             res.errors += part.errors
             res.durations["attic"] = time.monotonic() - t
@@ -250,6 +253,28 @@ def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int
         _hashed(res, e, r)
         if progress is not None:
             progress("progress", (res.checked_files, res.checked_bytes))
+
+
+def _check_undos(res: VerifyResult, remote: Remote, undos: list[Entry]) -> None:
+    """Undo records (transfer.write_undo): each chunk they keep, against its digest."""
+    from .transfer import apply_undo
+
+    for e in undos:
+        try:
+            fd = remote.open_file(e.path)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                res.missing.append(e.path)
+            else:
+                res.corrupt.append((e.path, f"cannot be read: {err.strerror}"))
+            continue
+        try:
+            if not apply_undo(fd, None):
+                res.corrupt.append((e.path, "undo record damaged"))
+        except OSError as err:
+            res.corrupt.append((e.path, f"cannot be read: {err.strerror}"))
+        finally:
+            os.close(fd)
 
 
 def _hashed(res: VerifyResult, e: Entry, r: tuple) -> None:
