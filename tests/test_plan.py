@@ -211,6 +211,23 @@ class Remote:
                 raise self._fail(op, f"rmdir of a non-empty folder: {self._children(op.path)}")
             del self.t[op.path]
             self._dirty(parent(op.path))
+        elif isinstance(op, Retire) and op.entry.kind == DIR:
+            n = self.t.get(op.path)
+            if n is None or n.kind != DIR:
+                raise self._fail(op, "retire of a folder that is not one")
+            below = {k: v for k, v in self.t.items() if is_under(k, op.path)}
+            held = {k for k, v in below.items() if v.kind != DIR}
+            if held != {m.path for m in op.members}:
+                raise self._fail(op, f"a folder retired with {sorted(held)}, listed as "
+                                     f"{sorted(m.path for m in op.members)}")
+            for m in op.members:
+                got = below[m.path]
+                if got.kind != m.kind or (got.kind == FILE and got.digest != m.digest):
+                    raise self._fail(op, f"retired content of {m.path!r} is not the entry's")
+                self.attic[m.path] = got
+            for k in below:
+                del self.t[k]
+            self._dirty(parent(op.path))
         elif isinstance(op, Retire):
             n = self.t.get(op.path)
             if n is None or n.kind == DIR:

@@ -71,8 +71,16 @@ def test_a_folder_swapped_for_a_link_never_leads_a_write_out(block, where: str) 
     assert "nothing" in env.run("backup", "b", check=0).stdout
 
 
-def test_a_stray_file_in_a_folder_deleted_at_the_source_never_stops_a_run(block) -> None:
+@pytest.mark.parametrize("history", [False, True])
+def test_a_stray_file_in_a_folder_deleted_at_the_source_never_stops_a_run(block, history) -> None:
+    """Without history the folder's files are deleted and what someone left there is
+    set aside; with it the folder moves into the attic whole, strays included, and
+    when that attic goes, only what its list names is removed: the strays are set
+    aside then. Never a stop, never a stranger's file deleted."""
     env, src, dst = block
+    if not history:
+        env.config.write_text(env.config.read_text().replace('keep_within = "30d"',
+                                                             'keep_within = "0"'))
     build(src)
     env.run("backup", "b", check=0)
     (dst / "d" / "sub" / ".DS_Store").write_bytes(b"finder")  # macOS over SMB
@@ -80,11 +88,28 @@ def test_a_stray_file_in_a_folder_deleted_at_the_source_never_stops_a_run(block)
     (dst / "d" / "@eaDir" / "x@SynoEAStream").write_bytes(b"meta")
     shutil.rmtree(src / "d")
     r = env.run("backup", "b", check=0)
-    # Deepest first: d/sub with the .DS_Store, then d with the rest; each kept whole.
-    assert r.stderr.count("found what btsoot did not put there") == 2, r.stderr
+    assert r.returncode == 0, r.stderr
     assert_mirror(src, dst)
-    kept = {p.name for p in (dst / ".btsoot" / "damaged").rglob("*")}
-    assert {".DS_Store", "@eaDir", "x@SynoEAStream"} <= kept
+    if history:
+        assert "retire 1" in r.stdout, r.stdout  # the folder, whole: one rename
+        attic = dst / ".btsoot" / "attic"
+        (run,) = [p for p in attic.iterdir() if p.is_dir()]
+        assert (run / "d" / "sub" / ".DS_Store").read_bytes() == b"finder"
+        # The terms tightened: the next run that writes lets that attic go.
+        env.config.write_text(env.config.read_text().replace('keep_within = "30d"',
+                                                             'keep_within = "0"'))
+        (src / "new").write_bytes(b"n")
+        r = env.run("backup", "b", check=0)
+        assert r.returncode == 0, r.stderr
+        assert not run.exists() and not list(attic.glob("*.jsonl"))
+        aside = dst / ".btsoot" / "damaged" / f"attic-{run.name}"
+        assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*") if p.is_file()) == \
+            ["d/@eaDir/x@SynoEAStream", "d/sub/.DS_Store"]
+    else:
+        # Deepest first: d/sub with the .DS_Store, then d with the rest; each kept whole.
+        assert r.stderr.count("found what btsoot did not put there") == 2, r.stderr
+        kept = {p.name for p in (dst / ".btsoot" / "damaged").rglob("*")}
+        assert {".DS_Store", "@eaDir", "x@SynoEAStream"} <= kept
     assert "nothing" in env.run("backup", "b", check=0).stdout
 
 

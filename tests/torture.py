@@ -220,11 +220,10 @@ def explain(path: bytes, records: list[dict[str, Any]]) -> tuple[set[bytes], boo
                 leaving = True
             places |= {dst + c[len(src):] for c in places if under(c, src)}
         elif t == "attic":
-            # Moved into the attic (history kept): the content stays, there.
+            # Moved into the attic (history kept; a folder whole): the content stays there.
             src, dst = get_path(r, "src"), get_path(r, "dst")
             assert src is not None and dst is not None
-            if src in places:
-                places.add(dst)
+            places |= {dst + c[len(src):] for c in places if under(c, src)}
         elif t == "del":
             if get_path(r, "path") in places:
                 leaving = True

@@ -266,6 +266,8 @@ class Executor:
         so after a crash the next plan sets it again.
         """
         folders = {parent(p) for p in op.paths} | ({op.src} if isinstance(op, Move) else set())
+        if isinstance(op, Retire) and op.entry.kind == DIR:
+            folders.add(op.path)  # (a folder moves into the attic whole: its ".." changes)
         changed = False
         for d in sorted(f for f in folders if f):
             try:
@@ -457,7 +459,7 @@ class Executor:
             st = self.remote.lstat(op.path)
         except (FileNotFoundError, Blocked):
             return  # nothing there any more: as a delete that finds nothing
-        want = stat.S_ISLNK if op.entry.kind == SYMLINK else stat.S_ISREG
+        want = {SYMLINK: stat.S_ISLNK, DIR: stat.S_ISDIR}.get(op.entry.kind, stat.S_ISREG)
         if not want(st.st_mode):
             # Not what the record says left (someone put a folder there): not ours
             # to keep as the old version, nor to delete.
@@ -474,7 +476,12 @@ class Executor:
                 raise
             return  # a folder on its way is gone: so is what it held
         with self._lock:
-            self.stats.attic.append((dst, op.entry))
+            if op.entry.kind == DIR:  # what the attic lists: the files and links in it
+                run = self.run_id.encode()
+                self.stats.attic.extend((attic_path(run, m.path, self.remote.escaped), m)
+                                        for m in op.members)
+            else:
+                self.stats.attic.append((dst, op.entry))
 
     def _set_attr(self, op: SetAttr) -> Callable[[], None] | None:
         try:

@@ -88,7 +88,7 @@ class Pruned:
 
     @property
     def doomed_bytes(self) -> int:
-        return sum(it.entry.size for it in self.decision.doomed)
+        return sum(it.size for it in self.decision.doomed)
 
 
 def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
@@ -105,12 +105,13 @@ def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
     oldest = min(d.kept) if d.kept else None
     # A run with nothing kept goes whole; one whose list cannot be read only once
     # no kept snapshot is older than it (nothing could need what it holds).
-    whole = [r for r in rmt.attic_runs(remote) if r not in held
-             and (r in listed or oldest is None or r <= oldest)]
+    whole: dict[str, set[bytes]] = {r: set() for r in rmt.attic_runs(remote) if r not in held
+                                     and (r in listed or oldest is None or r <= oldest)}
     parts: dict[str, set[bytes]] = {}
     for it in d.doomed:
-        if it.run not in whole:
-            parts.setdefault(it.run, set()).add(it.entry.path)
+        parts.setdefault(it.run, set()).add(it.entry.path)
+    for run in whole:
+        whole[run] = parts.pop(run, set())
     if not dry_run:
         st.keep_only(set(d.kept) | protect)
         keep = set(d.kept) | protect
@@ -119,7 +120,7 @@ def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
         except OSError:
             pass  # its snapshot files: tried again by the next run that writes
         rmt.prune_attic(remote, whole, parts)
-    return Pruned(d, whole)
+    return Pruned(d, sorted(whole))
 
 
 def _entries(st: BlockState, sid: str) -> Iterator[Entry]:

@@ -40,7 +40,8 @@ def itemize(plan: Plan) -> Iterator[str]:
         elif isinstance(op, Symlink):
             yield f"{op.verb:<9} {display_path(op.path)} -> {display_path(op.entry.target or b'')}"
         elif isinstance(op, Retire):
-            yield f"{op.verb:<9} {display_path(op.entry.path)}"
+            tail = f"/  ({len(op.members)} in it)" if op.entry.kind == "dir" else ""
+            yield f"{op.verb:<9} {display_path(op.entry.path)}{tail}"
         elif isinstance(op, (Delete, Rmdir)):
             yield f"{op.verb:<9} {display_path(orig(op.path))}{'/' if isinstance(op, Rmdir) else ''}"
         elif isinstance(op, SetAttr):

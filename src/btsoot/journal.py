@@ -25,8 +25,18 @@ import orjson
 from .durable import atomic_write
 from .errors import LocalStateError, StateError
 from .ops import ATTIC, DAMAGED, Tag, attic_path
+from .paths import is_under
 from .remotefs import Remote
-from .snapshot import DIR, FILE, Entry, entry_from_dict, entry_to_dict, get_bytes, put_bytes
+from .snapshot import (
+    DIR,
+    FILE,
+    Entry,
+    entry_from_dict,
+    entry_to_dict,
+    get_bytes,
+    put_bytes,
+    sort_key,
+)
 
 FORMAT = "btsoot-journal"
 VERSION = 1
@@ -343,9 +353,19 @@ def replay(path: str, remote: Remote, base: dict[bytes, Entry],
             run = dst[len(ATTIC) + 1:].partition(b"/")[0]
             attic_path(run, e.path, remote.escaped)  # its names there, as the run stored them
             if completed or not exists(src):
-                model.pop(src, None)
-                if attic is not None and exists(dst):  # (else it found nothing to move)
-                    attic.append((dst, e))
+                if e.kind == DIR:  # a folder left whole: what was below it went along
+                    inside = [k for k in model if is_under(k, src)]
+                    if attic is not None and exists(dst):
+                        for k in sorted(inside, key=sort_key):
+                            m = model[k]
+                            if m.kind != DIR and k != src:
+                                attic.append((attic_path(run, m.path, remote.escaped), m))
+                    for k in inside:
+                        del model[k]
+                else:
+                    model.pop(src, None)
+                    if attic is not None and exists(dst):  # (else it found nothing to move)
+                        attic.append((dst, e))
         elif t == Tag.MOVE:
             src, dst = decode_path(rec, "src"), decode_path(rec, "dst")
             touch(src)

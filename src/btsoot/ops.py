@@ -185,13 +185,16 @@ class SetAttr(_AtPath):
 @dataclass(slots=True, frozen=True)
 class Retire(_AtPath):
     """Move the old content at path into the attic instead of losing it: a file or
-    link deleted, or a file about to be replaced (a rename: no bytes are sent)."""
+    link deleted, a file about to be replaced, or a folder deleted whole with
+    everything in it (one rename: no bytes are sent)."""
 
     name: ClassVar[str] = "retire"
     verb: ClassVar[str] = "attic"
     tag: ClassVar[str] = Tag.ATTIC
     path: bytes  # where it is now: its path in the mirror, or its place in the stash
     entry: Entry  # what it is; entry.path is its path in the mirror
+    # A folder: the entries below it that go with it (what the attic lists).
+    members: tuple[Entry, ...] = ()
 
 
 Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr | Retire

@@ -286,18 +286,24 @@ def make_plan(
             ops.append(Symlink(n.path, n))
 
     # Deletions: what leaves for good. Files first, then folders deepest first.
+    # With the attic, a folder that leaves whole (the topmost such, holding a file
+    # or link) moves there in one rename, with whatever is still below it.
+    whole = _whole_folders(removed, uses, created, loc) if attic else {}
     rmdirs: list[bytes] = []
     for p, e in sorted(removed.items(), key=lambda kv: sort_key(kv[0])):
         if p in uses:
             continue
-        if e.kind == DIR:
+        top = _within_any(p, whole)
+        if top == p:
+            ops.append(Retire(p, e, tuple(whole[p])))
+        elif top is None and e.kind == DIR:
             rmdirs.append(loc(p))
-        else:
+        elif top is None:
             ops.append(Retire(loc(p), e) if attic else Delete(loc(p), e))
-            if e.kind == FILE:
-                plan.deleted_files += 1
-                if stale_before is not None and e.mtime_ns < stale_before:
-                    plan.stale_changes += 1
+        if e.kind == FILE:
+            plan.deleted_files += 1
+            if stale_before is not None and e.mtime_ns < stale_before:
+                plan.stale_changes += 1
     ops.extend(Rmdir(p) for p in sorted(rmdirs, key=sort_key, reverse=True))
 
     # Attributes: files and links whose metadata alone changed; then every
@@ -325,6 +331,34 @@ def make_plan(
             ops.append(SetAttr(p, dirs[p]))
     plan.ops = ops
     return plan
+
+
+def _whole_folders(removed: dict[bytes, Entry], uses: dict[bytes, list[Entry]],
+                   created: set[bytes], loc: Callable[[bytes], bytes]) -> dict[bytes, list[Entry]]:
+    """The topmost removed folders at their own place (not stashed, nothing made
+    there) that hold a file or link leaving with them: folder -> those entries
+    (what moves on elsewhere went before, and is not one of them)."""
+    tops: dict[bytes, list[Entry]] = {}
+    for p, e in sorted(removed.items(), key=lambda kv: sort_key(kv[0])):
+        if e.kind == DIR and _within_any(p, tops) is None and p not in created and loc(p) == p:
+            tops[p] = []
+    for p, e in removed.items():
+        top = _within_any(p, tops)
+        if top is not None and top != p and p not in uses and e.kind in (FILE, SYMLINK):
+            tops[top].append(e)
+    return {p: sorted(m, key=lambda e: sort_key(e.path)) for p, m in tops.items() if m}
+
+
+def _within_any(p: bytes, tops: dict[bytes, list[Entry]]) -> bytes | None:
+    """The folder of tops that is p or holds p."""
+    if not tops:
+        return None
+    q = p
+    while q:
+        if q in tops:
+            return q
+        q = parent(q)
+    return None
 
 
 def _patch_chunks(o: Entry | None, n: Entry) -> tuple[int, ...] | None:

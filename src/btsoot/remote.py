@@ -529,50 +529,44 @@ def attic_cutoff(days: int, now_ns: int) -> str:
 
 
 @events.in_phase("attic-prune")
-def prune_attic(remote: Remote, whole: list[str], parts: dict[str, set[bytes]]) -> None:
+def prune_attic(remote: Remote, whole: dict[str, set[bytes]], parts: dict[str, set[bytes]]) -> None:
     """Remove what no kept snapshot needs (retention.decide says what): the runs
-    in `whole` entirely (their folder, then their list), and of each run in
-    `parts` the listed paths given (the files first, then the list without them:
-    a kill in between leaves list lines whose file is gone, which the next prune
-    removes again, never a file no list knows of). Only the attic's own folders
-    are listed, never the mirror; nothing is followed through a link."""
-    from .ops import ATTIC, attic_path
+    in `whole` entirely (the listed paths given, the folders they leave empty, the
+    list), and of each run in `parts` the listed paths given (the files first,
+    then the list without them: a kill in between leaves list lines whose file is
+    gone, which the next prune removes again, never a file no list knows of).
+    Only what a list names is removed: anything else found in a run's folder (what
+    someone left in a folder that moved there whole) is set aside in
+    .btsoot/damaged, never deleted. Only the attic's own folders are listed, never
+    the mirror; nothing is followed through a link."""
+    from .ops import ATTIC, DAMAGED
 
     changed = False
-    for run in whole:
+    for run, paths in sorted(whole.items()):
+        _unlink_listed(remote, run, paths)
+        top = run.encode()
         with remote.dir(ATTIC) as afd:
             fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=afd)
         try:
-            _remove_tree_at(fd, run.encode())
-            try:
-                os.unlink(run.encode() + b".jsonl", dir_fd=fd)
-            except FileNotFoundError:
-                pass
+            stray = not _remove_empty_at(fd, top)
         finally:
             os.close(fd)
-        remote.forget(ATTIC + b"/" + run.encode())
+        remote.forget(ATTIC + b"/" + top)
+        if stray:
+            aside = DAMAGED + b"/attic-" + top
+            remote.makedirs(DAMAGED)
+            try:
+                remote.rename(ATTIC + b"/" + top, aside)
+            except FileExistsError:
+                pass  # (set aside before, and again something: kept where it is)
+        try:
+            remote.unlink(ATTIC + b"/" + top + b".jsonl")
+        except (FileNotFoundError, Blocked):
+            pass
         changed = True
     for run, paths in sorted(parts.items()):
-        top = ATTIC + b"/" + run.encode()
-        folders: set[bytes] = set()
-        for p in sorted(paths, key=sort_key):
-            where = attic_path(run.encode(), p, remote.escaped)
-            try:
-                remote.unlink(where)
-            except (FileNotFoundError, Blocked):
-                pass
-            except IsADirectoryError:  # a folder where the list has a file: not ours to judge
-                continue
-            q = where.rpartition(b"/")[0]
-            while q != top and is_under(q, top):
-                folders.add(q)
-                q = q.rpartition(b"/")[0]
-        for q in sorted(folders, key=lambda x: x.count(b"/"), reverse=True):
-            try:
-                remote.rmdir(q)  # emptied by this prune; one still holding something stays
-            except OSError:
-                pass
-        rel = top + b".jsonl"
+        _unlink_listed(remote, run, paths)
+        rel = ATTIC + b"/" + run.encode() + b".jsonl"
         try:
             fd = remote.open_file(rel)
         except OSError:
@@ -594,22 +588,52 @@ def prune_attic(remote: Remote, whole: list[str], parts: dict[str, set[bytes]]) 
         remote.sync_dir(ATTIC)
 
 
-def _remove_tree_at(dfd: int, name: bytes) -> None:
-    """rm -r of name in folder dfd, by the names as stored, never through a link."""
+def _unlink_listed(remote: Remote, run: str, paths: set[bytes]) -> None:
+    """Remove the attic files of run that its list names at these mirror paths,
+    and the folders that leaves empty."""
+    from .ops import ATTIC, attic_path
+
+    top = ATTIC + b"/" + run.encode()
+    folders: set[bytes] = set()
+    for p in sorted(paths, key=sort_key):
+        where = attic_path(run.encode(), p, remote.escaped)
+        try:
+            remote.unlink(where)
+        except (FileNotFoundError, Blocked):
+            pass
+        except IsADirectoryError:  # a folder where the list has a file: not ours to judge
+            continue
+        q = where.rpartition(b"/")[0]
+        while q != top and is_under(q, top):
+            folders.add(q)
+            q = q.rpartition(b"/")[0]
+    for q in sorted(folders, key=lambda x: x.count(b"/"), reverse=True):
+        try:
+            remote.rmdir(q)  # emptied by this prune; one still holding something stays
+        except OSError:
+            pass
+
+
+def _remove_empty_at(dfd: int, name: bytes) -> bool:
+    """Remove folder name in dfd if it holds nothing but empty folders (by the
+    names as stored, never through a link); True if it is gone."""
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return True
     if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dfd)
-        return
+        return False
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     try:
-        for n in os.listdir(fd):
-            _remove_tree_at(fd, os.fsencode(n))
+        empty = all([_remove_empty_at(fd, os.fsencode(n)) for n in os.listdir(fd)])
     finally:
         os.close(fd)
-    os.rmdir(name, dir_fd=dfd)
+    if empty:
+        try:
+            os.rmdir(name, dir_fd=dfd)
+        except OSError:
+            return False
+    return empty
 
 
 def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry, dict[str, Any] | None]]:
