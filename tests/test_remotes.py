@@ -143,6 +143,16 @@ def test_round_trip(env: Env, mounted: tuple[str, Path]) -> None:
 
     env.run("restore", "--from", remote, "--to", restored, check=0)
     assert_mirror(src, restored)
+    # the big file's old version: a clone where the file system can (xfs: reflink,
+    # a whole file sharing the blocks), else an undo record of the chunk overwritten
+    attic = remote / ".btsoot" / "attic" / s["snapshot"]
+    (line,) = [ln for ln in (attic.parent / f"{s['snapshot']}.jsonl").read_text().splitlines()
+               if '"vm/disk.img"' in ln]
+    if kind == "xfs":
+        assert re.search(r"clones \(reflink\) +yes", env.run("doctor", "b", check=0).stdout)
+        assert '"undo"' not in line and (attic / "vm/disk.img").stat().st_size == BIG
+    else:
+        assert '"undo"' in line and (attic / "vm/disk.img").stat().st_size < 4 * MiB + 4096
     # the day before, from the mirror and the attic, whatever names the remote holds
     env.run("restore", "--from", remote, "--snapshot", first, "--to", env.root / "before",
             check=0)

@@ -452,7 +452,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,
                           sync_files=not prof.sync_reaches_disk,
-                          history=Policy.of(block).history).run(plan)
+                          history=Policy.of(block).history, clones=prof.clones).run(plan)
             if ex.attic:
                 _record_attic(block, remote, ex.attic, base_id, ex.undo)
             _cleanup_meta(remote)

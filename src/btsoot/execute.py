@@ -49,6 +49,7 @@ from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (
     NotTheOld,
     SourceChanged,
+    clone_to,
     make_symlink,
     matches,
     patch_file,
@@ -115,6 +116,7 @@ class Executor:
         small_inline: bool = False,
         sync_files: bool = False,
         history: bool = False,
+        clones: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -144,6 +146,7 @@ class Executor:
         # The block keeps history: a file patched in place keeps an undo record of
         # the chunks the patch overwrites (transfer.write_undo).
         self.history = history
+        self.clones = clones  # the remote can clone: the old version kept whole, at no cost
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -540,12 +543,18 @@ class Executor:
                 undo = attic_path(self.run_id.encode(), op.old.path, self.remote.escaped)
                 self._attic_folder(undo)
             i = self.journal.begin(op_record(Tag.PATCH, entry=op.entry, redo=redo, undo=undo,
-                                             old=op.old if undo else None), durable=True)
+                                             old=op.old if undo else None,
+                                             clone=True if undo and self.clones else None),
+                                   durable=True)
             kept = 0
+            cloned = False
             if undo is not None:
-                # The old chunks first, synced: a kill after this and before the
-                # patch finished leaves the old content whole (replay decides).
-                kept = write_undo(self.remote, op.path, undo, op.old, op.entry, op.patch)
+                # The old version first, synced: a clone of the whole file where the
+                # remote can (reflink), else the chunks the patch overwrites. A kill
+                # after this and before the patch finished: replay decides.
+                cloned = self.clones and clone_to(self.remote, op.path, undo)
+                if not cloned:
+                    kept = write_undo(self.remote, op.path, undo, op.old, op.entry, op.patch)
             n = patch_file(self.s(op.path), self.remote, redo, op.path, op.entry, op.patch)
         except (SourceChanged, SourceError, NotTheOld):
             if undo is not None:
@@ -560,9 +569,9 @@ class Executor:
         with self._lock:
             self.stats.bytes_sent += n
             if undo is not None:
-                assert op.entry.digest is not None
                 self.stats.attic.append((undo, op.old))
-                self.stats.undo[undo] = undo_meta(op.entry, kept)
+                if not cloned:
+                    self.stats.undo[undo] = undo_meta(op.entry, kept)
         return True
 
     @events.operates

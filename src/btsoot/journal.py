@@ -405,6 +405,7 @@ def _replay_undo(remote: Remote, rec: dict[str, Any], e: Entry, patched: bool,
     where = decode_path(rec, "undo")
     old = record_entry(rec, "old")
     size = None
+    clone = False
     try:
         fd = remote.open_file(where)
     except OSError:
@@ -412,11 +413,13 @@ def _replay_undo(remote: Remote, rec: dict[str, Any], e: Entry, patched: bool,
     try:
         if read_undo_header(fd) is not None:
             size = os.fstat(fd).st_size
+        elif rec.get("clone") is True and old is not None and os.fstat(fd).st_size == old.size:
+            size, clone = old.size, True  # a whole clone of the old version (reflink)
     finally:
         os.close(fd)
     if patched and size is not None and old is not None and attic is not None:
         attic.append((where, old))
-        if undo is not None:
+        if undo is not None and not clone:
             undo[where] = undo_meta(e, size)
         return
     if not patched or size is None:

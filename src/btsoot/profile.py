@@ -56,6 +56,7 @@ class Profile:
     owners: bool = False  # a file's owner and group can be set (root, a local disk)
     xattrs: bool = False  # extended attributes (user.*) are kept
     sync_reaches_disk: bool = True  # syncfs makes writes durable at the far end
+    clones: bool = False  # a file can be cloned (reflink: btrfs, xfs), sharing its blocks
 
     def codec(self) -> Codec:
         return Codec(frozenset(self.forbidden.encode("latin-1")), self.utf8_only,
@@ -229,8 +230,38 @@ def _probe(remote: Remote, p: Profile) -> None:
             os.close(fd)
     except OSError:
         p.xattrs = False
+    try:
+        src = remote.open(f, os.O_RDWR)
+        try:
+            os.write(src, b"c" * 4096)
+            dst = remote.open(PROBE + b"/c", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                p.clones = clone_fd(src, dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+    except OSError:
+        p.clones = False
     # A per-file fsync reaches an sshfs server; syncfs on the mount does not.
     p.sync_reaches_disk = not p.identity.get("type", "").startswith("fuse")
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def clone_fd(src: int, dst: int) -> bool:
+    """Make dst share src's blocks (a reflink); False where the file system cannot."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                       errno.EBADF, errno.EPERM):
+            return False
+        raise
+    return True
 
 
 def describe(p: Profile) -> list[tuple[str, str]]:
@@ -253,6 +284,8 @@ def describe(p: Profile) -> list[tuple[str, str]]:
         ("permission bits", "kept" if p.modes else "not kept"),
         ("owners", "kept" if p.owners else "not kept"),
         ("extended attributes", "kept" if p.xattrs else "not kept"),
+        ("clones (reflink)", "yes: old versions of files updated in place cost no space"
+         if p.clones else "no"),
         ("sync", "reaches the disk" if p.sync_reaches_disk else
          "may not reach the server's disk (a FUSE mount)"),
         ("names encoded", "yes (see docs/design.md)" if p.codec().active else "no"),

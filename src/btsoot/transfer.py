@@ -396,6 +396,36 @@ def write_undo(remote: Remote, target: bytes, undo: bytes, old: Entry, new: Entr
     return n
 
 
+def clone_to(remote: Remote, target: bytes, dst: bytes) -> bool:
+    """Before target is patched in place: dst a clone of it (sharing its blocks:
+    a reflink), synced. False, and nothing left at dst, where the file system
+    cannot clone."""
+    from .profile import clone_fd
+
+    tfd = remote.open_file(target)
+    try:
+        dfd = remote.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            ok = clone_fd(tfd, dfd)
+            if ok:
+                os.fsync(dfd)
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            os.close(dfd)
+            if not ok:
+                try:
+                    remote.unlink(dst)
+                except OSError:
+                    pass
+    finally:
+        os.close(tfd)
+    if ok:
+        remote.sync_dir(dst.rpartition(b"/")[0])
+    return ok
+
+
 def undo_meta(new: Entry, nbytes: int) -> dict[str, Any]:
     """What an undo record's list line says of it: the content it applies to, and
     its own size."""
