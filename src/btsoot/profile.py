@@ -7,7 +7,8 @@ must know. The profile is probed once, inside `REMOTE/.btsoot/probe/` (a
 few dozen small operations), stored in `REMOTE/.btsoot/profile.json`, and
 probed again when the remote's identity changes (another file system type,
 mount source, or file system id: a swapped disk, a remount elsewhere), which
-each run checks without touching the remote. `btsoot doctor NAME` probes and
+each run checks without touching the remote, or when the stored profile lacks a
+property this version knows (written by an older one). `btsoot doctor NAME` probes and
 prints it.
 
 What follows from it: names are encoded (see names.py), case twins are stored
@@ -76,7 +77,9 @@ class Profile:
             return None
         p = cls()
         for k, default in asdict(cls()).items():
-            v = d.get(k, default)
+            if k not in d:
+                return None  # probed by an older btsoot: probed again, once
+            v = d[k]
             if type(v) is not type(default):
                 return None
             setattr(p, k, v)
