@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -70,6 +71,23 @@ def manifests(dst: Path) -> dict[str, list[dict]]:
     top = dst / ATTIC
     return {p.name[:-len(".jsonl")]: [orjson.loads(ln) for ln in p.read_bytes().splitlines()]
             for p in sorted(top.glob("*.jsonl"))} if top.exists() else {}
+
+
+def killed_and_finished(env: Env, saved: Path, points: list[int], labels: list[str]) -> Iterator[int]:
+    """For each event: the saved state back, a backup killed there, then a backup
+    that finishes, and the mirror checked; yields the event for more checks."""
+    from test_reliability import assert_done, torture_run
+
+    for idx in points:
+        for name in ("src", "remote", "state"):
+            shutil.rmtree(env.root / name)
+            shutil.copytree(saved / name, env.root / name, symlinks=True)
+        rc, _ = torture_run(env, kill_at=idx, args=("--jobs", "1"))
+        assert rc in (0, -signal.SIGKILL)
+        r = env.run("backup", "b")
+        assert r.returncode == 0, f"killed at {idx} ({labels[idx - 1]}): {r.stderr}"
+        assert_done(env, env.root / "src", env.root / "remote")
+        yield idx
 
 
 @pytest.fixture
@@ -209,7 +227,7 @@ def test_a_crash_at_any_point_loses_no_old_version(attic_block, tmp_path: Path) 
     """Kill a run that deletes and replaces files at events spread over it, then let
     the next run finish: the mirror is the source, and every old version that left
     the mirror is in the attic, listed with its digest, exactly once."""
-    from test_reliability import assert_done, torture_run
+    from test_reliability import torture_run
 
     env, src, dst = attic_block
     # (A resumed run counts what is left to delete against what is left: over half.)
@@ -238,15 +256,7 @@ def test_a_crash_at_any_point_loses_no_old_version(attic_block, tmp_path: Path) 
     after = {str(p.relative_to(src)): p.read_bytes() for p in src.rglob("*") if p.is_file()}
     left = {rel: data for rel, data in before.items() if after.get(rel) != data}
     assert len(left) >= 8
-    for idx in points:
-        for name in ("src", "remote", "state"):
-            shutil.rmtree(env.root / name)
-            shutil.copytree(saved / name, env.root / name, symlinks=True)
-        rc, _ = torture_run(env, kill_at=idx, args=("--jobs", "1"))
-        assert rc in (0, -signal.SIGKILL)
-        r = env.run("backup", "b")
-        assert r.returncode == 0, f"killed at {idx} ({labels[idx - 1]}): {r.stderr}"
-        assert_done(env, src, dst)
+    for idx in killed_and_finished(env, saved, points, labels):
         held = attic_files(dst)
         kept = [(rel, data) for files in held.values() for rel, data in files.items()]
         assert sorted(kept) == sorted(left.items()), f"killed at {idx} ({labels[idx - 1]})"
@@ -488,7 +498,7 @@ def test_a_kill_during_a_patch_with_history_loses_no_version(attic_block, tmp_pa
     """Kill a run that patches a large file in place at each event: after the next
     run, the mirror is the source and the version before still restores exactly
     (from the undo record, or the file was not patched yet)."""
-    from test_reliability import assert_done, torture_run
+    from test_reliability import torture_run
 
     env, src, dst = attic_block
     rng = random.Random(8)
@@ -509,15 +519,7 @@ def test_a_kill_during_a_patch_with_history_loses_no_version(attic_block, tmp_pa
     # and some of the rest (the journal, the commit, pruning).
     patch = [i + 1 for i, lab in enumerate(labels) if lab.startswith("patch:")]
     points = sorted(set(patch[::3] + patch[-3:] + list(range(1, len(labels) + 1, 9))))
-    for idx in points:
-        for name in ("src", "remote", "state"):
-            shutil.rmtree(env.root / name)
-            shutil.copytree(saved / name, env.root / name, symlinks=True)
-        rc, _ = torture_run(env, kill_at=idx, args=("--jobs", "1"))
-        assert rc in (0, -signal.SIGKILL)
-        r = env.run("backup", "b")
-        assert r.returncode == 0, f"killed at {idx} ({labels[idx - 1]}): {r.stderr}"
-        assert_done(env, src, dst)
+    for idx in killed_and_finished(env, saved, points, labels):
         out = env.root / f"then{idx}"
         r = env.run("restore", "b", "--snapshot", first, "--to", out)
         assert r.returncode == 0, f"killed at {idx} ({labels[idx - 1]}): {r.stderr}"

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -257,6 +258,7 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
     content the entry's digest describes.
     """
     assert entry.chunks is not None
+    digests = entry.chunks
     sfd, st = _open_source(src_path)
     try:
         if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
@@ -264,10 +266,8 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
         header = {"format": PATCH_FORMAT, "size": entry.size, "mode": entry.mode & 0o7777,
                   "mtime": entry.mtime_ns, "chunk_size": CHUNK_SIZE,
                   "chunks": [[i, entry.chunks[i]] for i in idx]}
-        rfd = remote.open(redo, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            _write_all(rfd, orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
-            sent = 0
+
+        def chunks() -> Iterator[bytes]:
             for i in idx:
                 off = i * CHUNK_SIZE
                 try:
@@ -275,28 +275,44 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
                 except OSError as e:
                     raise SourceError.of(e, src_path) from None
                 if len(buf) != min(CHUNK_SIZE, entry.size - off) or (
-                        xxhash.xxh3_128_hexdigest(buf) != entry.chunks[i]):
+                        xxhash.xxh3_128_hexdigest(buf) != digests[i]):
                     raise SourceChanged()
-                _write_all(rfd, buf)
-                sent += len(buf)
+                yield buf
             st2 = os.fstat(sfd)
             if st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns:
                 raise SourceChanged()
-            os.fsync(rfd)
-        except BaseException:
-            os.close(rfd)
-            try:
-                remote.unlink(redo)
-            except OSError:
-                pass
-            raise
-        os.close(rfd)
+
+        sent = _write_record(remote, redo, header, chunks())
     finally:
         os.close(sfd)
-    remote.sync_dir(redo.rpartition(b"/")[0])
     apply_redo(remote, redo, target, check=False)
     remote.unlink(redo)
     return sent
+
+
+def _write_record(remote: Remote, rel: bytes, header: dict[str, Any],
+                  chunks: Iterable[bytes]) -> int:
+    """A redo or undo record at rel: the header line, then the chunks, synced with
+    its folder; removed if anything fails on the way (a chunk that raises too).
+    Returns the bytes of the chunks."""
+    fd = remote.open(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    n = 0
+    try:
+        _write_all(fd, orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
+        for buf in chunks:
+            _write_all(fd, buf)
+            n += len(buf)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            remote.unlink(rel)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    remote.sync_dir(rel.rpartition(b"/")[0])
+    return n
 
 
 def apply_redo(remote: Remote, redo: bytes, target: bytes, check: bool = True) -> bool:
@@ -366,34 +382,23 @@ def write_undo(remote: Remote, target: bytes, undo: bytes, old: Entry, new: Entr
               "mtime": old.mtime_ns, "chunk_size": CHUNK_SIZE,
               "chunks": [[i, old.chunks[i]] for i in keep],
               "base": new.digest, "base_size": new.size}
-    head = orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE)
+    digests = old.chunks
     tfd = remote.open_file(target)
+
+    def chunks() -> Iterator[bytes]:
+        for i in keep:
+            off = i * CHUNK_SIZE
+            want = min(CHUNK_SIZE, old.size - off)
+            buf = os.pread(tfd, want, off)
+            if len(buf) != want or xxhash.xxh3_128_hexdigest(buf) != digests[i]:
+                raise NotTheOld()
+            yield buf
+
     try:
-        ufd = remote.open(undo, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            _write_all(ufd, head)
-            n = len(head)
-            for i in keep:
-                off = i * CHUNK_SIZE
-                want = min(CHUNK_SIZE, old.size - off)
-                buf = os.pread(tfd, want, off)
-                if len(buf) != want or xxhash.xxh3_128_hexdigest(buf) != old.chunks[i]:
-                    raise NotTheOld()
-                _write_all(ufd, buf)
-                n += len(buf)
-            os.fsync(ufd)
-        except BaseException:
-            os.close(ufd)
-            try:
-                remote.unlink(undo)
-            except OSError:
-                pass
-            raise
-        os.close(ufd)
+        n = _write_record(remote, undo, header, chunks())
     finally:
         os.close(tfd)
-    remote.sync_dir(undo.rpartition(b"/")[0])
-    return n
+    return len(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE)) + n
 
 
 def clone_to(remote: Remote, target: bytes, dst: bytes) -> bool:
