@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -319,6 +320,12 @@ def test_every_snapshot_restores_exactly_from_the_mirror_and_the_attic(attic_blo
             got = tree_state(out)
             assert got == want, (sid, how, sorted(set(got) ^ set(want)),
                                  [k for k in want if k in got and got[k] != want[k]])
+        # And with nothing but Python: the remote's own restore.py, no btsoot.
+        out = env.root / f"out-{i}-bare"
+        p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(dst / ".btsoot" / "restore.py"),
+                            "--snapshot", sid, str(out)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (sid, p.stdout + p.stderr)
+        assert tree_state(out) == want, (sid, "restore.py")
 
 
 def test_snapshots_says_which_restore_exactly(attic_block) -> None:

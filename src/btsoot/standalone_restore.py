@@ -10,9 +10,12 @@ beside FORMAT.txt (the snapshot format). Run it with the remote mounted:
 
 DEST must be missing or an empty folder. Files, folders and symbolic links come
 back with their names (byte for byte, also where the remote had to store them
-under an encoded name), modes and modification times. Sizes are checked; the
-content digests too where the `xxhash` package is installed. Nothing on the
-remote is changed, and no link on it is followed.
+under an encoded name), modes and modification times. An older snapshot's files
+are found by their digests: in the copy, or in the attic (REMOTE/.btsoot/attic,
+where a backup moves what it replaces or deletes; a large file updated in place
+is rebuilt from its newer content and the undo records kept there). Sizes are
+checked; the content digests too where the `xxhash` package is installed.
+Nothing on the remote is changed, and no link on it is followed.
 """
 
 from __future__ import annotations
@@ -185,6 +188,74 @@ class Remote:
         return fd
 
 
+ATTIC = b".btsoot/attic"
+
+
+class Finder:
+    """Where the content of an older snapshot's file is now: by digest, in the copy
+    (as the newest snapshot records it) or in the attic (by its lists)."""
+
+    def __init__(self, newest: dict[bytes, dict[str, Any]]) -> None:
+        self.now: dict[bytes, str] = {}
+        self.plain: dict[str, bytes] = {}
+        self.undo: dict[str, tuple[bytes, str, int]] = {}
+        for p, e in newest.items():
+            if e.get("type") == "file" and e.get("digest"):
+                self.now[p] = e["digest"]
+                self.plain.setdefault(e["digest"], p)
+        top = os.path.join(META, "attic")
+        runs = sorted((n[:-6] for n in os.listdir(top) if n.endswith(".jsonl")),
+                      reverse=True) if os.path.isdir(top) else []
+        for run in runs:
+            try:
+                with open(os.path.join(top, run + ".jsonl"), "rb") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                try:
+                    e = json.loads(line)
+                    d, where = e.get("digest"), ATTIC + b"/" + run.encode() + b"/" + field(e, "path")
+                    if e.get("type") != "file" or not isinstance(d, str):
+                        continue
+                    u = e.get("undo")
+                    if isinstance(u, dict):
+                        self.undo.setdefault(d, (where, str(u["base"]), int(u["base_size"])))
+                    else:
+                        self.plain.setdefault(d, where)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue  # a damaged line: its content is not offered
+
+    def chain(self, path: bytes, digest: str) -> tuple[bytes, list[bytes]] | None:
+        """(the file to copy, the undo records to apply to it in order), or None."""
+        if self.now.get(path) == digest:
+            return path, []
+        undos: list[bytes] = []
+        while len(undos) < 10_000:
+            if digest in self.plain:
+                return self.plain[digest], undos[::-1]
+            if digest not in self.undo:
+                return None
+            where, digest, _ = self.undo[digest]
+            undos.append(where)
+        return None
+
+
+def apply_undo(remote: Remote, where: bytes, out: Any) -> None:
+    """Write an undo record's chunks into the open file out and cut it to size."""
+    with os.fdopen(remote.open(where), "rb") as f:
+        h = json.loads(f.readline())
+        size, cs = int(h["size"]), int(h["chunk_size"])
+        for i, _ in h["chunks"]:
+            n = max(0, min(cs, size - int(i) * cs))
+            buf = f.read(n)
+            if len(buf) != n:
+                raise OSError("undo record " + where.decode("utf-8", "replace") + " is short")
+            out.seek(int(i) * cs)
+            out.write(buf)
+        out.truncate(size)
+
+
 def safe(path: bytes) -> bool:
     return bool(path) and not path.startswith(b"/") and all(
         p not in (b"", b".", b"..") for p in path.split(b"/"))
@@ -210,8 +281,10 @@ def main(argv: list[str]) -> int:
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         fail(args[0] + " must be missing or an empty folder")
     os.makedirs(dest, exist_ok=True)
-    sid = sid or newest(snaps)
+    last = newest(snaps)
+    sid = sid or last
     table = resolve(snaps, sid)
+    finder = Finder(table if sid == last else resolve(snaps, last))
     try:
         import xxhash  # only to check digests; the restore does not need it
 
@@ -236,17 +309,25 @@ def main(argv: list[str]) -> int:
                 os.symlink(field(e, "target"), out)
                 os.utime(out, ns=(e["mtime"], e["mtime"]), follow_symlinks=False)
             elif kind == "file":
-                src = remote.open(path)
-                h = digests.xxh3_128() if digests and e.get("digest") else None
-                size = 0
-                with os.fdopen(src, "rb") as f, open(out, "wb") as g:
+                found = finder.chain(path, e["digest"]) if e.get("digest") else (path, [])
+                if found is None:
+                    problems.append((path, "its content is no longer on the remote"))
+                    continue
+                src = remote.open(found[0])
+                with os.fdopen(src, "rb") as f, open(out, "w+b") as g:
                     while True:
                         buf = f.read(1 << 20)
                         if not buf:
                             break
                         g.write(buf)
-                        size += len(buf)
-                        if h:
+                    for where in found[1]:
+                        apply_undo(remote, where, g)
+                    g.flush()
+                    size = os.fstat(g.fileno()).st_size
+                    h = digests.xxh3_128() if digests and e.get("digest") else None
+                    if h:
+                        g.seek(0)
+                        for buf in iter(lambda: g.read(1 << 20), b""):
                             h.update(buf)
                 if size != e.get("size", 0):
                     problems.append((path, f"size {size}, expected {e.get('size', 0)}"))
