@@ -625,7 +625,7 @@ class Executor:
                         self.stats.updated[op.path] = entry
                         with self._lock:
                             self.stats.hashed_files += 1
-                            self.stats.hashed_bytes += n
+                            self.stats.hashed_bytes += entry.size
                         self._placed(op.path)
                         return
                 self.journal.done(i)

@@ -35,8 +35,75 @@ _no_sendfile = False
 _FALLBACK = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EIO}
 
 
+# Files below this size are copied whole, holes or not (one lseek less each).
+SPARSE_MIN = 1 << 20
+
+
+def data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """A sparse file's data: [(start, end)] by SEEK_DATA/SEEK_HOLE, in order; None
+    when the file has no hole (or is small, or its file system cannot tell). The
+    file position is left anywhere."""
+    if size < SPARSE_MIN:
+        return None
+    try:
+        if os.lseek(fd, 0, os.SEEK_HOLE) >= size:
+            return None
+        segs: list[tuple[int, int]] = []
+        off = 0
+        while off < size:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break  # nothing but a hole to the end
+                raise
+            if start >= size:
+                break
+            off = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segs.append((start, off))
+        return segs
+    except OSError:
+        return None
+
+
 def copy_fd(src: int, dst: int, size: int) -> int:
-    """Copy size bytes (or until EOF) from src to dst from offset 0; returns bytes copied."""
+    """Copy size bytes (or until EOF) from src to dst from offset 0; returns bytes copied.
+    A sparse src (data_map) gets its data copied and its holes left holes."""
+    segs = data_map(src, size)
+    if segs is not None:
+        return _copy_segments(src, dst, size, segs)
+    os.lseek(src, 0, os.SEEK_SET)
+    return _copy_all(src, dst, size)
+
+
+def _copy_segments(src: int, dst: int, size: int, segs: list[tuple[int, int]]) -> int:
+    for start, end in segs:
+        off = start
+        while off < end:
+            try:
+                n = os.copy_file_range(src, dst, end - off, off, off)
+            except OSError as e:
+                if e.errno not in _FALLBACK:
+                    raise
+                buf = os.pread(src, min(_BUF, end - off), off)
+                n = len(buf)
+                if n:
+                    _pwrite_all(dst, buf, off)
+            if n == 0:
+                return off  # shorter than said: the caller checks
+            off += n
+    os.ftruncate(dst, size)
+    return size
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+def _copy_all(src: int, dst: int, size: int) -> int:
     global _no_cfr, _no_sendfile
     done = 0
     if not _no_cfr and size > 0:
@@ -78,13 +145,15 @@ def copy_fd(src: int, dst: int, size: int) -> int:
 
 
 def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
-                chunk_threshold: int = 0) -> tuple[int, str, list[str] | None]:
+                chunk_threshold: int = 0) -> tuple[int, str, list[str] | None, int]:
     """Copy up to size bytes from src (a source file) to dst through a buffer, hashing
     exactly the bytes written (XXH3-128, the snapshot's digest); returns (bytes,
-    digest, chunks). A failed read is a SourceError.
+    digest, chunks, bytes written). A failed read is a SourceError.
 
     With chunk_size, a file of at least chunk_threshold bytes also gets its
     per-chunk digests (reads never cross a chunk boundary), as the scanner does.
+    A sparse source (data_map) sends only its data: a stretch of hole is hashed
+    as the zeros it reads as, and left a hole in dst.
     """
     h = xxhash.xxh3_128()
     chunks: list[str] | None = [] if chunk_size and size >= chunk_threshold else None
@@ -92,33 +161,48 @@ def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
     in_part = 0
     buf = bytearray(min(_BUF, max(size, 1)))
     view = memoryview(buf)
-    done = 0
+    segs = data_map(src, size)
+    zeros = memoryview(bytes(len(buf))) if segs is not None else None
+    seg = 0
+    done = written = 0
     while done < size:
         want = min(len(buf), size - done)
         if part is not None:
             want = min(want, chunk_size - in_part)
-        try:
-            n = os.readv(src, [view[:want]])
-        except OSError as e:
-            raise SourceError.of(e) from None
-        if n == 0:
-            break
-        h.update(view[:n])
+        if segs is not None:
+            while seg < len(segs) and segs[seg][1] <= done:
+                seg += 1
+            hole = seg == len(segs) or segs[seg][0] >= done + want
+        else:
+            hole = False
+        if hole:
+            assert zeros is not None
+            data, n = zeros[:want], want  # a hole: read as zeros, not written
+        else:
+            try:
+                n = os.preadv(src, [view[:want]], done)
+            except OSError as e:
+                raise SourceError.of(e) from None
+            if n == 0:
+                break
+            data = view[:n]
+        h.update(data)
         if part is not None:
-            part.update(view[:n])
+            part.update(data)
             in_part += n
             if in_part == chunk_size:
                 chunks.append(part.hexdigest())  # type: ignore[union-attr]
                 part.reset()
                 in_part = 0
-        out = view[:n]
-        while out:
-            w = os.write(dst, out)
-            out = out[w:]
+        if not hole:
+            _pwrite_all(dst, data, done)
+            written += n
         done += n
+    if segs is not None:
+        os.ftruncate(dst, done)  # (holes at the end)
     if part is not None and in_part:
         chunks.append(part.hexdigest())  # type: ignore[union-attr]
-    return done, h.hexdigest(), chunks
+    return done, h.hexdigest(), chunks, written
 
 
 def temp_name(path: bytes, tag: str) -> bytes:
@@ -163,8 +247,8 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
     With sync, the file is fsynced before the rename: for remotes where one sync
     of the whole file system at the end does not reach the far end (sshfs).
 
-    Returns (bytes copied, digest, chunk digests) — the digests only when the
-    copy computed them.
+    Returns (bytes written: of a sparse file its data only, digest, chunk
+    digests) — the digests only when the copy computed them.
     """
     if check_source and entry.size < scanner.SMALL_COPY_MAX:
         # Most files: the compiled core reads, hashes, writes and renames with two
@@ -194,11 +278,12 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
         try:
             chunks = None
             if check_source:
-                n, digest, chunks = copy_hashed(
+                n, digest, chunks, sent = copy_hashed(
                     sfd, tfd, entry.size, *((CHUNK_SIZE, CHUNK_THRESHOLD)
                                             if entry.digest is None else (0, 0)))
             else:
                 n, digest = copy_fd(sfd, tfd, entry.size), None
+                sent = n
             if n != entry.size:
                 raise SourceChanged()
             if check_source:
@@ -224,7 +309,7 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
     except BaseException:
         _unlink_quiet(dfd, dst_tmp)
         raise
-    return n, digest, chunks
+    return sent, digest, chunks
 
 
 # --- patches: a large file's changed chunks, written in place -----------------
