@@ -464,9 +464,11 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
 # --- the attic ---------------------------------------------------------------------
 #
 # ATTIC/RUN/<path>: what run RUN moved out of the mirror (a file or link deleted,
-# a file replaced by new content), under its path in the mirror; ATTIC/RUN.jsonl
-# lists it, one entry per line as in a snapshot (its path in the mirror, size,
-# mtime, mode, digest). A run's attic expires whole, attic_days after the run.
+# a file replaced by new content, a folder deleted whole; the old version of a file
+# patched in place, as a clone or an undo record), under its path in the mirror;
+# ATTIC/RUN.jsonl lists it, one entry per line as in a snapshot (its path in the
+# mirror, size, mtime, mode, digest; "prev", and "undo" for an undo record). An
+# item stays while a snapshot the retention keeps needs it (retention.py).
 
 
 def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool = True,
