@@ -202,7 +202,7 @@ def _backup(env: Env, when: str) -> dict:
 
 def test_months_of_runs_keep_what_the_policy_names_and_restore_exactly(block) -> None:
     """Runs over four months, across the change to summer time, with the clock
-    once stepped back: the kept snapshots are exactly those the terms name (worked
+    once stepped forward and once back: the kept snapshots are exactly those the terms name (worked
     out here independently, in local time); each restores byte for byte; the attic
     holds exactly the content they need that the mirror does not; and its files
     add up to what the run log says it holds."""
@@ -235,13 +235,19 @@ def test_months_of_runs_keep_what_the_policy_names_and_restore_exactly(block) ->
                         p.parent.mkdir(parents=True, exist_ok=True)
                         p.write_bytes(rng.randbytes(rng.choice([5, 900, 20_000])))
                 when += dt.timedelta(days=rng.choice([1, 2, 3, 5, 9]), hours=rng.choice([0, 2, 5]))
-                clock = when - dt.timedelta(days=40) if k == 13 else when  # stepped back once
+                # The clock a month ahead for one run (later runs take ids after it
+                # until the real time passes it), and once 40 days behind.
+                clock = (when + dt.timedelta(days=30) if k == 7 else
+                         when - dt.timedelta(days=40) if k == 13 else when)
             utc = clock.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             s = _backup(env, utc)
             assert s["snapshot"] not in states
             states[s["snapshot"]] = tree_state(src)
         ids = sorted(states)
         assert list(states) == ids  # ids only grow, whatever the clock said
+        # (The clock steps happened: runs after the one ahead took ids just after it.)
+        assert any(id_ns(b) - id_ns(a) < 10**9  # type: ignore[operator]
+                   for a, b in zip(ids, ids[1:], strict=False))
 
         def key_day(x: str) -> object:
             return local(x, zone).date()
