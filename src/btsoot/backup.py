@@ -414,9 +414,10 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     t = time.monotonic()
     if progress:
         progress("phase", "plan")
+    history = Policy.of(block).history  # old content goes to the attic, not away
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
                      patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
-                     attic=Policy.of(block).history,
+                     attic=history,
                      stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9)
     res.plan = plan
     if progress:
@@ -452,7 +453,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,
                           sync_files=not prof.sync_reaches_disk,
-                          history=Policy.of(block).history, clones=prof.clones).run(plan)
+                          history=history, clones=prof.clones).run(plan)
             if ex.attic:
                 _record_attic(block, remote, ex.attic, base_id, ex.undo)
             _cleanup_meta(remote)
@@ -774,7 +775,7 @@ def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: b
         st.keep_only(set(select(st.committed_ids(), Policy.of(block))) | protect)
         return None
     try:
-        return retain(block, remote, st, protect).decision.attic_bytes
+        return retain(block, remote, st, protect).attic_bytes
     except OSError:
         return None  # tried again by the next run that writes
 

@@ -16,7 +16,15 @@ import click
 import orjson
 
 from .cli_base import human, load_config, main_group
-from .config import MAX_ATTIC_DAYS, MAX_KEEP, Block, check_apart, parse_max_delete, validate_name
+from .config import (
+    MAX_ATTIC_DAYS,
+    MAX_KEEP,
+    Block,
+    check_apart,
+    check_value,
+    parse_max_delete,
+    validate_name,
+)
 from .errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
@@ -27,7 +35,7 @@ from .errors import (
     UsageError,
     printable,
 )
-from .retention import DEFAULT_WITHIN, Policy, parse_size, parse_within
+from .retention import DEFAULT_WITHIN, Policy
 
 
 @main_group.command()
@@ -63,14 +71,8 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
     parse_max_delete(max_delete)
     if attic_days is not None:
         keep_within = f"{attic_days}d"
-    try:
-        parse_within(keep_within)
-    except ValueError as e:
-        raise ConfigError(f"--keep-within: {e}") from None
-    try:
-        parse_size(attic_max)
-    except ValueError as e:
-        raise ConfigError(f"--attic-max: {e}") from None
+    check_value("keep_within", keep_within, "--keep-within")
+    check_value("attic_max", attic_max, "--attic-max")
     from .scan import make_exclude
 
     make_exclude(list(exclude))  # refuse a pattern gitignore would not take
@@ -199,18 +201,17 @@ def prune_cmd(ctx: click.Context, name: str, dry_run: bool) -> None:
     from .history import prune
 
     block = load_config(ctx).get(name)
-    p = prune(block, dry_run)
-    if p is None:
+    d = prune(block, dry_run)
+    if d is None:
         click.echo(f"{name}: no snapshots yet")
         return
-    d = p.decision
     verb = "would let go" if dry_run else "let go"
     click.echo(f"{name}: keeps {len(d.kept)} snapshot(s) ({Policy.of(block).describe()}); "
                f"{verb} {len(d.dropped)}" + (f" ({len(d.capped)} for attic_max)" if d.capped else ""))
     for sid in d.dropped:
         click.echo(f"  {sid}")
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{name}: attic: {verb} {len(d.doomed)} file(s), {human(p.doomed_bytes)}; "
+    click.echo(f"{name}: attic: {verb} {len(d.doomed)} file(s), {human(d.doomed_bytes)}; "
                f"keeps {len(d.held)}, {human(d.attic_bytes)}")
 
 

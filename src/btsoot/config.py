@@ -181,6 +181,13 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
 }
 
 
+def check_value(key: str, value: object, name: str) -> None:
+    """ConfigError naming `name` (an option) if SCHEMA does not take value for key."""
+    _, ok, want = SCHEMA[key]
+    if not ok(value):
+        raise ConfigError(f"{name} {_show(value)}: expected {want}")
+
+
 def check_block(b: object) -> dict[str, Any]:
     """A block's table from the config, checked against SCHEMA (ConfigError naming
     the first key that is wrong); returns the keyword arguments of Block."""

@@ -538,7 +538,6 @@ class Executor:
                 self.remote.sync_dir(PATCH.rpartition(b"/")[0])
                 self._patch_ready = True
             redo = PATCH + b"/" + f"{self.run_id}-{id(op)}".encode()
-            undo = None
             if self.history and op.old.chunks and op.entry.digest:
                 undo = attic_path(self.run_id.encode(), op.old.path, self.remote.escaped)
                 self._attic_folder(undo)

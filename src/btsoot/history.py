@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from . import remote as rmt
@@ -79,33 +78,23 @@ def _attic(remote_path: str) -> tuple[dict[str, tuple[int, int]], set[tuple[Any,
     return out, keys
 
 
-@dataclass
-class Pruned:
-    """What retention decided (retention.Decision), and the attic runs removed whole."""
-
-    decision: Decision
-    whole: list[str]
-
-    @property
-    def doomed_bytes(self) -> int:
-        return sum(it.size for it in self.decision.doomed)
-
-
 def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
-           dry_run: bool = False) -> Pruned:
+           dry_run: bool = False) -> Decision:
     """Apply the block's retention: the snapshots it lets go are removed here and
     on the remote, and the attic keeps exactly what the kept ones need (from the
     attic's own lists; the mirror is never listed). protect: ids kept whatever
     the policy says (the local and the remote head)."""
     ids = st.committed_ids()
-    items = [Item(run, where, e, prev, undo) for run, where, e, prev, undo in rmt.attic_lists(remote)]
+    runs = rmt.attic_runs(remote)
+    items = [Item(run, where, e, prev, undo)
+             for run, where, e, prev, undo in rmt.attic_lists(remote, runs)]
     d = decide(ids, Policy.of(block), items, lambda sid: _entries(st, sid), protect)
     listed = {it.run for it in items}
     held = {it.run for it in d.held}
     oldest = min(d.kept) if d.kept else None
     # A run with nothing kept goes whole; one whose list cannot be read only once
     # no kept snapshot is older than it (nothing could need what it holds).
-    whole: dict[str, set[bytes]] = {r: set() for r in rmt.attic_runs(remote) if r not in held
+    whole: dict[str, set[bytes]] = {r: set() for r in runs if r not in held
                                      and (r in listed or oldest is None or r <= oldest)}
     parts: dict[str, set[bytes]] = {}
     for it in d.doomed:
@@ -113,14 +102,14 @@ def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
     for run in whole:
         whole[run] = parts.pop(run, set())
     if not dry_run:
-        st.keep_only(set(d.kept) | protect)
         keep = set(d.kept) | protect
+        st.keep_only(keep)
         try:
             rmt.prune(remote, keep)
         except OSError:
             pass  # its snapshot files: tried again by the next run that writes
         rmt.prune_attic(remote, whole, parts)
-    return Pruned(d, sorted(whole))
+    return d
 
 
 def _entries(st: BlockState, sid: str) -> Iterator[Entry]:
@@ -131,7 +120,7 @@ def _entries(st: BlockState, sid: str) -> Iterator[Entry]:
         return
 
 
-def prune(block: Block, dry_run: bool) -> Pruned | None:
+def prune(block: Block, dry_run: bool) -> Decision | None:
     """`btsoot prune`: what a backup that writes to the remote does at its end
     (retain), on its own; None when the block has no snapshot yet."""
     from .errors import FatalIOError

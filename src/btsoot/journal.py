@@ -400,7 +400,7 @@ def _replay_undo(remote: Remote, rec: dict[str, Any], e: Entry, patched: bool,
     """A patch that kept an undo record (transfer.write_undo): listed in the attic
     if the patch happened and the record is complete; else removed (the old
     content is still the file itself, or the record is torn)."""
-    from .transfer import read_undo_header, undo_meta
+    from .transfer import read_record, undo_meta
 
     where = decode_path(rec, "undo")
     old = record_entry(rec, "old")
@@ -411,7 +411,7 @@ def _replay_undo(remote: Remote, rec: dict[str, Any], e: Entry, patched: bool,
     except OSError:
         return  # never written, or removed with a patch that did not happen
     try:
-        if read_undo_header(fd) is not None:
+        if read_record(fd) is not None:
             size = os.fstat(fd).st_size
         elif rec.get("clone") is True and old is not None and os.fstat(fd).st_size == old.size:
             size, clone = old.size, True  # a whole clone of the old version (reflink)

@@ -31,6 +31,7 @@ from . import mounts
 from .names import Codec
 from .ops import DAMAGED
 from .remotefs import Remote
+from .transfer import clone_fd
 
 FORMAT = "btsoot-profile"
 VERSION = 1
@@ -248,23 +249,6 @@ def _probe(remote: Remote, p: Profile) -> None:
         p.clones = False
     # A per-file fsync reaches an sshfs server; syncfs on the mount does not.
     p.sync_reaches_disk = not p.identity.get("type", "").startswith("fuse")
-
-
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def clone_fd(src: int, dst: int) -> bool:
-    """Make dst share src's blocks (a reflink); False where the file system cannot."""
-    import fcntl
-
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-                       errno.EBADF, errno.EPERM):
-            return False
-        raise
-    return True
 
 
 def describe(p: Profile) -> list[tuple[str, str]]:

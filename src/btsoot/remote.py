@@ -37,7 +37,6 @@ from .snapshot import (
     entry_to_dict,
     get_bytes,
     id_ns,
-    new_id,
     put_bytes,
     sort_key,
 )
@@ -488,20 +487,8 @@ def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool =
         by_run.setdefault(run, []).append((_strip(e), (undo or {}).get(dst)))
     for run, entries in sorted(by_run.items()):
         rel = ATTIC + b"/" + run + b".jsonl"
-        lines: dict[bytes, bytes] = {}
-        try:
-            fd = remote.open_file(rel) if merge else -1
-        except FileNotFoundError:
-            fd = -1
-        if fd >= 0:
-            with os.fdopen(fd, "rb") as f:
-                for line in f:
-                    try:
-                        p = get_bytes(orjson.loads(line), "path")
-                    except (orjson.JSONDecodeError, ValueError):
-                        continue  # a damaged line: the entries it held are listed again below
-                    if p is not None:
-                        lines[p] = line if line.endswith(b"\n") else line + b"\n"
+        # (A damaged line is dropped: the entries it held are listed again below.)
+        lines = (_list_lines(remote, rel) or {}) if merge else {}
         for e, u in entries:
             d = entry_to_dict(e)
             if prev is not None:
@@ -510,6 +497,25 @@ def record_attic(remote: Remote, items: list[tuple[bytes, Entry]], merge: bool =
                 d["undo"] = u
             lines[e.path] = orjson.dumps(d) + b"\n"
         remote.write_atomic(rel, b"".join(lines[p] for p in sorted(lines, key=sort_key)))
+
+
+def _list_lines(remote: Remote, rel: bytes) -> dict[bytes, bytes] | None:
+    """An attic list's lines by the mirror path they name (damaged lines left out);
+    None if the list cannot be opened (none yet)."""
+    try:
+        fd = remote.open_file(rel)
+    except OSError:
+        return None
+    lines: dict[bytes, bytes] = {}
+    with os.fdopen(fd, "rb") as f:
+        for line in f:
+            try:
+                p = get_bytes(orjson.loads(line), "path")
+            except (orjson.JSONDecodeError, ValueError):
+                continue
+            if p is not None:
+                lines[p] = line if line.endswith(b"\n") else line + b"\n"
+    return lines
 
 
 def attic_runs(remote: Remote) -> list[str]:
@@ -523,11 +529,6 @@ def attic_runs(remote: Remote) -> list[str]:
     runs = {os.fsdecode(n[:-6] if n.endswith(b".jsonl") else n) for n in names
             if not n.endswith(b".tmp")}
     return sorted(r for r in runs if id_ns(r) is not None)
-
-
-def attic_cutoff(days: int, now_ns: int) -> str:
-    """The run id before which a run's attic has expired, days before now_ns."""
-    return new_id(now_ns - days * 86_400 * 10**9)
 
 
 @events.in_phase("attic-prune")
@@ -569,22 +570,11 @@ def prune_attic(remote: Remote, whole: dict[str, set[bytes]], parts: dict[str, s
     for run, paths in sorted(parts.items()):
         _unlink_listed(remote, run, paths)
         rel = ATTIC + b"/" + run.encode() + b".jsonl"
-        try:
-            fd = remote.open_file(rel)
-        except OSError:
+        lines = _list_lines(remote, rel)
+        if lines is None:
             continue
-        with os.fdopen(fd, "rb") as f:
-            lines = f.read().splitlines(keepends=True)
-        left = []
-        for line in lines:
-            listed: bytes | None
-            try:
-                listed = get_bytes(orjson.loads(line), "path")
-            except (orjson.JSONDecodeError, ValueError):
-                listed = None
-            if listed is None or listed not in paths:
-                left.append(line if line.endswith(b"\n") else line + b"\n")
-        remote.write_atomic(rel, b"".join(left))
+        remote.write_atomic(rel, b"".join(line for p, line in sorted(
+            lines.items(), key=lambda kv: sort_key(kv[0])) if p not in paths))
         changed = True
     if changed:
         remote.sync_dir(ATTIC)
@@ -646,16 +636,16 @@ def attic_contents(remote: Remote) -> Iterator[tuple[bytes, Entry, dict[str, Any
         yield where, e, undo
 
 
-def attic_lists(remote: Remote) -> Iterator[tuple[str, bytes, Entry, str | None,
-                                                   dict[str, Any] | None]]:
+def attic_lists(remote: Remote, runs: list[str] | None = None,
+                ) -> Iterator[tuple[str, bytes, Entry, str | None, dict[str, Any] | None]]:
     """Every line of the attic's lists: (run, its path there, its entry in the
     mirror, the snapshot the run planned from if the line says, and for an undo
     record {"base": digest, "base_size": n, "bytes": its size}), the newest run
     first. A list (or line) that cannot be read is skipped: its content is not
-    offered, never guessed."""
+    offered, never guessed. runs: attic_runs(remote), when the caller has them."""
     from .ops import ATTIC, attic_path
 
-    for run in reversed(attic_runs(remote)):
+    for run in reversed(attic_runs(remote) if runs is None else runs):
         try:
             fd = remote.open_file(ATTIC + b"/" + run.encode() + b".jsonl")
         except OSError:

@@ -228,6 +228,10 @@ class Decision:
     def attic_bytes(self) -> int:
         return sum(it.size for it in self.held)
 
+    @property
+    def doomed_bytes(self) -> int:
+        return sum(it.size for it in self.doomed)
+
 
 def decide(ids: list[str], policy: Policy, items: list[Item],
            entries_of: Callable[[str], Iterable[Entry]], protect: Iterable[str] = ()) -> Decision:
@@ -235,6 +239,7 @@ def decide(ids: list[str], policy: Policy, items: list[Item],
     need. entries_of(id) reads a kept snapshot (only when an item's own run does
     not say). protect: ids kept whatever the policy says (the remote's head)."""
     ids = sorted(ids)
+    protect = set(protect)
     kept = select(ids, policy)
     for sid in protect:
         if sid in ids:

@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -77,14 +78,20 @@ def copy_fd(src: int, dst: int, size: int) -> int:
 
 
 def _copy_segments(src: int, dst: int, size: int, segs: list[tuple[int, int]]) -> int:
+    global _no_cfr
     for start, end in segs:
         off = start
         while off < end:
-            try:
-                n = os.copy_file_range(src, dst, end - off, off, off)
-            except OSError as e:
-                if e.errno not in _FALLBACK:
-                    raise
+            n = -1
+            if not _no_cfr:
+                try:
+                    n = os.copy_file_range(src, dst, end - off, off, off)
+                except OSError as e:
+                    if e.errno not in _FALLBACK:
+                        raise
+                    if e.errno != errno.EIO:
+                        _no_cfr = True
+            if n < 0:  # through a buffer
                 buf = os.pread(src, min(_BUF, end - off), off)
                 n = len(buf)
                 if n:
@@ -406,40 +413,72 @@ def apply_redo(remote: Remote, redo: bytes, target: bytes, check: bool = True) -
     and verified in full first, and one that is incomplete or damaged changes
     nothing: False. The target must be a regular file (never a link). Both paths
     are relative to the remote."""
-    with os.fdopen(remote.open_file(redo), "rb") as f:
-        try:
-            h = orjson.loads(f.readline())
-            size, mode, mtime = int(h["size"]), int(h["mode"]), int(h["mtime"])
-            cs = int(h["chunk_size"])
-            chunks = [(int(i), str(d)) for i, d in h["chunks"]]
-            ok = h.get("format") == PATCH_FORMAT and cs > 0 and size >= 0
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    rfd = remote.open_file(redo)
+    try:
+        rec = read_record(rfd)
+        if rec is None or (check and not _apply_spans(rfd, rec, None, True)):
             return False
-        start = f.tell()
-        spans = [(i * cs, max(0, min(cs, size - i * cs)), d) for i, d in chunks]
-        if not ok or os.fstat(f.fileno()).st_size != start + sum(n for _, n, _ in spans):
-            return False
-        if check:
-            for _, n, d in spans:
-                if xxhash.xxh3_128_hexdigest(f.read(n)) != d:
-                    return False
         tfd = remote.open(target, os.O_WRONLY)
         try:
             if not stat.S_ISREG(os.fstat(tfd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", remote.show(target))
-            pos = start
-            for off, n, _ in spans:
-                buf = os.pread(f.fileno(), n, pos)
-                pos += n
-                view = memoryview(buf)
-                while view:
-                    view = view[os.pwrite(tfd, view, off + n - len(view)):]
-            os.ftruncate(tfd, size)
-            os.fchmod(tfd, mode)
+            _apply_spans(rfd, rec, tfd, False)
+            mtime = rec.header["mtime"]
+            os.fchmod(tfd, rec.header["mode"])
             os.utime(tfd, ns=(mtime, mtime))
             os.fsync(tfd)
         finally:
             os.close(tfd)
+    finally:
+        os.close(rfd)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A redo or undo record read and checked for form: its header, where its data
+    starts, and its spans (offset in the target, length, digest) in order."""
+
+    header: dict[str, Any]
+    start: int
+    spans: list[tuple[int, int, str]]
+
+
+def read_record(fd: int) -> Record | None:
+    """The record in fd, if complete and well-formed (its size is the header's
+    sum); else None."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        try:
+            h = orjson.loads(f.readline())
+            size, cs = int(h["size"]), int(h["chunk_size"])
+            h["mode"], h["mtime"] = int(h["mode"]), int(h["mtime"])
+            chunks = [(int(i), str(d)) for i, d in h["chunks"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        start = f.tell()
+    if h.get("format") != PATCH_FORMAT or cs <= 0 or size < 0:
+        return None
+    spans = [(i * cs, max(0, min(cs, size - i * cs)), d) for i, d in chunks]
+    if os.fstat(fd).st_size != start + sum(n for _, n, _ in spans):
+        return None
+    return Record(h, start, spans)
+
+
+def _apply_spans(fd: int, rec: Record, tfd: int | None, check: bool) -> bool:
+    """Write rec's chunks into tfd (None: write nothing) and cut it to the record's
+    size; with check, each chunk is checked against its digest first (False at
+    the first that does not match)."""
+    pos = rec.start
+    for off, n, d in rec.spans:
+        buf = os.pread(fd, n, pos)
+        pos += n
+        if check and (len(buf) != n or xxhash.xxh3_128_hexdigest(buf) != d):
+            return False
+        if tfd is not None:
+            _pwrite_all(tfd, buf, off)
+    if tfd is not None:
+        os.ftruncate(tfd, int(rec.header["size"]))
     return True
 
 
@@ -486,12 +525,27 @@ def write_undo(remote: Remote, target: bytes, undo: bytes, old: Entry, new: Entr
     return len(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE)) + n
 
 
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def clone_fd(src: int, dst: int) -> bool:
+    """Make dst share src's blocks (a reflink); False where the file system cannot."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                       errno.EBADF, errno.EPERM):
+            return False
+        raise
+    return True
+
+
 def clone_to(remote: Remote, target: bytes, dst: bytes) -> bool:
     """Before target is patched in place: dst a clone of it (sharing its blocks:
     a reflink), synced. False, and nothing left at dst, where the file system
     cannot clone."""
-    from .profile import clone_fd
-
     tfd = remote.open_file(target)
     try:
         dfd = remote.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -522,48 +576,13 @@ def undo_meta(new: Entry, nbytes: int) -> dict[str, Any]:
     return {"base": new.digest, "base_size": new.size, "bytes": nbytes}
 
 
-def read_undo_header(fd: int) -> tuple[dict[str, Any], int] | None:
-    """An undo (or redo) record's header and where its data starts; None if the
-    record is not complete and well-formed."""
-    with os.fdopen(os.dup(fd), "rb") as f:
-        f.seek(0)
-        try:
-            h = orjson.loads(f.readline())
-            size, cs = int(h["size"]), int(h["chunk_size"])
-            chunks = [(int(i), str(d)) for i, d in h["chunks"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
-        start = f.tell()
-    if h.get("format") != PATCH_FORMAT or cs <= 0 or size < 0:
-        return None
-    body = sum(max(0, min(cs, size - i * cs)) for i, _ in chunks)
-    if os.fstat(fd).st_size != start + body:
-        return None
-    return h, start
-
-
 def apply_undo(ufd: int, tfd: int | None) -> bool:
     """Turn tfd (holding the record's base content) into the content before the
     patch: write the record's chunks (each checked against its digest) and set
     the size. False if the record is damaged (tfd is then not to be used).
     tfd None: only check the record."""
-    got = read_undo_header(ufd)
-    if got is None:
-        return False
-    h, pos = got
-    size, cs = int(h["size"]), int(h["chunk_size"])
-    for i, d in h["chunks"]:
-        off, n = int(i) * cs, max(0, min(cs, size - int(i) * cs))
-        buf = os.pread(ufd, n, pos)
-        pos += n
-        if len(buf) != n or xxhash.xxh3_128_hexdigest(buf) != d:
-            return False
-        view = memoryview(buf)
-        while view and tfd is not None:
-            view = view[os.pwrite(tfd, view, off + n - len(view)):]
-    if tfd is not None:
-        os.ftruncate(tfd, size)
-    return True
+    rec = read_record(ufd)
+    return rec is not None and _apply_spans(ufd, rec, tfd, True)
 
 
 def make_symlink(dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry) -> None:
