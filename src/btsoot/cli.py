@@ -54,9 +54,12 @@ from .retention import DEFAULT_WITHIN, Policy
               type=click.IntRange(1, MAX_KEEP), help="Keep the N newest snapshots.")
 @click.option("--keep-daily", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N",
               help="Keep the newest snapshot of each of the last N days.")
-@click.option("--keep-weekly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
-@click.option("--keep-monthly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
-@click.option("--keep-yearly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N")
+@click.option("--keep-weekly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N",
+              help="Likewise, of each of the last N ISO weeks.")
+@click.option("--keep-monthly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N",
+              help="Likewise, of each of the last N months.")
+@click.option("--keep-yearly", default=0, type=click.IntRange(0, MAX_KEEP), metavar="N",
+              help="Likewise, of each of the last N years.")
 @click.option("--attic-max", default="", metavar="SIZE",
               help="Let the oldest snapshots go while the attic is bigger (50G).")
 @click.option("--attic-days", default=None, metavar="DAYS", type=click.IntRange(0, MAX_ATTIC_DAYS),
