@@ -5,8 +5,8 @@
 Each CHECKOUT is a source tree with its compiled core built in place (a git
 worktree: `git worktree add /tmp/a REV`, then `python setup.py build_ext
 --inplace` there, or copy the .so when the .pyx did not change). A tree of
-100,000 small files is made once under /tmp/scanab; a first scan gives the
-previous snapshot; then each build scans against it, alternating which goes
+100,000 small files is made once under /tmp/scanab; a first scan by each
+build gives its previous snapshot; then each build scans against it, alternating which goes
 first (no change), and again after a day (a folder of 10,000 files renamed,
 400 files given new modes). Prints the medians and B/A. Only scan() is
 timed: no remote, no commit. Run it with nothing else on the machine.
@@ -59,10 +59,11 @@ def scan_once(checkout: str, base: str, out: str) -> float | None:
     return json.loads(p.stdout)["t"] if p.stdout else None
 
 
-def by_turns(a: str, b: str, base: str, rounds: int, into: dict[str, list[float]]) -> None:
+def by_turns(a: str, b: str, bases: dict[str, str], rounds: int,
+             into: dict[str, list[float]]) -> None:
     for r in range(rounds):
         for c in (a, b) if r % 2 == 0 else (b, a):
-            t = scan_once(c, base, f"{TOP}/out.jsonl")
+            t = scan_once(c, bases[c], f"{TOP}/out.jsonl")
             assert t is not None
             into[c].append(t)
 
@@ -74,9 +75,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     make_tree()
-    base = f"{TOP}/base.jsonl"
-    time.sleep(2.5)  # no file modified within the racy window of the first scan
-    scan_once(args.a, "-", base)
+    # Each build's own previous snapshot: the two may write different formats.
+    bases = {args.a: f"{TOP}/base-a.jsonl", args.b: f"{TOP}/base-b.jsonl"}
+    time.sleep(2.5)  # no file modified within the racy window of the first scans
+    for c, base in bases.items():
+        scan_once(c, "-", base)
     time.sleep(2.5)
     results = {}
     for name in ("no change", "a day"):
@@ -86,7 +89,7 @@ def main() -> None:
                 for f in range(0, 500, 5):
                     os.chmod(f"{TREE}/d1/e{d}/f{f}", 0o600)
         times: dict[str, list[float]] = {args.a: [], args.b: []}
-        by_turns(args.a, args.b, base, args.rounds, times)
+        by_turns(args.a, args.b, bases, args.rounds, times)
         results[name] = times
     os.rename(f"{TREE}/d0-renamed", f"{TREE}/d0")
     for d in range(20, 24):

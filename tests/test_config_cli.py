@@ -36,7 +36,7 @@ def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
     env, src, dst = dirs
     env.run("add", "photos", src, dst, "--exclude", "*.tmp", "--exclude", "cache/",
             "--max-delete", "10%", "--cross-file-systems", "--keep", "5", "--attic-days", "14",
-            check=0)
+            "--no-acls", check=0)
     env.run("add", "b2", src / ".." / "src", dst.parent / "other", check=2)  # no such remote
     (dst.parent / "other").mkdir()
     env.run("add", "b2", src / ".." / "src", dst.parent / "other", "--max-delete", "500", check=0)
@@ -46,11 +46,12 @@ def test_config_round_trip(dirs: tuple[Env, Path, Path]) -> None:
         "source": str(src), "remote": str(dst), "exclude": ["*.tmp", "cache/"],
         "max_delete": "10%", "one_file_system": False, "jobs": 0, "patch_in_place": True,
         "keep_last": 5, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, "keep_yearly": 0,
-        "keep_within": "14d", "attic_max": "", "change_guard": True}
+        "keep_within": "14d", "attic_max": "", "change_guard": True, "owners": True,
+        "xattrs": True, "acls": False, "hard_links": True}
     assert data["blocks"]["b2"]["source"] == str(src)  # absolute and normalised
     cfg = Config.load(str(env.config))
     assert cfg.blocks["photos"] == Block("photos", str(src), str(dst), ["*.tmp", "cache/"], "10%",
-                                         False, keep_last=5, keep_within="14d")
+                                         False, keep_last=5, keep_within="14d", acls=False)
     assert cfg.blocks["b2"].delete_limit(10_000) == 500
     assert cfg.blocks["photos"].delete_limit(1000) == 100
     before = env.config.read_bytes()

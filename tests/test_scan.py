@@ -31,16 +31,19 @@ DIGEST = "ab" * 16
 
 
 def walked(path: bytes = b"a/f", kind: int = scanner.FILE, size: int = 100, mtime: int = OLD,
-           mode: int = 0o100644, ino: int = 7, dev: int = 1, extra: bytes | None = None) -> tuple:
-    return (path, kind, size, mtime, mode, ino, dev, extra)
+           mode: int = 0o100644, ino: int = 7, dev: int = 1, extra: bytes | None = None,
+           uid: int = 1000, gid: int = 100, ctime: int = OLD, nlink: int = 1) -> tuple:
+    return (path, kind, size, mtime, mode, ino, dev, extra, uid, gid, ctime, nlink)
 
 
 def previous(w: tuple, **changes: object) -> dict:
     """The decoded snapshot line that records w (with changes)."""
-    path, kind, size, mtime, mode, ino, dev, extra = w
-    e = {scanner.FILE: Entry(path, "file", size, mtime, mode, ino, dev, DIGEST),
-         scanner.DIR: Entry(path, "dir", 0, mtime, mode, ino, dev),
-         scanner.SYMLINK: Entry(path, "symlink", size, mtime, mode, ino, dev, target=extra)}[kind]
+    path, kind, size, mtime, mode, ino, dev, extra, uid, gid, ctime, nlink = w
+    more = dict(uid=uid, gid=gid, ctime_ns=ctime)
+    e = {scanner.FILE: Entry(path, "file", size, mtime, mode, ino, dev, DIGEST, nlink=nlink, **more),
+         scanner.DIR: Entry(path, "dir", 0, mtime, mode, ino, dev, **more),
+         scanner.SYMLINK: Entry(path, "symlink", size, mtime, mode, ino, dev, target=extra,
+                                **more)}[kind]
     d = entry_to_dict(e)
     d.update(changes)
     return d
@@ -133,18 +136,21 @@ def test_a_new_path_with_a_known_inode_takes_the_digest_found_there() -> None:
     assert asked == [b"renamed/f", b"renamed/g"]
 
 
-@pytest.mark.parametrize("change", [None, "size", "mtime", "mode", "ino", "dev", "racy"])
+@pytest.mark.parametrize("change", [None, "size", "mtime", "mode", "ino", "dev", "uid", "gid",
+                                    "ctime", "nlink", "racy"])
 def test_the_same_line_tier_holds_only_for_the_very_line(change: str | None) -> None:
     """scanner.line_same (the compiled core's or its twin's): the previous line,
     not decoded, records exactly what the walk found."""
     w = walked()
     line = orjson.dumps(previous(w)) + b"\n"
     if change is None:
-        assert scanner.line_same(line, w, RACY)
+        assert scanner.line_same(line, w, RACY, RACY, True)
         return
     if change == "racy":
-        assert not scanner.line_same(line, w, OLD)  # modified at or after the bound
+        assert not scanner.line_same(line, w, OLD, RACY, True)  # modified at or after the bound
+        assert not scanner.line_same(line, w, RACY, OLD, True)  # its status changed, likewise
         return
-    i = {"size": 2, "mtime": 3, "mode": 4, "ino": 5, "dev": 6}[change]
+    i = {"size": 2, "mtime": 3, "mode": 4, "ino": 5, "dev": 6, "uid": 8, "gid": 9, "ctime": 10,
+         "nlink": 11}[change]
     other = w[:i] + (w[i] + 1,) + w[i + 1:]
-    assert not scanner.line_same(line, other, RACY)
+    assert not scanner.line_same(line, other, RACY, RACY, True)

@@ -201,9 +201,10 @@ def test_walk_reports_metadata_kinds_and_link_targets(scan: ModuleType, tmp_path
         sock.close()
 
     for rel, entry in entries.items():
-        path, kind, size, mtime_ns, mode, ino, dev, extra = entry
+        path, kind, size, mtime_ns, mode, ino, dev, extra, uid, gid, ctime_ns, nlink = entry
         st = os.lstat(tmp_path / os.fsdecode(rel))
         assert (mtime_ns, mode, ino, dev) == (st.st_mtime_ns, st.st_mode, st.st_ino, st.st_dev)
+        assert (uid, gid, ctime_ns, nlink) == (st.st_uid, st.st_gid, st.st_ctime_ns, st.st_nlink)
         if kind == FILE:
             assert size == st.st_size and extra is None
         elif kind == SYMLINK:
@@ -232,7 +233,7 @@ def test_walk_root_errors(scan: ModuleType, tmp_path: Path) -> None:
         list(scan.walk(os.fsencode(tmp_path / "missing")))
     touch(tmp_path / "plain", b"x")
     assert list(scan.walk(os.fsencode(tmp_path / "plain"))) == [
-        (b"", ERROR, 0, 0, 0, 0, 0, errno.ENOTDIR)
+        (b"", ERROR, 0, 0, 0, 0, 0, errno.ENOTDIR, 0, 0, 0, 0)
     ]
     assert list(scan.walk(os.fsencode(tmp_path))) == list(scan.walk(os.fsencode(tmp_path) + b"/"))
 
@@ -542,22 +543,38 @@ def test_line_path_reads_canonical_lines_only(scan: ModuleType) -> None:
 
 
 def test_line_same_accepts_exactly_the_matching_record(scan: ModuleType) -> None:
-    w = (b"a/f", FILE, 5, 1_700_000_000_123_456_789, 0o100644, 2**63 + 5, 2**40, None)
-    fields = dict(size=5, mtime_ns=w[3], mode=0o100644, ino=w[5], dev=w[6])
+    w = (b"a/f", FILE, 5, 1_700_000_000_123_456_789, 0o100644, 2**63 + 5, 2**40, None,
+         1000, 100, 1_700_000_000_223_456_789, 1)
+    c = w[10] + 1  # the ctime bound
+    fields = dict(size=5, mtime_ns=w[3], mode=0o100644, ino=w[5], dev=w[6], uid=1000, gid=100,
+                  ctime_ns=w[10])
     good = _line(b"a/f", "file", digest=D1, **fields)
-    assert scan.line_same(good, w, w[3] + 1)
+    assert scan.line_same(good, w, w[3] + 1, c, True)
     chunked = _line(b"a/f", "file", digest=D1, chunks=(D1, D2, D1), **fields)
-    assert scan.line_same(chunked, w, w[3] + 1)
+    assert scan.line_same(chunked, w, w[3] + 1, c, True)
     # Racy (modified too close to the last scan) or --checksum: re-read.
-    assert not scan.line_same(good, w, w[3])
-    assert not scan.line_same(good, w, -(2**63))
+    assert not scan.line_same(good, w, w[3], c, True)
+    assert not scan.line_same(good, w, -(2**63), c, True)
+    # A status change too close to the last scan: its xattrs are read again.
+    assert not scan.line_same(good, w, w[3] + 1, w[10], True)
     # Any recorded field that differs, or a missing digest.
-    for change in ({"size": 6}, {"mtime_ns": w[3] - 1}, {"mode": 0o100600}, {"ino": 1}, {"dev": 1}):
+    for change in ({"size": 6}, {"mtime_ns": w[3] - 1}, {"mode": 0o100600}, {"ino": 1}, {"dev": 1},
+                   {"uid": 0}, {"gid": 0}, {"ctime_ns": w[10] - 1}, {"nlink": 2}):
         assert not scan.line_same(_line(b"a/f", "file", digest=D1, **{**fields, **change}),
-                                  w, w[3] + 1), change
-    assert not scan.line_same(_line(b"a/f", "file", **fields), w, w[3] + 1)
+                                  w, w[3] + 1, c, True), change
+    assert not scan.line_same(_line(b"a/f", "file", **fields), w, w[3] + 1, c, True)
     assert not scan.line_same(_line(b"a/f", "dir", mtime_ns=w[3], mode=0o40755, ino=w[5], dev=w[6]),
-                              w, w[3] + 1)
+                              w, w[3] + 1, c, True)
+    # Hard links: the count is part of the record where links are kept, and only there.
+    linked = w[:11] + (3,)
+    line3 = _line(b"a/f", "file", digest=D1, nlink=3, **fields)
+    assert scan.line_same(line3, linked, w[3] + 1, c, True)
+    assert not scan.line_same(good, linked, w[3] + 1, c, True)
+    assert scan.line_same(good, linked, w[3] + 1, c, False)
+    assert not scan.line_same(line3, linked, w[3] + 1, c, False)
+    # Extended attributes: never passed through unread.
+    assert not scan.line_same(_line(b"a/f", "file", digest=D1, xattrs=((b"user.a", b"1"),),
+                                    **fields), w, w[3] + 1, c, True)
     # A damaged digest or chunk list is never passed through unread.
     for bad in (good.replace(D1.encode(), D1[:-1].encode() + b"g"),
                 good.replace(D1.encode(), D1[:-1].encode()),
@@ -565,19 +582,21 @@ def test_line_same_accepts_exactly_the_matching_record(scan: ModuleType) -> None
                 good[:-1],
                 chunked.replace(b"]}", b"}"),
                 chunked.replace(b'","' + D2.encode(), b'",' + D2.encode())):
-        assert not scan.line_same(bad, w, w[3] + 1), bad
+        assert not scan.line_same(bad, w, w[3] + 1, c, True), bad
 
 
 def test_line_same_for_folders_links_and_other_kinds(scan: ModuleType) -> None:
-    d = (b"d", DIR, 0, -5, 0o40755, 7, 8, None)
-    line = _line(b"d", "dir", mtime_ns=-5, mode=0o40755, ino=7, dev=8)
-    assert scan.line_same(line, d, 0)  # folders are never racy
-    assert not scan.line_same(line[:-2] + b',"digest":"x"}\n', d, 0)
-    assert not scan.line_same(_line(b"d", "dir", mtime_ns=-5, mode=0o40700, ino=7, dev=8), d, 0)
-    link = (b"d", SYMLINK, 1, -5, 0o120777, 7, 8, b"t")
+    d = (b"d", DIR, 0, -5, 0o40755, 7, 8, None, 0, 0, -3, 2)
+    line = _line(b"d", "dir", mtime_ns=-5, mode=0o40755, ino=7, dev=8, uid=0, gid=0, ctime_ns=-3)
+    assert scan.line_same(line, d, 0, 0, True)  # a folder's mtime is never racy
+    assert not scan.line_same(line, d, 0, -3, True)  # (its ctime is)
+    assert not scan.line_same(line[:-2] + b',"digest":"x"}\n', d, 0, 0, True)
+    assert not scan.line_same(_line(b"d", "dir", mtime_ns=-5, mode=0o40700, ino=7, dev=8, uid=0,
+                                    gid=0, ctime_ns=-3), d, 0, 0, True)
+    link = (b"d", SYMLINK, 1, -5, 0o120777, 7, 8, b"t", 0, 0, -3, 1)
     assert not scan.line_same(_line(b"d", "symlink", mtime_ns=-5, mode=0o120777, ino=7, dev=8,
-                                    target=b"t"), link, 0)  # links are compared decoded
-    assert not scan.line_same(line, (b"d", ERROR, 0, 0, 0, 0, 0, 13), 0)
+                                    target=b"t", uid=0, gid=0, ctime_ns=-3), link, 0, 0, True)
+    assert not scan.line_same(line, (b"d", ERROR, 0, 0, 0, 0, 0, 13, 0, 0, 0, 0), 0, 0, True)
 
 
 def test_line_functions_agree_between_implementations() -> None:
@@ -591,30 +610,41 @@ def test_line_functions_agree_between_implementations() -> None:
     for _ in range(3000):
         kind = rng.choice(["file", "dir"])
         vals = [rng.choice([0, 1, 2**31, 2**63 - 1]) for _ in range(4)]
+        ids = [rng.choice([0, 1, 2**32 - 1]) for _ in range(2)]
         mtime = rng.choice([-(2**62), -1, 0, 10**18])
+        ctime = rng.choice([-1, 5, 10**18])  # (0: not recorded)
+        nlink = rng.choice([1, 1, 2, 7]) if kind == "file" else 1
         e = dict(size=vals[0] if kind == "file" else 0, mtime_ns=mtime, mode=vals[1],
-                 ino=vals[2], dev=vals[3])
+                 ino=vals[2], dev=vals[3], uid=ids[0], gid=ids[1], ctime_ns=ctime, nlink=nlink)
         if kind == "file" and rng.random() < 0.9:
             e["digest"] = rng.choice([D1, D2])
             if rng.random() < 0.3:
                 e["chunks"] = tuple(rng.choice([D1, D2]) for _ in range(rng.randint(1, 3)))
         path = rng.choice(names)
         line = _line(path, kind, **e)
-        w = [path, FILE if kind == "file" else DIR, e["size"], mtime, vals[1], vals[2], vals[3], None]
+        want = [path, FILE if kind == "file" else DIR, e["size"], mtime, vals[1], vals[2], vals[3],
+                None, ids[0], ids[1], ctime, nlink]
+        w = list(want)
         if rng.random() < 0.5:
-            i = rng.choice([2, 3, 4, 5, 6] if kind == "file" else [3, 4, 5, 6])  # (a folder has no size)
+            # (a folder has no size, and its link count is not recorded)
+            i = rng.choice([2, 3, 4, 5, 6, 8, 9, 10, 11] if kind == "file" else [3, 4, 5, 6, 8, 9, 10])
             w[i] = w[i] + 1 if w[i] < 2**63 - 1 else 0
         if rng.random() < 0.1:
             w[1] = DIR if w[1] == FILE else FILE
         bound = rng.choice([-(2**63), mtime, mtime + 1, 2**63 - 1])
-        answers = {(m.line_path(line), m.line_same(line, tuple(w), bound)) for m in (py, fast)}
+        cbound = rng.choice([ctime, ctime + 1, 2**63 - 1])
+        links = rng.random() < 0.8
+        answers = {(m.line_path(line), m.line_same(line, tuple(w), bound, cbound, links))
+                   for m in (py, fast)}
         assert len(answers) == 1, (line, w, bound, answers)
         (got_path, same), = answers
         canonical = b'"' not in path and path != b"\xfe"
         assert got_path == (path if canonical else None)
         if canonical:
-            expect = (tuple(w) == (path, FILE if kind == "file" else DIR, e["size"], mtime, vals[1],
-                                   vals[2], vals[3], None)
+            # The link count is compared only where links are kept (and recorded
+            # only above one); a line that records one never matches where they are not.
+            same_links = (w[11] == nlink if links else nlink == 1) or kind == "dir"
+            expect = (w[:11] == want[:11] and same_links and w[10] < cbound
                       and (kind == "dir" or ("digest" in e and mtime < bound)))
             assert same == expect, (line, w, bound)
 

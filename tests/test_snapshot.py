@@ -159,7 +159,7 @@ def test_corruption_is_detected(tmp_path: Path, damage) -> None:
 
 
 @pytest.mark.parametrize("change, says", [
-    ({"version": 2}, "newer"),
+    ({"version": 3}, "newer"),
     ({"version": "1"}, "version"),
     ({"format": "something-else"}, "not a btsoot snapshot"),
     ({"hash": "sha1"}, "hash"),
@@ -206,9 +206,58 @@ def test_backup_stops_on_a_damaged_committed_snapshot(block: tuple[Env, Path, Pa
         snap.write_bytes(head + b"\n" + rest.replace(b'"}\n', b'}\n', 1))
     else:
         head, rest = data.split(b"\n", 1)
-        snap.write_bytes(head.replace(b'"version":1', b'"version":99') + b"\n" + rest)
+        snap.write_bytes(head.replace(b'"version":2', b'"version":99') + b"\n" + rest)
     (src / "new").write_bytes(b"new")
     before = sorted(os.listdir(dst))
     p = env.run("backup", "b", check=8)
     assert len(p.stderr.strip().splitlines()) == 1 and str(snap) in p.stderr
     assert sorted(os.listdir(dst)) == before
+
+
+def _as_version_1(data: bytes) -> bytes:
+    """A snapshot as btsoot wrote it before owners, ctime, links and xattrs."""
+    head, *lines = data.splitlines()
+    h = orjson.loads(head)
+    h["version"] = 1
+    h.pop("root", None)
+    out = [orjson.dumps(h)]
+    for line in lines:
+        d = orjson.loads(line)
+        for k in ("ctime", "uid", "gid", "nlink", "xattrs"):
+            d.pop(k, None)
+        d.pop("names", None)
+        out.append(orjson.dumps(d))
+    return b"\n".join(out) + b"\n"
+
+
+def test_a_version_1_snapshot_is_read_and_carried_on(block: tuple[Env, Path, Path],
+                                                     tmp_path: Path) -> None:
+    """Snapshots written before version 2 read with owners "not recorded"; the
+    next backup starts from them without sending or changing anything, records
+    the new fields, and a restore is exact."""
+    env, src, dst = block
+    (src / "d").mkdir()
+    for i in range(4):
+        (src / "d" / f"f{i}").write_bytes(b"%d" % i * 100)
+    os.chown(src / "d" / "f1", 1234, 2345)
+    env.run("backup", "b", check=0)
+    (snap,) = (env.state / "blocks/b/snapshots").iterdir()
+    old = _as_version_1(snap.read_bytes())
+    assert b'"uid"' not in old and b'"version":1' in old
+    snap.write_bytes(old)
+    with SnapshotReader(str(snap)) as r:
+        entries = list(r)
+    assert r.header.id and len(entries) == 5
+    assert all(e.uid is None and e.gid is None and e.xattrs is None for e in entries)
+
+    p = env.run("backup", "b", "--json", check=0)
+    out = json.loads(p.stdout)
+    assert out["bytes_sent"] == 0 and not out["operations"], out
+    new = max((env.state / "blocks/b/snapshots").iterdir())
+    with SnapshotReader(str(new)) as r:
+        by_path = {e.path: e for e in r}
+    assert by_path[b"d/f1"].uid == 1234
+    assert by_path[b"d/f1"].gid == 2345 and by_path[b"d/f0"].ctime_ns > 0
+    env.run("restore", "b", "--to", tmp_path / "back", check=0)
+    assert os.stat(tmp_path / "back" / "d" / "f1").st_uid == 1234
+    assert (tmp_path / "back" / "d" / "f3").read_bytes() == b"3" * 100

@@ -63,7 +63,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_READ
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc cimport errno as c_errno
-from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, errno
+from libc.errno cimport EINTR, EINVAL, EISDIR, ENOMEM, EPERM, errno
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy, strcmp, strlen
@@ -136,6 +136,10 @@ cdef struct Entry:
     long long mtime_ns
     unsigned long long ino
     unsigned long long dev
+    unsigned int uid
+    unsigned int gid
+    long long ctime_ns
+    unsigned long long nlink
     char* target        # malloc'd link target, symlinks only
     size_t targetlen
 
@@ -208,6 +212,10 @@ cdef void _stat_entry(int fd, Entry* e) noexcept nogil:
     e.mtime_ns = _mtime_ns(&st)
     e.ino = st.st_ino
     e.dev = st.st_dev
+    e.uid = st.st_uid
+    e.gid = st.st_gid
+    e.ctime_ns = <long long>st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec
+    e.nlink = st.st_nlink
     if S_ISLNK(st.st_mode):
         _read_link(fd, e)
 
@@ -304,7 +312,7 @@ cdef inline bytes _join(bytes prefix, const char* name, size_t n):
 
 
 cdef inline tuple _error(bytes rel, int err):
-    return (rel, K_ERROR, 0, 0, 0, 0, 0, err)
+    return (rel, K_ERROR, 0, 0, 0, 0, 0, err, 0, 0, 0, 0)
 
 
 cdef bytes _as_path(object path):
@@ -481,9 +489,11 @@ cdef class _Walk:
             if self.exclude is not None and self.exclude(rel, is_dir):
                 continue
             if S_ISREG(e.mode):
-                return (rel, K_FILE, e.size, e.mtime_ns, e.mode, e.ino, e.dev, None)
+                return (rel, K_FILE, e.size, e.mtime_ns, e.mode, e.ino, e.dev, None,
+                        e.uid, e.gid, e.ctime_ns, e.nlink)
             if is_dir:
-                t = (rel, K_DIR, 0, e.mtime_ns, e.mode, e.ino, e.dev, None)
+                t = (rel, K_DIR, 0, e.mtime_ns, e.mode, e.ino, e.dev, None,
+                     e.uid, e.gid, e.ctime_ns, e.nlink)
                 if self.one_file_system and e.dev != self.root_dev:
                     return t
                 # Pre-order: list the children now, hand them out next. `e` and
@@ -500,12 +510,15 @@ cdef class _Walk:
                 if e.link_err != 0:
                     return _error(rel, e.link_err)
                 return (rel, K_SYMLINK, e.size, e.mtime_ns, e.mode, e.ino, e.dev,
-                        PyBytes_FromStringAndSize(e.target, e.targetlen))
-            return (rel, K_SPECIAL, 0, e.mtime_ns, e.mode, e.ino, e.dev, None)
+                        PyBytes_FromStringAndSize(e.target, e.targetlen),
+                        e.uid, e.gid, e.ctime_ns, e.nlink)
+            return (rel, K_SPECIAL, 0, e.mtime_ns, e.mode, e.ino, e.dev, None,
+                    e.uid, e.gid, e.ctime_ns, e.nlink)
 
 
 def walk(root, one_file_system=True, exclude=None):
-    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra) for every entry below root."""
+    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra, uid, gid, ctime_ns, nlink)
+    for every entry below root."""
     if not isinstance(root, bytes):
         raise TypeError(f"root must be bytes, not {type(root).__name__}")
     return _Walk(_as_path(root), bool(one_file_system), exclude)
@@ -748,31 +761,43 @@ def line_path(bytes line):
     return None
 
 
-def line_same(bytes line, tuple w, long long racy_before):
+def line_same(bytes line, tuple w, long long racy_before, long long ctime_before, bint links):
     """Is `line` (whose path the caller has matched to w's) the canonical record
     of walk tuple w, field for field? Files must also carry a digest and have
-    an mtime before racy_before. Only files and folders can answer True."""
+    an mtime before racy_before; files and folders a ctime before ctime_before
+    (else their extended attributes are read again). links: a file's link count
+    is recorded when above one. Only files and folders can answer True."""
     cdef const char* s = PyBytes_AS_STRING(line)
     cdef Py_ssize_t n = len(line)
     cdef Py_ssize_t off = _PATH_PREFIX_LEN + len(<bytes>w[0])
     cdef int kind = w[1]
     cdef long long mtime = w[3]
-    cdef char buf[200]
+    cdef long long ctime = w[10]
+    cdef unsigned long long nlink = w[11]
+    cdef char buf[400]
     cdef int k
+    if ctime >= ctime_before:
+        return False
     if kind == K_FILE:
         if mtime >= racy_before:
             return False
         k = snprintf(buf, sizeof(buf),
-                     b'","type":"file","size":%lld,"mtime":%lld,"mode":%lld,"ino":%llu,"dev":%llu,'
-                     b'"digest":"',
-                     <long long>w[2], mtime, <long long>w[4],
+                     b'","type":"file","size":%lld,"mtime":%lld,"ctime":%lld,"mode":%lld,'
+                     b'"uid":%llu,"gid":%llu,"ino":%llu,"dev":%llu,',
+                     <long long>w[2], mtime, ctime, <long long>w[4],
+                     <unsigned long long>w[8], <unsigned long long>w[9],
                      <unsigned long long>w[5], <unsigned long long>w[6])
+        if links and nlink > 1:
+            k += snprintf(buf + k, sizeof(buf) - k, b'"nlink":%llu,', nlink)
+        k += snprintf(buf + k, sizeof(buf) - k, b'"digest":"')
         return (off + k <= n and memcmp(s + off, buf, k) == 0
                 and _digest_tail(s + off + k, n - off - k))
     if kind == K_DIR:
         k = snprintf(buf, sizeof(buf),
-                     b'","type":"dir","mtime":%lld,"mode":%lld,"ino":%llu,"dev":%llu}\n',
-                     mtime, <long long>w[4], <unsigned long long>w[5], <unsigned long long>w[6])
+                     b'","type":"dir","mtime":%lld,"ctime":%lld,"mode":%lld,"uid":%llu,"gid":%llu,'
+                     b'"ino":%llu,"dev":%llu}\n',
+                     mtime, ctime, <long long>w[4], <unsigned long long>w[8],
+                     <unsigned long long>w[9], <unsigned long long>w[5], <unsigned long long>w[6])
         return off + k == n and memcmp(s + off, buf, k) == 0
     return False
 
@@ -812,6 +837,10 @@ cdef int _write_out(int dfd, const char* tmp, const char* final, const char* buf
         done += <size_t>w
     if err == 0 and fchmod(fd, mode & 0o7777) != 0:
         err = errno
+        # A remote that refuses set-id bits (exFAT): the rest of the mode, the
+        # snapshot keeps them all.
+        if err == EPERM and mode & 0o6000 and fchmod(fd, mode & 0o1777) == 0:
+            err = 0
     if err == 0:
         times[0].tv_sec = mtime_ns // 1000000000
         times[0].tv_nsec = mtime_ns % 1000000000

@@ -32,7 +32,8 @@ def walk(
     one_file_system: bool = True,
     exclude: Callable[[bytes, bool], bool] | None = None,
 ) -> Iterator[tuple]:
-    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra) for every entry below root.
+    """Yield (path, kind, size, mtime_ns, mode, ino, dev, extra, uid, gid, ctime_ns,
+    nlink) for every entry below root.
 
     path is relative to root (bytes). extra is the link target for SYMLINK,
     the errno for ERROR, else None. The root itself is not yielded. A
@@ -46,7 +47,7 @@ def walk(
     try:
         names = sorted(os.listdir(root))
     except OSError as e:
-        yield (b"", ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+        yield (b"", ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO, 0, 0, 0, 0)
         return
     stack.append((b"", iter(names)))
     short = ShortPaths()  # paths beyond PATH_MAX go through a folder descriptor
@@ -70,33 +71,37 @@ def _walk(root: bytes, root_dev: int, stack: list[tuple[bytes, Iterator[bytes]]]
         try:
             st = os.lstat(full)
         except OSError as e:
-            yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+            yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO, 0, 0, 0, 0)
             continue
         m = st.st_mode
         is_dir = stat.S_ISDIR(m)
         if exclude is not None and exclude(rel, is_dir):
             continue
         if stat.S_ISREG(m):
-            yield (rel, FILE, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+            yield (rel, FILE, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, None, *_more(st))
         elif is_dir:
-            yield (rel, DIR, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+            yield (rel, DIR, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None, *_more(st))
             if one_file_system and st.st_dev != root_dev:
                 continue
             try:
                 children = _list_subdir(full)
             except OSError as e:
-                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO, 0, 0, 0, 0)
                 continue
             stack.append((rel + b"/", iter(children)))
         elif stat.S_ISLNK(m):
             try:
                 target = os.readlink(full)
             except OSError as e:
-                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO)
+                yield (rel, ERROR, 0, 0, 0, 0, 0, e.errno or _errno.EIO, 0, 0, 0, 0)
                 continue
-            yield (rel, SYMLINK, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, target)
+            yield (rel, SYMLINK, st.st_size, st.st_mtime_ns, m, st.st_ino, st.st_dev, target, *_more(st))
         else:
-            yield (rel, SPECIAL, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None)
+            yield (rel, SPECIAL, 0, st.st_mtime_ns, m, st.st_ino, st.st_dev, None, *_more(st))
+
+
+def _more(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_uid, st.st_gid, st.st_ctime_ns, st.st_nlink
 
 
 def _list_subdir(path: bytes) -> list[bytes]:
@@ -188,20 +193,28 @@ def line_path(line: bytes) -> bytes | None:
     return None if b"\\" in path else path
 
 
-def line_same(line: bytes, w: tuple, racy_before: int) -> bool:
+def line_same(line: bytes, w: tuple, racy_before: int, ctime_before: int, links: bool) -> bool:
     """Is line (whose path the caller matched to w[0]) the canonical record of
     walk tuple w, field for field? Files must also carry a digest and have an
-    mtime before racy_before. Only files and folders can answer True."""
+    mtime before racy_before; files and folders a ctime before ctime_before
+    (else their extended attributes are read again). links: a file's link
+    count is recorded when above one. Only files and folders can answer True."""
     off = 9 + len(w[0])
     kind = w[1]
+    if w[10] >= ctime_before:
+        return False
     if kind == FILE:
         if w[3] >= racy_before:
             return False
-        want = b'","type":"file","size":%d,"mtime":%d,"mode":%d,"ino":%d,"dev":%d,"digest":"' % (
-            w[2], w[3], w[4], w[5], w[6])
+        want = (b'","type":"file","size":%d,"mtime":%d,"ctime":%d,"mode":%d,"uid":%d,"gid":%d,'
+                b'"ino":%d,"dev":%d,' % (w[2], w[3], w[10], w[4], w[8], w[9], w[5], w[6]))
+        if links and w[11] > 1:
+            want += b'"nlink":%d,' % w[11]
+        want += b'"digest":"'
         return line.startswith(want, off) and _DIGEST_TAIL.fullmatch(line, off + len(want)) is not None
     if kind == DIR:
-        want = b'","type":"dir","mtime":%d,"mode":%d,"ino":%d,"dev":%d}\n' % (w[3], w[4], w[5], w[6])
+        want = b'","type":"dir","mtime":%d,"ctime":%d,"mode":%d,"uid":%d,"gid":%d,"ino":%d,"dev":%d}\n' % (
+            w[3], w[10], w[4], w[8], w[9], w[5], w[6])
         return len(line) == off + len(want) and line.endswith(want)
     return False
 
@@ -255,7 +268,12 @@ def copy_small(src: bytes, dir_fd: int, tmp: bytes, final: bytes, size: int, mti
             view = memoryview(data)
             while view:
                 view = view[os.write(out, view):]
-            os.fchmod(out, mode & 0o7777)
+            try:
+                os.fchmod(out, mode & 0o7777)
+            except PermissionError:
+                if not mode & 0o6000:  # (set-id bits some remotes refuse: see _fastscan)
+                    raise
+                os.fchmod(out, mode & 0o1777)
             os.utime(out, ns=(mtime_ns, mtime_ns))
             if sync:
                 os.fsync(out)

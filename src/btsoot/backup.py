@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import events, mounts
+from . import events, meta, mounts
 from . import profile as profiles
 from . import remote as rmt
 from .config import Block
@@ -41,7 +41,16 @@ from .plan import Plan, make_plan
 from .remotefs import Remote
 from .retention import Policy, select
 from .scan import ScanStats, scan
-from .snapshot import DIR, Entry, Header, SnapshotReader, SnapshotWriter, new_id, sort_key
+from .snapshot import (
+    DIR,
+    Entry,
+    Header,
+    SnapshotReader,
+    SnapshotWriter,
+    new_id,
+    read_names,
+    sort_key,
+)
 from .state import BlockState, Head, Lock
 from .transfer import syncfs
 
@@ -252,6 +261,14 @@ def change_weight(plan: Plan) -> int:
     return plan.modified_files + plan.deleted_files + plan.stale_changes
 
 
+def remote_meta(block: Block, prof: profiles.Profile) -> meta.Apply:
+    """The owners and xattrs the remote gets: what the block keeps and the remote
+    can hold (the snapshot records them either way)."""
+    return meta.Apply(owners=block.owners and prof.owners,
+                      xattrs=block.xattrs and prof.xattrs,
+                      acls=block.acls and prof.acls)
+
+
 def mass_change_guard(plan: Plan, runs: list[dict[str, Any]]) -> None:
     """GuardError if plan changes far more than the recent runs (newest first) did."""
     weights = sorted(r["change_weight"] for r in runs
@@ -394,6 +411,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             # from, so new files are hashed while they are sent, not read twice.
             hash_new=base is not None or dry_run,
             on_progress=(lambda s: progress("scan", s)) if progress else None,
+            keep=block.keep(),
         )
     finally:
         if prev_reader:
@@ -415,10 +433,12 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     if progress:
         progress("phase", "plan")
     history = Policy.of(block).history  # old content goes to the attic, not away
+    how = remote_meta(block, prof)
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
                      patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
                      attic=history,
-                     stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9)
+                     stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9,
+                     links=block.hard_links, held=(how.owners, how.xattrs))
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -453,7 +473,9 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,
                           sync_files=not prof.sync_reaches_disk,
-                          history=history, clones=prof.clones).run(plan)
+                          history=history, clones=prof.clones, how=how,
+                          hard_links=prof.hard_links).run(plan)
+            res.notices.extend(f"remote: {line}" for line in ex.misses.lines())
             if ex.attic:
                 _record_attic(block, remote, ex.attic, base_id, ex.undo)
             _cleanup_meta(remote)
@@ -727,7 +749,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         )
         try:
             if full:
-                meta_bytes = rmt.write_full(remote, hdr, _read(out))
+                meta_bytes = rmt.write_full(remote, hdr, _read(out), read_names(out))
                 rmt.write_guide(remote)
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:

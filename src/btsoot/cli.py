@@ -64,11 +64,19 @@ from .retention import DEFAULT_WITHIN, Policy
               help="Let the oldest snapshots go while the attic is bigger (50G).")
 @click.option("--attic-days", default=None, metavar="DAYS", type=click.IntRange(0, MAX_ATTIC_DAYS),
               hidden=True)  # the older name of --keep-within DAYSd
+@click.option("--no-owners", is_flag=True,
+              help="Do not give the remote's files their owners (still recorded).")
+@click.option("--no-xattrs", is_flag=True,
+              help="Neither record nor copy extended attributes (ACLs included).")
+@click.option("--no-acls", is_flag=True, help="Neither record nor copy POSIX ACLs.")
+@click.option("--no-hard-links", is_flag=True,
+              help="Treat hard links as separate files (each sent and restored on its own).")
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
         max_delete: str, one_file_system: bool, keep_within: str, keep_last: int,
         keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
-        attic_max: str, attic_days: int | None) -> None:
+        attic_max: str, attic_days: int | None, no_owners: bool, no_xattrs: bool,
+        no_acls: bool, no_hard_links: bool) -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
@@ -91,7 +99,9 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
     cfg.blocks[name] = Block(name, src, dst, list(exclude), max_delete, one_file_system,
                              keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
                              keep_monthly=keep_monthly, keep_yearly=keep_yearly,
-                             keep_within=keep_within, attic_max=attic_max)
+                             keep_within=keep_within, attic_max=attic_max,
+                             owners=not no_owners, xattrs=not no_xattrs,
+                             acls=not (no_acls or no_xattrs), hard_links=not no_hard_links)
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
 

@@ -20,6 +20,7 @@ import tomli_w
 
 from .durable import atomic_write
 from .errors import ConfigError
+from .meta import Keep
 from .retention import DEFAULT_WITHIN, parse_size, parse_within
 
 if sys.version_info >= (3, 11):
@@ -78,6 +79,16 @@ class Block:
     # Stop a run that modifies or deletes far more files than this block's recent
     # runs did (see backup.mass_change_guard).
     change_guard: bool = True
+    # Metadata kept (meta.py): recorded in the snapshot and restored from it, and
+    # applied on the remote where it can hold them. Owners are always recorded
+    # (they cost nothing to read); `owners` says whether the remote gets them.
+    owners: bool = True
+    xattrs: bool = True
+    acls: bool = True
+    hard_links: bool = True
+
+    def keep(self) -> Keep:
+        return Keep(self.owners, self.xattrs, self.acls, self.hard_links)
 
     def delete_limit(self, files_before: int) -> int:
         n, pct = parse_max_delete(self.max_delete)
@@ -176,6 +187,10 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
              f"a whole number from 0 (automatic) to {MAX_JOBS}"),
     "patch_in_place": (False, lambda v: isinstance(v, bool), "true or false"),
     "change_guard": (False, lambda v: isinstance(v, bool), "true or false"),
+    "owners": (False, lambda v: isinstance(v, bool), "true or false"),
+    "xattrs": (False, lambda v: isinstance(v, bool), "true or false"),
+    "acls": (False, lambda v: isinstance(v, bool), "true or false"),
+    "hard_links": (False, lambda v: isinstance(v, bool), "true or false"),
     "attic_days": (False, lambda v: _is_int(v) and 0 <= v <= MAX_ATTIC_DAYS,  # type: ignore[operator]
                    f"a whole number of days from 0 (no attic) to {MAX_ATTIC_DAYS}"),
 }

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import events, scanner
+from . import events, meta, scanner
 from .errors import FatalIOError, SourceError
 from .journal import UNKNOWN_MTIME, Journal, op_record
 from .longpath import ShortPaths
@@ -31,6 +31,7 @@ from .ops import (
     STASH,
     Copy,
     Delete,
+    Link,
     Mkdir,
     Move,
     Op,
@@ -49,6 +50,8 @@ from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import (
     NotTheOld,
     SourceChanged,
+    _unlink_quiet,
+    apply_meta,
     clone_to,
     make_symlink,
     matches,
@@ -64,11 +67,13 @@ COPY_RETRIES = 3
 # Begin records announced (written and synced) at once: one sync of the journal
 # per this many puts or deletes.
 ANNOUNCE = 256
-_TRANSFERS, _DELETES = "transfers", "deletes"
+_TRANSFERS, _LINKS, _DELETES = "transfers", "links", "deletes"
 
 
 def _batch_kind(op: Op) -> str | None:
     """Runs of these are announced (see Executor._announce); other ops go one by one."""
+    if isinstance(op, Link):
+        return _LINKS  # after the transfers that place what they link to
     if isinstance(op, (Copy, RemoteCopy)):
         return _TRANSFERS
     if isinstance(op, (Delete, Rmdir, Retire)):
@@ -102,6 +107,8 @@ class ExecStats:
     attic: list[tuple[bytes, Entry]] = field(default_factory=list)
     # Of those, the undo records of files patched in place: what each applies to.
     undo: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    # Owners and xattrs the remote refused (its profile said it keeps them).
+    misses: meta.Misses = field(default_factory=meta.Misses)
 
 
 class Executor:
@@ -117,6 +124,8 @@ class Executor:
         sync_files: bool = False,
         history: bool = False,
         clones: bool = False,
+        how: meta.Apply = meta.NOTHING,
+        hard_links: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -147,6 +156,12 @@ class Executor:
         # the chunks the patch overwrites (transfer.write_undo).
         self.history = history
         self.clones = clones  # the remote can clone: the old version kept whole, at no cost
+        # Owners and xattrs the remote keeps (its profile and the block's switches);
+        # what it refuses all the same is counted, and reported once.
+        self.how = how
+        self.misses = self.stats.misses
+        self._mine = (os.geteuid(), os.getegid())
+        self.hard_links = hard_links  # the remote holds hard links (else Link copies)
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -162,7 +177,7 @@ class Executor:
                     j = i + 1
                     while kind is not None and j < len(ops) and _batch_kind(ops[j]) is kind:
                         j += 1
-                    if kind is _TRANSFERS:
+                    if kind is _TRANSFERS or kind is _LINKS:
                         self._transfers(pool, ops, i, j)
                     else:
                         for k in range(i, j):
@@ -418,7 +433,7 @@ class Executor:
             self._set_aside(op.dst)  # something stands where the content goes
             self.remote.rename(op.src, op.dst)
         if op.entry is not None and op.entry.kind == FILE:
-            set_attrs(self.remote, op.dst, op.entry)
+            set_attrs(self.remote, op.dst, op.entry, self.how, self.misses)
         self._placed(op.dst)
         return None
 
@@ -435,6 +450,7 @@ class Executor:
             self._set_aside(op.path)
             with self.remote.at(op.path) as (dfd, name):
                 make_symlink(dfd, tmp.rpartition(b"/")[2], name, op.entry)
+        self._new_meta(op.path, op.entry)
         self._placed(op.path)
 
     def _delete(self, op: Delete) -> None:
@@ -488,7 +504,7 @@ class Executor:
 
     def _set_attr(self, op: SetAttr) -> Callable[[], None] | None:
         try:
-            set_attrs(self.remote, op.path, op.entry)
+            set_attrs(self.remote, op.path, op.entry, self.how, self.misses)
         except Blocked:
             raise
         except OSError as e:
@@ -503,6 +519,41 @@ class Executor:
                 self._content_gone(op.path, op.entry)
             return after
         return None
+
+    def _new_meta(self, path: bytes, e: Entry) -> None:
+        """Give an entry this run just made its owner and xattrs (where the remote
+        keeps them): nothing to do for one of ours without xattrs."""
+        how = self.how
+        if not (how.owners or how.xattrs):
+            return
+        if how.want_owner(e) in (None, self._mine) and not how.want_xattrs(e):
+            return
+        apply_meta(self.remote, path, e, how, self.misses)
+
+    def _link(self, op: Link, tmp: bytes) -> bool:
+        """Make op.path another name of op.src (a hard link through tmp); False
+        where the remote will not (then the content is copied remote-side)."""
+        try:
+            with self.remote.at(op.src) as (sfd, sname), self.remote.at(op.path) as (dfd, name):
+                try:
+                    st = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False  # gone from the remote: the copy fetches it again
+                if not stat.S_ISREG(st.st_mode) or st.st_size != op.entry.size:
+                    return False
+                os.link(sname, tmp, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                try:
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except BaseException:
+                    _unlink_quiet(dfd, tmp)
+                    raise
+        except Blocked:
+            raise
+        except OSError as e:
+            if e.errno in _NO_HARD_LINK:
+                return False
+            raise
+        return True
 
     def _content_gone(self, path: bytes, e: Entry) -> None:
         """What a move (or an attribute change) should find at path is not on the
@@ -583,6 +634,15 @@ class Executor:
             with self._lock:
                 self.stats.unpatched += 1
         entry = op.entry
+        if isinstance(op, Link) and entry.digest is None:
+            # A first backup hashes while it sends: the member this one links to
+            # learnt the digest; without it (not sent), this one is sent itself.
+            done = self.stats.updated.get(op.src)
+            if done is not None and done.digest is not None:
+                entry = replace(entry, digest=done.digest, chunks=done.chunks)
+                self.stats.updated[op.path] = entry
+            else:
+                op = Copy(op.path, entry, op.old)
         unlocked = cleared = False
         attempt = repairs = 0
         while attempt <= COPY_RETRIES:
@@ -591,6 +651,10 @@ class Executor:
             i = self._begin(op, rec) if attempt == repairs == 0 else self.journal.begin(rec)
             try:
                 tmp_name = tmp.rpartition(b"/")[2]
+                if isinstance(op, Link) and self.hard_links and self._link(op, tmp_name):
+                    self.journal.done(i, **_learnt(op.entry, entry))
+                    self._placed(op.path)
+                    return
                 if isinstance(op, RemoteCopy):
                     try:
                         sfd = self.remote.open_file(op.src)
@@ -609,6 +673,7 @@ class Executor:
                                                  self.sync_files)
                     finally:
                         os.close(sfd)
+                    self._new_meta(op.path, entry)
                     with self._lock:
                         self.stats.bytes_remote_copied += n
                 else:
@@ -617,6 +682,7 @@ class Executor:
                                                        entry, True, self.sync_files)
                     with self._lock:
                         self.stats.bytes_sent += n
+                    self._new_meta(op.path, entry)
                     if entry.digest is None:  # hashed while sent
                         entry = replace(entry, digest=digest,
                                         chunks=tuple(chunks) if chunks else None)
@@ -627,7 +693,7 @@ class Executor:
                             self.stats.hashed_bytes += entry.size
                         self._placed(op.path)
                         return
-                self.journal.done(i)
+                self.journal.done(i, **_learnt(op.entry, entry))
                 if entry is not op.entry:
                     self.stats.updated[op.path] = entry
                 self._placed(op.path)
@@ -687,11 +753,20 @@ class Executor:
         self.stats.failed[op.path] = keep
 
 
+def _learnt(planned: Entry, entry: Entry) -> dict[str, Any]:
+    """What a put learnt that its begin record lacks: the digest (see Journal.done)."""
+    if planned.digest is not None or entry.digest is None:
+        return {}
+    return {"digest": entry.digest, "chunks": list(entry.chunks) if entry.chunks else None}
+
+
 # A rename onto a path that holds a folder (or a folder blocking a file's parent).
 _IN_THE_WAY = {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}
 # What a remote says of an entry it cannot hold: a name too long (once encoded) or
 # that it refuses, a file larger than it allows.
 _CANNOT_HOLD = {errno.ENAMETOOLONG, errno.EFBIG, errno.EILSEQ, errno.EINVAL}
+# ... of a hard link, where it has none or no more (exFAT; a full link count).
+_NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS}
 # ... and of a symlink, where it has none (exFAT, FAT).
 _NO_LINKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
 

@@ -148,6 +148,16 @@ class RemoteCopy(_AtPath):
 
 
 @dataclass(slots=True, frozen=True)
+class Link(RemoteCopy):
+    """Another name of a hard-link group whose content is on the remote at src (put
+    there by this run, or staying): a hard link to it where the remote holds
+    links, else a remote-side copy. Runs after every other transfer."""
+
+    name: ClassVar[str] = "link"
+    verb: ClassVar[str] = "link"
+
+
+@dataclass(slots=True, frozen=True)
 class Symlink(_AtPath):
     name: ClassVar[str] = "symlink"
     verb: ClassVar[str] = "symlink"
@@ -197,7 +207,7 @@ class Retire(_AtPath):
     members: tuple[Entry, ...] = ()
 
 
-Op = Mkdir | Move | Copy | RemoteCopy | Symlink | Delete | Rmdir | SetAttr | Retire
+Op = Mkdir | Move | Copy | RemoteCopy | Link | Symlink | Delete | Rmdir | SetAttr | Retire
 
 
 def attic_path(run: bytes, path: bytes, escaped: set[bytes]) -> bytes:

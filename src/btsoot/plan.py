@@ -40,6 +40,7 @@ from .ops import PATCH as PATCH
 from .ops import STASH as STASH
 from .ops import Copy as Copy
 from .ops import Delete as Delete
+from .ops import Link as Link
 from .ops import Mkdir as Mkdir
 from .ops import Move as Move
 from .ops import Op as Op
@@ -115,6 +116,8 @@ def make_plan(
     fold: Callable[[bytes], bytes] | None = None,
     attic: bool = False,
     stale_before: int | None = None,
+    links: bool = True,
+    held: tuple[bool, bool] = (False, False),
 ) -> Plan:
     """Plan the operations from old (what the remote holds) to new.
 
@@ -130,6 +133,9 @@ def make_plan(
     the one a case-folding remote takes it for: an old entry that only differs
     in case from a new one is an obstacle like any other (stashed before the new
     one is written, else writing one and deleting the other hits the same file).
+    links: the members of a hard-link group take their content once (Link ops).
+    held: (owners, extended attributes) the remote keeps: a change of only what
+    it does not keep needs no operation (the snapshot records it).
     """
     plan = Plan()
     if diff is None:
@@ -178,12 +184,30 @@ def make_plan(
     for o, _ in updates:
         if o.digest:
             leaving[o.digest].append(o.path)
+    leaves = set(diff.removed)
+    leaves.update(o.path for o, n in diff.changed if not o.same_content(n))
+    written = {n.path for n, _ in targets}
+    # Hard links: of a group's members that need content, the first takes it like
+    # any file; the others become links to it, or to a member that stays on the
+    # remote, once it is in place.
+    link_to: dict[tuple[int, int], bytes] = {}
+    later: list[tuple[Entry, Entry | None]] = []
+    keys = {n.link_key for n, _ in targets if n.link_key is not None} if links else set()
     missing = {n.digest for n, _ in targets if n.digest and n.digest not in leaving}
     staying: dict[str, bytes] = {}
-    if missing and staying_files:
-        leaves = set(diff.removed)
-        leaves.update(o.path for o, n in diff.changed if not o.same_content(n))
-        staying = _find_staying(open_old, missing, leaves)
+    if (missing or keys) and staying_files:
+        staying, link_to = _find_staying(open_old, missing, keys, leaves)
+    if keys:
+        firsts = []
+        for n, was in targets:
+            key = n.link_key
+            if key is not None and key in link_to:
+                later.append((n, was))
+                continue
+            if key is not None:
+                link_to[key] = n.path
+            firsts.append((n, was))
+        targets = firsts
     for digest, q in moved_content.items():  # in place once the folder moves ran
         if digest in missing:
             staying.setdefault(digest, q)
@@ -277,6 +301,10 @@ def make_plan(
                 ops.append(Retire(loc(o.path), o))
     ops.extend(transfers)
     ops.extend(finals)
+    for n, was in later:
+        key = n.link_key
+        assert key is not None
+        ops.append(Link(n.path, n, link_to[key], was))
 
     for p, e in sorted(added.items(), key=lambda kv: sort_key(kv[0])):
         if e.kind == SYMLINK:
@@ -308,9 +336,9 @@ def make_plan(
 
     # Attributes: files and links whose metadata alone changed; then every
     # folder that changed or had something change inside it, deepest first.
-    written = {n.path for n, _ in targets}
     for o, n in changed:
-        if n.kind != DIR and n.path not in written and o.same_content(n):
+        if (n.kind != DIR and n.path not in written and o.same_content(n)
+                and _attrs_differ(o, n, held)):
             ops.append(SetAttr(n.path, n))
     dirs: dict[bytes, Entry] = {p: e for p, e in added.items() if e.kind == DIR}
     dirs.update((n.path, n) for _, n in changed if n.kind == DIR)
@@ -361,9 +389,22 @@ def _within_any(p: bytes, tops: dict[bytes, list[Entry]]) -> bytes | None:
     return None
 
 
+def _attrs_differ(o: Entry, n: Entry, held: tuple[bool, bool]) -> bool:
+    """Does the remote entry need new attributes (of those it keeps) to become n?"""
+    if o.mtime_ns != n.mtime_ns or (n.kind != SYMLINK and o.mode != n.mode):
+        return True
+    owners, xattrs = held
+    if owners and o.uid is not None and (o.uid, o.gid) != (n.uid, n.gid):
+        return True
+    return xattrs and (o.xattrs or ()) != (n.xattrs or ())
+
+
 def _patch_chunks(o: Entry | None, n: Entry) -> tuple[int, ...] | None:
-    """The chunks of n that differ from o, if writing only those is worth it."""
+    """The chunks of n that differ from o, if writing only those is worth it. Never
+    into a hard-linked file: on the remote the update would reach its other names."""
     if o is None or o.kind != FILE or not o.chunks or not n.chunks or o.path != n.path:
+        return None
+    if o.nlink > 1 or n.nlink > 1:
         return None
     idx = tuple(i for i, c in enumerate(n.chunks) if i >= len(o.chunks) or o.chunks[i] != c)
     if patch_bytes(n, idx) > n.size * PATCH_MAX_SHARE:
@@ -412,21 +453,27 @@ def _collides(y: bytes, s: bytes, d: bytes, removed: dict[bytes, Entry]) -> bool
 
 
 def _find_staying(
-    open_old: Callable[[], Iterable[Entry]], digests: set[str], leaves: set[bytes],
-) -> dict[str, bytes]:
-    """Paths of files holding these contents that stay where they are on the remote.
+    open_old: Callable[[], Iterable[Entry]], digests: set[str], keys: set[tuple[int, int]],
+    leaves: set[bytes],
+) -> tuple[dict[str, bytes], dict[tuple[int, int], bytes]]:
+    """Paths of files that stay where they are on the remote: holding these
+    contents, and (hard links) these source inodes.
 
     One streaming pass over the old snapshot: every file there stays unless its
     path is in `leaves` (removed, replaced by another kind, or given new content).
     """
     found: dict[str, bytes] = {}
+    linked: dict[tuple[int, int], bytes] = {}
     for o in open_old():
-        if (o.kind == FILE and o.digest in digests and o.digest not in found
-                and o.path not in leaves):
+        if o.kind != FILE or o.path in leaves:
+            continue
+        if o.digest in digests and o.digest not in found:
             found[o.digest] = o.path
-            if len(found) == len(digests):
-                break
-    return found
+        if o.ino and (o.dev, o.ino) in keys and (o.dev, o.ino) not in linked:
+            linked[(o.dev, o.ino)] = o.path
+        if len(found) == len(digests) and len(linked) == len(keys):
+            break
+    return found, linked
 
 
 def _find_entries(open_new: Callable[[], Iterable[Entry]], paths: set[bytes]) -> dict[bytes, Entry]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +41,11 @@ PROFILE = b".btsoot/profile.json"
 # Characters some remote file systems (exFAT, FAT, NTFS in Windows mode, SMB) refuse.
 CANDIDATES = b'"*:<>?\\|' + bytes(range(1, 32)) + b"\x7f"
 _T = 1_600_000_001_123_456_789  # an mtime with every digit significant
+# An access ACL with a named user (one the mode bits alone cannot say), in the
+# kernel's xattr form: version 2, then (tag, permissions, id) per entry, sorted.
+_ACL = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in (
+    (0x01, 6, 0xFFFFFFFF), (0x02, 4, 4242), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+    (0x20, 4, 0xFFFFFFFF)))
 
 
 @dataclass(slots=True)
@@ -57,6 +63,7 @@ class Profile:
     modes: bool = True  # permission bits are kept
     owners: bool = False  # a file's owner and group can be set (root, a local disk)
     xattrs: bool = False  # extended attributes (user.*) are kept
+    acls: bool = False  # POSIX ACLs (system.posix_acl_*) are kept
     sync_reaches_disk: bool = True  # syncfs makes writes durable at the far end
     clones: bool = False  # a file can be cloned (reflink: btrfs, xfs), sharing its blocks
 
@@ -235,6 +242,15 @@ def _probe(remote: Remote, p: Profile) -> None:
     except OSError:
         p.xattrs = False
     try:
+        fd = remote.open(f, os.O_RDONLY)
+        try:
+            os.setxattr(fd, "system.posix_acl_access", _ACL)
+            p.acls = os.getxattr(fd, "system.posix_acl_access") == _ACL
+        finally:
+            os.close(fd)
+    except OSError:
+        p.acls = False
+    try:
         src = remote.open(f, os.O_RDWR)
         try:
             os.write(src, b"c" * 4096)
@@ -271,6 +287,7 @@ def describe(p: Profile) -> list[tuple[str, str]]:
         ("permission bits", "kept" if p.modes else "not kept"),
         ("owners", "kept" if p.owners else "not kept"),
         ("extended attributes", "kept" if p.xattrs else "not kept"),
+        ("ACLs", "kept" if p.acls else "not kept"),
         ("clones (reflink)", "yes: old versions of files updated in place cost no space"
          if p.clones else "no"),
         ("sync", "reaches the disk" if p.sync_reaches_disk else

@@ -24,7 +24,7 @@ from . import scanner
 from .errors import FatalIOError, StateError, UsageError, show_path
 from .names import decode
 from .paths import is_under, merge, parent
-from .snapshot import DIR, FILE, SYMLINK, Entry, Header, SnapshotReader, bad_path
+from .snapshot import DIR, FILE, SYMLINK, Entry, Header, Names, SnapshotReader, bad_path, read_names
 from .state import BlockState
 
 # A folder opened below its parent's descriptor: never through a symlink.
@@ -50,6 +50,8 @@ class SnapshotSource:
     header: Header
     entries: Callable[[], Iterator[Entry]]
     current: Callable[[], Iterator[Entry]] | None = None
+    # The owner names the snapshot records (read when a restore maps owners by name).
+    names: Callable[[], Names] = lambda: ({}, {})
 
 
 def _read_local(path: str) -> tuple[Header, Callable[[], Iterator[Entry]]]:
@@ -102,23 +104,27 @@ def open_snapshot(remote: str, snap_id: str | None = None,
             raise StateError(f"{path}: committed snapshot is missing")
         header, now = _read_local(path)
         if snap_id is None:
-            return SnapshotSource(remote, header, now)
+            return SnapshotSource(remote, header, now, names=lambda: read_names(path))
         local = state.committed_ids()
         if snap_id in local or [i for i in local if i.startswith(snap_id)]:
             sid = _pick(snap_id, local, "local snapshots")
-            header, entries = _read_local(state.snapshot_path(sid))
+            spath = state.snapshot_path(sid)
+            header, entries = _read_local(spath)
+            names = lambda: read_names(spath)  # noqa: E731
         else:
             sid = _pick(snap_id, rmt.list_snapshots(remote), remote)
             header, listed = rmt.load(remote, sid)
             entries = _lister(listed)
-        return SnapshotSource(remote, header, entries, None if sid == head else now)
+            names = lambda: rmt.names(remote, sid)  # noqa: E731
+        return SnapshotSource(remote, header, entries, None if sid == head else now, names)
     want = _pick(snap_id, rmt.list_snapshots(remote), remote) if snap_id else None
     header, listed = rmt.load(remote, want)
     if want is None:
-        return SnapshotSource(remote, header, _lister(listed))
+        return SnapshotSource(remote, header, _lister(listed), names=lambda: rmt.names(remote))
     newest, now_listed = rmt.load(remote)
     return SnapshotSource(remote, header, _lister(listed),
-                          None if newest.id == header.id else _lister(now_listed))
+                          None if newest.id == header.id else _lister(now_listed),
+                          lambda: rmt.names(remote, want))
 
 
 def _lister(entries: list[Entry]) -> Callable[[], Iterator[Entry]]:
@@ -172,6 +178,8 @@ class Found:
     mtime_ns: int = 0
     mode: int = 0
     target: bytes | None = None
+    uid: int = -1  # -1: not read
+    gid: int = -1
 
 
 _KIND = {scanner.FILE: FILE, scanner.DIR: DIR, scanner.SYMLINK: SYMLINK,
@@ -185,7 +193,8 @@ def walk_found(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
     A folder that cannot be listed goes into `unlistable`: what the snapshot
     has below it is unknown, not missing.
     """
-    for path, kind, size, mtime, mode, _ino, _dev, extra in scanner.walk(root, True, None):
+    for path, kind, size, mtime, mode, _ino, _dev, extra, uid, gid, _ctime, _nlink in scanner.walk(
+            root, True, None):
         rel = prefix + path
         if kind == scanner.ERROR:
             if not path:
@@ -196,7 +205,8 @@ def walk_found(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
             errors.append((rel, f"cannot be listed: {os.strerror(extra)}"))
             unlistable.add(rel)
             continue
-        yield Found(rel, _KIND[kind], size, mtime, mode, extra if kind == scanner.SYMLINK else None)
+        yield Found(rel, _KIND[kind], size, mtime, mode, extra if kind == scanner.SYMLINK else None,
+                    uid, gid)
 
 
 def walk_decoded(root: bytes, prefix: bytes, errors: list[tuple[bytes, str]],
@@ -267,10 +277,12 @@ def lstat_found(root: bytes, rel: bytes) -> Found | None:
     except OSError:
         return None
     m = st.st_mode
+    ids = (st.st_uid, st.st_gid)
     if stat.S_ISLNK(m):
         try:
-            return Found(rel, SYMLINK, st.st_size, st.st_mtime_ns, m, os.readlink(root + b"/" + rel))
+            target: bytes | None = os.readlink(root + b"/" + rel)
         except OSError:
-            return Found(rel, SYMLINK, st.st_size, st.st_mtime_ns, m, None)
+            target = None
+        return Found(rel, SYMLINK, st.st_size, st.st_mtime_ns, m, target, *ids)
     kind = FILE if stat.S_ISREG(m) else DIR if stat.S_ISDIR(m) else "special"
-    return Found(rel, kind, st.st_size if kind == FILE else 0, st.st_mtime_ns, m)
+    return Found(rel, kind, st.st_size if kind == FILE else 0, st.st_mtime_ns, m, None, *ids)

@@ -31,6 +31,7 @@ from .remotefs import Blocked, Remote
 from .snapshot import (
     Entry,
     Header,
+    Names,
     SnapshotReader,
     SnapshotWriter,
     entry_from_dict,
@@ -38,6 +39,7 @@ from .snapshot import (
     get_bytes,
     id_ns,
     put_bytes,
+    read_names,
     sort_key,
 )
 from .state import Head
@@ -206,14 +208,19 @@ def init_remote(remote: Remote, block: str) -> None:
 
 
 def _strip(e: Entry) -> Entry:
-    return replace(e, ino=0, dev=0) if e.ino or e.dev else e
+    """An entry as the remote records it: without the source's inode and device
+    numbers (kept only as the identity of a hard-link group) and ctime."""
+    if e.link_key is not None:
+        return replace(e, ctime_ns=0) if e.ctime_ns else e
+    return replace(e, ino=0, dev=0, ctime_ns=0) if e.ino or e.dev or e.ctime_ns else e
 
 
 COPY_SUFFIX = ".full-copy.jsonl.gz"
 
 
 @events.in_phase("snapshot-write")
-def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[Entry]]) -> int:
+def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[Entry]],
+               names: Names = ({}, {})) -> int:
     """Write a full snapshot, twice: ID.full.jsonl.gz and its copy ID.full-copy.jsonl.gz.
 
     The remote's record is the one place where what a restore needs is kept
@@ -232,6 +239,7 @@ def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[En
             except BaseException:
                 w.abort()
                 raise
+            w.names = names
             w.commit()
         size = remote.lstat(rel).st_size
     return size
@@ -251,7 +259,8 @@ def write_guide(remote: Remote) -> None:
 
 
 def _strip_obj(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in ("ino", "dev")}
+    drop = ("ctime",) if "nlink" in d else ("ino", "dev", "ctime")
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 @events.in_phase("snapshot-write")
@@ -290,6 +299,7 @@ def _write_delta(path: str, header: Header, base_id: str,
                     if o[2] != n[2] and _strip_obj(o[1]) != _strip_obj(n[1]):
                         w.write_record({"op": "put", "entry": _strip_obj(n[1])})
                     o, n = next(oi, None), next(ni, None)
+        w.names = rn.names
     except BaseException:
         w.abort()
         raise
@@ -425,6 +435,14 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
                         raise StateError(f"{path}: bad delta record")
     assert header is not None
     return header, [table[k] for k in sorted(table, key=sort_key)]
+
+
+def names(remote: str, snap_id: str | None = None) -> Names:
+    """The owner names recorded with a remote snapshot (in its file's trailer)."""
+    try:
+        return read_names(chain(remote, snap_id)[-1])
+    except StateError:
+        return {}, {}
 
 
 @events.in_phase("snapshot-prune")

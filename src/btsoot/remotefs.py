@@ -365,7 +365,13 @@ class Remote:
                 raise OSError(errno.ELOOP, "a symlink where a file or folder belongs",
                               self.show(rel))
             # The descriptor pins the inode checked above: no path is looked up again.
-            os.chmod(b"/proc/self/fd/%d" % pfd, mode)
+            try:
+                os.chmod(b"/proc/self/fd/%d" % pfd, mode)
+            except PermissionError:
+                if not mode & 0o6000:
+                    raise
+                # Set-id bits refused (exFAT): the rest; the snapshot keeps them all.
+                os.chmod(b"/proc/self/fd/%d" % pfd, mode & 0o1777)
         finally:
             os.close(pfd)
 

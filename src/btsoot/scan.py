@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__, events, mounts, scanner
+from . import __version__, events, meta, mounts, scanner
 from .diff import Diff
 from .errors import ConfigError
 from .longpath import ShortPaths
@@ -123,6 +123,7 @@ class Policy:
     checksum: bool = False  # re-read every file
     trust_inode: bool = True  # an inode change means new content
     hash_new: bool = True  # hash new files during the scan (else while they are sent)
+    links: bool = True  # record hard-link counts
     # (inode, device, size, mtime) lookup of the previous scan's files: (digest, chunks)
     find_moved: Callable[[tuple], tuple[str, tuple[str, ...] | None] | None] | None = None
 
@@ -132,9 +133,11 @@ def classify(w: tuple, old: dict[str, Any] | None, policy: Policy
     """The tier of walk tuple w against its previous entry old (None: a new path),
     with the (digest, chunks) found for SAME_INODE_ELSEWHERE. Pure: no file
     system (find_moved answers from the previous snapshot)."""
-    path, kind, size, mtime, mode, ino, dev, extra = w
-    if old is not None and _same_stat(old, w) and (
+    path, kind, size, mtime, mode, ino, dev, extra, uid, gid, ctime, nlink = w
+    if old is not None and _same_stat(old, w, policy.links) and ctime < policy.racy_before and (
             kind != scanner.FILE or (not policy.checksum and old["mtime"] < policy.racy_before)):
+        # (A status change just before the last scan may have hidden a later one
+        # in the same tick: the xattrs are read again, the content is not.)
         return SAME_STAT, None
     if kind != scanner.FILE:
         return NOT_A_FILE, None
@@ -157,12 +160,15 @@ def classify(w: tuple, old: dict[str, Any] | None, policy: Policy
     return HASH, None
 
 
-def _same_stat(d: dict[str, Any], w: tuple) -> bool:
+def _same_stat(d: dict[str, Any], w: tuple, links: bool) -> bool:
     """Does the walk tuple match the previous entry in every recorded field?"""
-    path, kind, size, mtime, mode, ino, dev, extra = w
+    path, kind, size, mtime, mode, ino, dev, extra, uid, gid, ctime, nlink = w
     if d.get("type") != _KIND.get(kind):
         return False
     if d.get("mtime") != mtime or d.get("mode") != mode or d.get("ino") != ino or d.get("dev") != dev:
+        return False
+    if (d.get("ctime") != ctime or d.get("uid") != uid or d.get("gid") != gid
+            or d.get("nlink", 1) != (nlink if links and kind == scanner.FILE else 1)):
         return False
     if kind == scanner.FILE:
         return bool(d.get("size") == size and "digest" in d)
@@ -188,7 +194,7 @@ class _Old:
 class _Item:
     """One output position in the ordered pipeline."""
 
-    __slots__ = ("path", "entry", "walk", "fut", "idx", "old", "raw")
+    __slots__ = ("path", "entry", "walk", "fut", "idx", "old", "raw", "same")
 
     def __init__(self, path: bytes, entry: Entry | None = None, walk: tuple | None = None,
                  fut: Future | None = None, old: _Old | None = None,
@@ -200,9 +206,11 @@ class _Item:
         self.idx = 0  # its place in that batch
         self.old = old
         self.raw = raw  # a line to write back as is (the entry unchanged, or carried forward)
+        self.same: _Item | None = None  # another name of the same file: its hash is this one's
 
 
 _UNSENT: Future = Future()
+_LINKED_MAX = 100_000  # hard-linked files remembered at once (see hash_later)
 
 
 class _Merge:
@@ -212,8 +220,10 @@ class _Merge:
 
     def __init__(self, root: bytes, out_path: str, previous: SnapshotReader | None,
                  writer: SnapshotWriter, started: int, pool: ThreadPoolExecutor,
-                 on_progress: Callable[[ScanStats], None] | None) -> None:
+                 on_progress: Callable[[ScanStats], None] | None,
+                 keep: meta.Keep = meta.KEEP_ALL) -> None:
         self.root, self.out_path, self.previous = root, out_path, previous
+        self.keep = keep
         self.writer, self.started, self.pool = writer, started, pool
         self.on_progress = on_progress
         self.stats = ScanStats()
@@ -228,6 +238,8 @@ class _Merge:
         self.error_prefix: bytes | None = None
         # Folders whose content changed after the walk began (see gone()).
         self.busy: dict[bytes, bool] = {}
+        # Files with several hard links queued for hashing, by (device, inode).
+        self.linked: dict[tuple[int, int], _Item] = {}
 
     # Counting what is written: one place for every path through the merge.
     def same(self, path: bytes, kind: str, size: int, folder: Entry | None) -> None:
@@ -250,6 +262,17 @@ class _Merge:
 
     def hash_later(self, path: bytes, w: tuple, old: _Old | None) -> None:
         it = _Item(path, walk=w, fut=_UNSENT, old=old)
+        if w[11] > 1 and self.keep.hard_links:
+            # A hard link of a file hashed earlier in this scan is not read again.
+            key = (w[6], w[5])
+            first = self.linked.get(key)
+            if first is not None and first.walk[2:4] == w[2:4]:  # type: ignore[index]
+                it.same = first
+                self.pending.append(it)
+                return
+            if len(self.linked) >= _LINKED_MAX:
+                self.linked.clear()
+            self.linked[key] = it
         self.pending.append(it)
         self.batch.append(it)
         self.batch_bytes += w[2]
@@ -278,7 +301,7 @@ class _Merge:
                 if w[1] == scanner.FILE:
                     self.same(it.path, FILE, w[2], None)
                 else:
-                    self.same(it.path, DIR, 0, _entry(w))
+                    self.same(it.path, DIR, 0, _folder(w))
                 return
             d = it.old.d
             kind = d["type"]
@@ -291,10 +314,11 @@ class _Merge:
             assert w is not None
             digest, chunks, size, mtime, ino, err = it.fut.result()[it.idx]
             if err == 0:
-                entry = Entry(w[0], FILE, size, mtime, w[4], ino, w[6], digest,
-                              tuple(chunks) if chunks else None)
-                self.stats.hashed_files += 1
-                self.stats.hashed_bytes += size
+                entry = self.entry(w, digest, tuple(chunks) if chunks else None,
+                                   size=size, mtime=mtime, ino=ino)
+                if it.same is None:
+                    self.stats.hashed_files += 1
+                    self.stats.hashed_bytes += size
             elif err in (errno.ENOENT, errno.ENOTDIR):
                 entry = None  # vanished since the walk: deleted, not an error
             else:
@@ -323,6 +347,8 @@ class _Merge:
         pending = self.pending
         while pending:
             head = pending[0]
+            if head.same is not None:  # (emitted before it: its batch was sent)
+                head.fut, head.idx = head.same.fut, head.same.idx
             if head.fut is _UNSENT:
                 if not force and len(pending) < _WINDOW:
                     break
@@ -401,23 +427,36 @@ class _Merge:
                 kind = old.d["type"]
                 self.same(path, kind, w[2], entry_from_dict(old.d, self.out_path) if kind == DIR else None)
             return
-        _, _, size, mtime, mode, ino, dev, _ = w
         if tier == NOT_A_FILE:
-            self.pending.append(_Item(path, entry=_entry(w), old=old))
+            self.pending.append(_Item(path, entry=self.entry(w), old=old))
         elif tier == KEEP_DIGEST:
             assert old is not None
             chunks = old.d.get("chunks")
-            self.pending.append(_Item(path, entry=Entry(
-                path, FILE, size, mtime, mode, ino, dev, old.d["digest"],
-                tuple(chunks) if chunks else None), old=old))
+            self.pending.append(_Item(path, entry=self.entry(
+                w, old.d["digest"], tuple(chunks) if chunks else None), old=old))
         elif tier == SEND_UNHASHED:
-            self.pending.append(_Item(path, entry=Entry(path, FILE, size, mtime, mode, ino, dev)))
+            self.pending.append(_Item(path, entry=self.entry(w)))
         elif tier == SAME_INODE_ELSEWHERE:
             assert known is not None
-            self.pending.append(_Item(path, entry=Entry(
-                path, FILE, size, mtime, mode, ino, dev, known[0], known[1])))
+            self.pending.append(_Item(path, entry=self.entry(w, known[0], known[1])))
         else:
             self.hash_later(path, w, old)
+
+    def entry(self, w: tuple, digest: str | None = None, chunks: tuple[str, ...] | None = None,
+              size: int | None = None, mtime: int | None = None, ino: int | None = None) -> Entry:
+        """The entry of walk tuple w, its extended attributes read now (a file's
+        size, mtime and inode as its hash found them, where it was hashed)."""
+        path, kind, wsize, wmtime, mode, wino, dev, extra, uid, gid, ctime, nlink = w
+        xattrs = meta.read_xattrs(self.short(self.root + b"/" + path), self.keep) or ()
+        if kind == scanner.DIR:
+            return Entry(path, DIR, 0, wmtime, mode, wino, dev, uid=uid, gid=gid, ctime_ns=ctime,
+                         xattrs=xattrs)
+        if kind == scanner.SYMLINK:
+            return Entry(path, SYMLINK, wsize, wmtime, mode, wino, dev, target=extra, uid=uid,
+                         gid=gid, ctime_ns=ctime, xattrs=xattrs)
+        return Entry(path, FILE, wsize if size is None else size, wmtime if mtime is None else mtime,
+                     mode, wino if ino is None else ino, dev, digest, chunks, uid=uid, gid=gid,
+                     ctime_ns=ctime, nlink=nlink if self.keep.hard_links else 1, xattrs=xattrs)
 
 
 @events.in_phase("scan")
@@ -435,6 +474,7 @@ def scan(
     trust_inode: bool = True,
     hash_new: bool = True,
     on_progress: Callable[[ScanStats], None] | None = None,
+    keep: meta.Keep = meta.KEEP_ALL,
 ) -> ScanResult:
     started = time.time_ns()
     root = os.fsencode(source)
@@ -450,6 +490,8 @@ def scan(
         chunk_size=scanner.CHUNK_SIZE,
         chunk_threshold=scanner.CHUNK_THRESHOLD,
         tool=f"btsoot {__version__}",
+        root=Entry(b"", DIR, 0, st.st_mtime_ns, st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                   xattrs=meta.read_xattrs(root, keep) or ()),
     )
     racy_before = (previous.header.scan_started_ns - RACY_NS) if previous else 0
     prev_iter = previous.lines() if previous is not None else iter(())
@@ -459,7 +501,7 @@ def scan(
     writer = SnapshotWriter(out_path, header)
     moved = (_InodeIndex(previous.path) if previous is not None and trust_inode and not checksum
              else None)
-    policy = Policy(racy_before, checksum, trust_inode, hash_new,
+    policy = Policy(racy_before, checksum, trust_inode, hash_new, keep.hard_links,
                     (lambda w: moved.find(w, racy_before)) if moved is not None else None)
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
@@ -467,8 +509,13 @@ def scan(
     decode = previous.decode if previous is not None else None
     pool = ThreadPoolExecutor(max_workers=threads or scanner.default_threads(),
                               thread_name_prefix="btsoot-scan")
-    m = _Merge(root, out_path, previous, writer, started, pool, on_progress)
+    m = _Merge(root, out_path, previous, writer, started, pool, on_progress, keep)
     diff, pending, same, write_raw = m.diff, m.pending, m.same, writer.write_raw
+    links = keep.hard_links
+    # The owner ids met, for their names (consecutive entries mostly share them).
+    uids: set[int] = set()
+    gids: set[int] = set()
+    last_uid = last_gid = -1
 
     def take_prev() -> _Old:
         """Consume the current previous entry, decoded, with its line."""
@@ -485,12 +532,19 @@ def scan(
             for w in _unlistable_as_errors(scanner.walk(root, one_file_system,
                                                         make_exclude(exclude))):
                 path, kind = w[0], w[1]
+                if w[8] != last_uid:
+                    last_uid = w[8]
+                    uids.add(last_uid)
+                if w[9] != last_gid:
+                    last_gid = w[9]
+                    gids.add(last_gid)
                 if prev is not None and prev[0] != path:
                     key = sort_key(path)
                     while prev is not None and sort_key(prev[0]) < key:
                         p = prev[0]
                         m.gone(take_prev(), p)
-                if prev is not None and prev[0] == path and line_same(prev[1], w, file_bound):
+                if prev is not None and prev[0] == path and line_same(prev[1], w, file_bound, racy_before,
+                                                                      links):
                     # SAME_LINE, the common case, kept cheap: the line records exactly
                     # what the walk found (a file or folder); it is written back as is.
                     line = prev[1]
@@ -505,7 +559,7 @@ def scan(
                         same(path, FILE, w[2], None)
                     else:
                         write_raw(path, line)
-                        same(path, DIR, 0, _entry(w))
+                        same(path, DIR, 0, _folder(w))
                     continue
                 old = take_prev() if prev is not None and prev[0] == path else None
                 if kind == scanner.ERROR:
@@ -529,6 +583,7 @@ def scan(
         m.short.close()
         if moved is not None:
             moved.close()
+    writer.names = meta.names_of(uids, gids)
     writer.commit(sync=False)
     return ScanResult(out_path, header, m.stats, diff, m.rewritten)
 
@@ -591,10 +646,11 @@ class _InodeIndex:
             self.f.close()
 
 
-# The fixed fields of a file's canonical line: size, mtime, mode, ino, dev.
+# The fixed fields of a file's canonical line: size, mtime, mode, ino, dev
+# (version 1 lines have no ctime, owner and link count).
 _FILE_FIELDS = re.compile(
-    rb'{"path":"[^"\\]*","type":"file","size":(\d+),"mtime":(-?\d+),"mode":(\d+),'
-    rb'"ino":(\d+),"dev":(\d+),"digest":"')
+    rb'{"path":"[^"\\]*","type":"file","size":(\d+),"mtime":(-?\d+),(?:"ctime":-?\d+,)?'
+    rb'"mode":(\d+),(?:"uid":\d+,"gid":\d+,)?"ino":(\d+),"dev":(\d+),(?:"nlink":\d+,)?"digest":"')
 
 
 def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:
@@ -618,8 +674,7 @@ def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:
         yield held
 
 
-def _entry(w: tuple) -> Entry:
-    path, kind, size, mtime, mode, ino, dev, extra = w
-    if kind == scanner.DIR:
-        return Entry(path, DIR, 0, mtime, mode, ino, dev)
-    return Entry(path, SYMLINK, size, mtime, mode, ino, dev, target=extra)
+def _folder(w: tuple) -> Entry:
+    """A folder's entry as the walk found it, for the attribute pass of the plan
+    (its xattrs unknown: an attribute pass leaves them as they are)."""
+    return Entry(w[0], DIR, 0, w[3], w[4], w[5], w[6], uid=w[8], gid=w[9], ctime_ns=w[10])

@@ -34,7 +34,9 @@ from .paths import sort_key as sort_key
 from .scanner import line_path as _line_path
 
 FORMAT = "btsoot-snapshot"
-VERSION = 1
+# 2: owners, ctime, hard-link counts and extended attributes (version 1 has
+# none of them: its entries read with uid/gid None, "not recorded").
+VERSION = 2
 HASH = "xxh3-128"
 
 FILE = "file"
@@ -58,6 +60,15 @@ class Entry:
     # Stored on the remote under its escaped name (names.Codec.escape): the second
     # of two names that a case-folding remote takes for one. Kept while it exists.
     escaped: bool = False
+    uid: int | None = None  # None: not recorded (a version 1 snapshot)
+    gid: int | None = None
+    # The status change time: moves when owner, mode, xattrs or links change, so
+    # the scan reads xattrs only where it moved (0: not recorded).
+    ctime_ns: int = 0
+    nlink: int = 1  # a file's hard links (recorded when more than one)
+    # Extended attributes (POSIX ACLs among them), sorted by name; None: not
+    # known (not recorded, or an entry built without reading them).
+    xattrs: tuple[tuple[bytes, bytes], ...] | None = None
 
     def with_path(self, path: bytes) -> Entry:
         return replace(self, path=path)
@@ -73,9 +84,24 @@ class Entry:
         return True
 
     def same_attrs(self, other: Entry) -> bool:
-        if self.kind == SYMLINK:
-            return self.mtime_ns == other.mtime_ns
-        return self.mode == other.mode and self.mtime_ns == other.mtime_ns
+        """Same recorded metadata (an owner not recorded on one side matches any)."""
+        if self.mtime_ns != other.mtime_ns or not self.same_meta(other):
+            return False
+        return self.kind == SYMLINK or self.mode == other.mode
+
+    def same_meta(self, other: Entry) -> bool:
+        """Same owner, group, extended attributes and hard-link group."""
+        if self.uid is not None and other.uid is not None and (
+                self.uid != other.uid or self.gid != other.gid):
+            return False
+        if (self.xattrs or ()) != (other.xattrs or ()):
+            return False
+        return self.link_key == other.link_key
+
+    @property
+    def link_key(self) -> tuple[int, int] | None:
+        """What the file shares with its other hard links (None: it has none)."""
+        return (self.dev, self.ino) if self.nlink > 1 and self.kind == FILE else None
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,6 +119,9 @@ class Header:
     base: str | None = None  # for remote deltas: the snapshot id this applies to
     kind: str = "full"  # "full" or "delta"
     tool: str = ""
+    # The source folder itself (mode, mtime, owner, xattrs as the scan began): not
+    # an entry, so a restore of the whole tree gives its root these too.
+    root: Entry | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +140,7 @@ class Header:
             "chunk_size": self.chunk_size,
             "chunk_threshold": self.chunk_threshold,
             "tool": self.tool,
+            **({"root": _root_to_dict(self.root)} if self.root is not None else {}),
         }
 
     @classmethod
@@ -139,9 +169,26 @@ class Header:
                 base=d.get("base"),
                 kind=str(d.get("kind", "full")),
                 tool=str(d.get("tool", "")),
+                root=_root_from_dict(d.get("root"), where),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"{where}: bad snapshot header ({e})") from None
+
+
+def _root_to_dict(e: Entry) -> dict[str, Any]:
+    d = entry_to_dict(replace(e, path=b".", ino=0, dev=0, ctime_ns=0))
+    for k in ("path", "type", "ino", "dev"):
+        d.pop(k, None)
+    return d
+
+
+def _root_from_dict(d: Any, where: str) -> Entry | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise StateError(f"{where}: bad snapshot header (root)")
+    e = entry_from_dict({**d, "path": "root", "type": DIR}, where)
+    return replace(e, path=b"")
 
 
 def new_id(now_ns: int | None = None, after: str | None = None) -> str:
@@ -204,18 +251,60 @@ def entry_to_dict(e: Entry) -> dict[str, Any]:
     if e.kind == FILE:
         d["size"] = e.size
     d["mtime"] = e.mtime_ns
+    if e.ctime_ns:
+        d["ctime"] = e.ctime_ns
     d["mode"] = e.mode
+    if e.uid is not None:
+        d["uid"] = e.uid
+        d["gid"] = e.gid
     d["ino"] = e.ino
     d["dev"] = e.dev
+    if e.nlink > 1 and e.kind == FILE:
+        d["nlink"] = e.nlink
     if e.digest is not None:
         d["digest"] = e.digest
     if e.chunks is not None:
         d["chunks"] = list(e.chunks)
     if e.target is not None:
         put_bytes(d, "target", e.target)
+    if e.xattrs:
+        d["xattrs"] = xattrs_to_dict(e.xattrs)
     if e.escaped:
         d["esc"] = True
     return d
+
+
+# Extended attribute names all start with a namespace ("user.", "trusted.", ...),
+# so a key with this prefix cannot be a name stored as text.
+_XB64 = "b64:"
+
+
+def xattrs_to_dict(xattrs: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+    """{name: base64 value}; a name that is not UTF-8 as "b64:" + its base64."""
+    out: dict[str, str] = {}
+    for name, value in xattrs:
+        try:
+            key = name.decode("utf-8")
+        except UnicodeDecodeError:
+            key = _XB64 + base64.b64encode(name).decode("ascii")
+        out[key] = base64.b64encode(value).decode("ascii")
+    return out
+
+
+def xattrs_from_dict(d: Any) -> tuple[tuple[bytes, bytes], ...]:
+    if not isinstance(d, dict):
+        raise ValueError("xattrs is not an object")
+    out = []
+    for key, value in d.items():
+        if not isinstance(value, str):
+            raise ValueError("an xattr value is not a string")
+        name = (base64.b64decode(key[len(_XB64):], validate=True) if key.startswith(_XB64)
+                else key.encode("utf-8"))
+        if not name or b"\0" in name:
+            raise ValueError("bad xattr name")
+        out.append((name, base64.b64decode(value, validate=True)))
+    out.sort()
+    return tuple(out)
 
 
 def _opt_str(v: Any) -> Any:
@@ -233,8 +322,15 @@ def entry_from_dict(d: Any, where: str) -> Entry:
         chunks = d.get("chunks")
         size, mtime, mode = d.get("size", 0), d["mtime"], d["mode"]
         ino, dev = d.get("ino", 0), d.get("dev", 0)
-        if not all(type(v) is int for v in (size, mtime, mode, ino, dev)):
-            raise ValueError("size, mtime, mode, ino and dev must be integers")
+        ctime, nlink, uid, gid = d.get("ctime", 0), d.get("nlink", 1), d.get("uid"), d.get("gid")
+        if not all(type(v) is int for v in (size, mtime, mode, ino, dev, ctime, nlink)):
+            raise ValueError("size, mtime, ctime, mode, ino, dev and nlink must be integers")
+        if (uid is None) != (gid is None) or not all(
+                v is None or (type(v) is int and 0 <= v < _U32) for v in (uid, gid)):
+            raise ValueError("uid and gid must be given together, as 32-bit ids")
+        if not (-_I64 < ctime < _I64 and 1 <= nlink < _U64):
+            raise ValueError("ctime or nlink out of range")
+        xattrs = d.get("xattrs")
         if not 0 <= size < _I64 or not -_I64 < mtime < _I64:
             raise ValueError("size or mtime out of range")
         if not (0 <= ino < _U64 and 0 <= dev < _U64):
@@ -256,6 +352,11 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             chunks=tuple(_opt_str(c) for c in chunks) if chunks is not None else None,
             target=get_bytes(d, "target"),
             escaped=d.get("esc") is True,
+            uid=uid,
+            gid=gid,
+            ctime_ns=ctime,
+            nlink=nlink,
+            xattrs=xattrs_from_dict(xattrs) if xattrs is not None else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{where}: bad snapshot entry ({e})") from None
@@ -263,6 +364,7 @@ def entry_from_dict(d: Any, where: str) -> Entry:
 
 _I64 = 1 << 63  # what the kernel's times and sizes hold
 _U64 = 1 << 64  # inode and device numbers
+_U32 = 1 << 32  # user and group ids
 
 
 def bad_path(path: bytes) -> str | None:
@@ -283,7 +385,7 @@ def bad_path(path: bytes) -> str | None:
 _IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 
 _INTS = ("mtime", "mode")
-_OPT_INTS = ("size", "ino", "dev")
+_OPT_INTS = ("size", "ino", "dev", "ctime", "uid", "gid", "nlink")
 _OPT_STRS = ("digest", "target", "target_b64")
 
 
@@ -302,6 +404,32 @@ def _sane(obj: dict[str, Any]) -> bool:
             return False
     c = obj.get("chunks")
     return c is None or (type(c) is list and all(type(x) is str for x in c))
+
+
+# (users, groups): id -> name on the machine that scanned, for a restore onto
+# another machine (where the same name may have another id).
+Names = tuple[dict[int, str], dict[int, str]]
+
+
+def owner_names(d: Any) -> Names:
+    """The trailer's names, leaving out anything malformed (they are a hint)."""
+    out: Names = ({}, {})
+    if isinstance(d, dict):
+        for i, key in enumerate(("users", "groups")):
+            m = d.get(key)
+            if isinstance(m, dict):
+                for k, v in m.items():
+                    if isinstance(v, str) and k.isdigit():
+                        out[i][int(k)] = v
+    return out
+
+
+def read_names(path: str) -> Names:
+    """The owner names a snapshot file ends with (read through to its trailer)."""
+    with SnapshotReader(path) as r:
+        for _ in r._lines():
+            pass
+        return r.names
 
 
 def _count(trailer: dict[str, Any], where: str) -> int:
@@ -363,6 +491,7 @@ class SnapshotReader:
             self._f.close()
             raise
         self.records_seen = 0
+        self.names: Names = ({}, {})  # from the trailer, once read to the end
 
     def __enter__(self) -> SnapshotReader:
         return self
@@ -403,6 +532,7 @@ class SnapshotReader:
         if not obj.get("end"):
             return False
         self.records_seen = _count(obj, self.path)
+        self.names = owner_names(obj.get("names"))
         if self.records_seen != lineno - 2:
             raise StateError(f"{self.path}: entry count does not match trailer")
         self._check_end()
@@ -511,6 +641,8 @@ class SnapshotWriter:
         self.count = 0
         self._prev: bytes | None = None
         self._buf: list[bytes] = []
+        # The user and group names of the ids in the entries (see owner_names).
+        self.names: Names = ({}, {})
         try:
             # Never through a link planted at the temp name (the remote's copy is written here too).
             self._raw = open(self.tmp, "wb", opener=_nofollow)  # noqa: SIM115
@@ -568,7 +700,11 @@ class SnapshotWriter:
     def commit(self, sync: bool = True) -> str:
         self._flush()
         try:
-            self._f.write(orjson.dumps({"end": True, "count": self.count}) + b"\n")
+            trailer: dict[str, Any] = {"end": True, "count": self.count}
+            if self.names[0] or self.names[1]:
+                trailer["names"] = {"users": {str(k): v for k, v in sorted(self.names[0].items())},
+                                    "groups": {str(k): v for k, v in sorted(self.names[1].items())}}
+            self._f.write(orjson.dumps(trailer) + b"\n")
             if self._f is not self._raw:
                 self._f.close()
             self._raw.flush()

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from . import scanner
+from . import meta, scanner
 from .errors import SourceError
 from .remotefs import Remote
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
@@ -67,14 +67,48 @@ def data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
         return None
 
 
-def copy_fd(src: int, dst: int, size: int) -> int:
+def copy_fd(src: int, dst: int, size: int, holes: bool = False) -> int:
     """Copy size bytes (or until EOF) from src to dst from offset 0; returns bytes copied.
-    A sparse src (data_map) gets its data copied and its holes left holes."""
+    A sparse src (data_map) gets its data copied and its holes left holes. With
+    holes, a file of SPARSE_MIN bytes or more from a src that reports none (a
+    remote that keeps no holes: exFAT, sshfs) gets its runs of zeros left as holes."""
     segs = data_map(src, size)
     if segs is not None:
         return _copy_segments(src, dst, size, segs)
+    if holes and size >= SPARSE_MIN:
+        return _copy_zeros_as_holes(src, dst, size)
     os.lseek(src, 0, os.SEEK_SET)
     return _copy_all(src, dst, size)
+
+
+_HOLE_BLOCK = 64 << 10
+_ZERO_BLOCK = bytes(_HOLE_BLOCK)
+
+
+def _copy_zeros_as_holes(src: int, dst: int, size: int) -> int:
+    """Copy through a buffer, leaving every all-zero block of _HOLE_BLOCK bytes
+    unwritten (a hole once the file is cut to size), as `cp --sparse` does."""
+    buf = bytearray(_BUF)
+    view = memoryview(buf)
+    off = 0
+    while off < size:
+        n = os.preadv(src, [view[:min(_BUF, size - off)]], off)
+        if n == 0:
+            break
+        start = -1  # the first of a run of blocks with data
+        for i in range(0, n, _HOLE_BLOCK):
+            j = min(n, i + _HOLE_BLOCK)
+            zero = buf.startswith(_ZERO_BLOCK if j - i == _HOLE_BLOCK else bytes(j - i), i)
+            if not zero and start < 0:
+                start = i
+            elif zero and start >= 0:
+                _pwrite_all(dst, view[start:i], off + start)
+                start = -1
+        if start >= 0:
+            _pwrite_all(dst, view[start:n], off + start)
+        off += n
+    os.ftruncate(dst, off)
+    return off
 
 
 def _copy_segments(src: int, dst: int, size: int, segs: list[tuple[int, int]]) -> int:
@@ -101,6 +135,17 @@ def _copy_segments(src: int, dst: int, size: int, segs: list[tuple[int, int]]) -
             off += n
     os.ftruncate(dst, size)
     return size
+
+
+def fchmod_kept(fd: int, mode: int) -> None:
+    """fchmod, or where the file system refuses set-id bits (exFAT), the rest of
+    the mode (the snapshot keeps them, and a restore gives them back)."""
+    try:
+        os.fchmod(fd, mode & 0o7777)
+    except PermissionError:
+        if not mode & 0o6000:
+            raise
+        os.fchmod(fd, mode & 0o1777)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
@@ -298,7 +343,7 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
                 if (st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns
                         or (entry.digest is not None and digest != entry.digest)):
                     raise SourceChanged()
-            os.fchmod(tfd, entry.mode & 0o7777)
+            fchmod_kept(tfd, entry.mode)
             if sync:
                 os.fsync(tfd)
         except BaseException:
@@ -424,7 +469,7 @@ def apply_redo(remote: Remote, redo: bytes, target: bytes, check: bool = True) -
                 raise OSError(errno.EINVAL, "not a regular file", remote.show(target))
             _apply_spans(rfd, rec, tfd, False)
             mtime = rec.header["mtime"]
-            os.fchmod(tfd, rec.header["mode"])
+            fchmod_kept(tfd, rec.header["mode"])
             os.utime(tfd, ns=(mtime, mtime))
             os.fsync(tfd)
         finally:
@@ -597,8 +642,12 @@ def make_symlink(dfd: int, dst_tmp: bytes, dst_final: bytes, entry: Entry) -> No
     os.rename(dst_tmp, dst_final, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
-def set_attrs(remote: Remote, rel: bytes, entry: Entry) -> None:
-    """Give the remote entry rel entry's mode and mtime (a link: its own mtime only)."""
+def set_attrs(remote: Remote, rel: bytes, entry: Entry, how: meta.Apply = meta.NOTHING,
+              misses: meta.Misses | None = None) -> None:
+    """Give the remote entry rel entry's mode and mtime (a link: its own mtime only),
+    and first its owner and xattrs, as far as `how` says (see apply_meta)."""
+    if how.owners or how.xattrs:
+        apply_meta(remote, rel, entry, how, misses or meta.Misses())
     if entry.kind != "symlink":
         remote.chmod(rel, entry.mode & 0o7777)
     try:
@@ -606,6 +655,23 @@ def set_attrs(remote: Remote, rel: bytes, entry: Entry) -> None:
     except OSError:
         if entry.kind != "symlink":
             raise
+
+
+def apply_meta(remote: Remote, rel: bytes, entry: Entry, how: meta.Apply,
+               misses: meta.Misses) -> None:
+    """Give the remote entry rel entry's owner and xattrs (what `how` says the
+    remote keeps), opened beneath the remote root without following a link;
+    what the remote refuses is counted in misses, never raised."""
+    with remote.at(rel) as (dfd, name):
+        if entry.kind == "symlink":
+            meta.apply_link_owner(dfd, name, entry, how, misses)
+            return
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(name, flags | (os.O_DIRECTORY if entry.kind == "dir" else 0), dir_fd=dfd)
+        try:
+            meta.apply_fd(fd, os.fstat(fd), entry, how, misses)
+        finally:
+            os.close(fd)
 
 
 def matches(remote: Remote, rel: bytes, entry: Entry) -> bool:
