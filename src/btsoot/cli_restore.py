@@ -97,11 +97,18 @@ def _countdown(delete: bool) -> Any:
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel copies.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails.")
+@click.option("--no-owner", is_flag=True,
+              help="Leave files owned by whoever restores (default as a normal user).")
+@click.option("--numeric-ids", is_flag=True,
+              help="Give the recorded user and group ids, not those of the recorded names.")
+@click.option("--no-xattrs", is_flag=True, help="Restore no extended attributes (nor ACLs).")
+@click.option("--no-acls", is_flag=True, help="Restore no POSIX ACLs.")
 @click.pass_context
 def restore_cmd(ctx: click.Context, name: str | None, from_remote: str | None, to: str | None,
                 snapshot: str | None, only: tuple[str, ...], delete: bool, dry_run: bool,
                 checksum: bool, override: bool, jobs: int | None, as_json: bool,
-                quiet: bool) -> None:
+                quiet: bool, no_owner: bool, numeric_ids: bool, no_xattrs: bool,
+                no_acls: bool) -> None:
     """Restore a block's backup into its source (or --to DIR), copying only what differs.
 
     Without NAME, --from REMOTE --to DIR restores from the snapshots the remote
@@ -112,7 +119,9 @@ def restore_cmd(ctx: click.Context, name: str | None, from_remote: str | None, t
     if bool(name) == bool(from_remote):
         raise ConfigError("restore: name a block, or give --from REMOTE (not both)")
     kw: dict[str, Any] = dict(snapshot=snapshot, only=only, delete=delete, dry_run=dry_run,
-                              checksum=checksum, jobs=jobs)
+                              checksum=checksum, jobs=jobs,
+                              owners=False if no_owner else None, numeric_ids=numeric_ids,
+                              xattrs=not no_xattrs, acls=not no_acls)
     bar = _Bar(name or "restore", "restore", enabled=not (quiet or as_json or dry_run))
     with bar:
         if from_remote:
@@ -142,6 +151,8 @@ def restore_cmd(ctx: click.Context, name: str | None, from_remote: str | None, t
         click.echo(f"btsoot: {label}: damaged: {show(p)}: {why}", err=True)
     for p, why in res.errors:
         click.echo(f"btsoot: {label}: cannot restore {show(p)}: {why}", err=True)
+    for line in res.warnings:
+        click.echo(f"btsoot: {label}: warning: {line}", err=True)
     if not (quiet or as_json):
         click.echo(_restore_line(label, s, dry_run))
     ctx.exit(res.exit_code)
@@ -151,6 +162,7 @@ def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
     verb = "would copy" if dry_run else "copied"
     parts = [f"{verb} {s['copied_files']} files ({human(s['copied_bytes'])})"]
     for key, what in (("dirs_created", "folders created"), ("symlinks", "symlinks"),
+                      ("hard_links", "hard links"),
                       ("attributes_set", "attributes set"), ("unchanged", "unchanged")):
         if s[key]:
             parts.append(f"{s[key]} {what}")

@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import meta, scanner
 from . import remote as rmt
-from . import scanner
 from .config import Block
 from .errors import EXIT_DAMAGE, EXIT_PARTIAL, FatalIOError, GuardError, UsageError
 from .paths import is_under
@@ -108,9 +108,9 @@ def _check_all(source: SnapshotSource, roots: list[bytes], res: RestoreResult) -
 def _run(source: SnapshotSource, dest: str, res: RestoreResult, roots: list[bytes], *,
          delete: bool, dry_run: bool, checksum: bool,
          exclude: Callable[[bytes, bool], bool] | None, jobs: int,
-         progress: Progress | None) -> None:
+         progress: Progress | None, how: meta.Apply) -> None:
     """Walk the snapshot and the destination together; apply (or record) each decision."""
-    applier = (DryRunApplier if dry_run else Applier)(source, dest, res, jobs, progress)
+    applier = (DryRunApplier if dry_run else Applier)(source, dest, res, jobs, progress, how)
     try:
         root = applier.open_root()
         now = None
@@ -119,13 +119,17 @@ def _run(source: SnapshotSource, dest: str, res: RestoreResult, roots: list[byte
                            lambda: rmt.attic_contents(applier.rem))
             applier.now = now
             applier.relocating(root)
-        walker = PairWalker(delete, checksum, exclude, now)
+        walker = PairWalker(delete, checksum, exclude, now, how)
         entries = selected(source, roots)
         pairs = (merge_found(entries, found(applier.dest, roots, res.errors))
                  if root.fd is not None else ((e, None) for e in entries))
         with applier.pool:
             walker.walk(root, pairs, applier)
             applier.pool.drain()
+        applier.finish_links()
+        if roots == [b""] and source.header.root is not None:
+            applier.finish_root(source.header.root)
+        applier.finish_meta()
     finally:
         applier.close()
     if res.damaged:
@@ -153,6 +157,10 @@ def restore(
     confirm: Callable[[SnapshotSource, str], None] | None = None,
     block: str | None = None,
     bases: Iterable[str] = (),
+    owners: bool | None = None,
+    numeric_ids: bool = False,
+    xattrs: bool = True,
+    acls: bool = True,
 ) -> RestoreResult:
     """Restore source's snapshot into dest (created if missing).
 
@@ -185,8 +193,13 @@ def restore(
     t = time.monotonic()
     if progress is not None:
         progress("total", res.file_bytes)
+    if owners is None:
+        owners = os.geteuid() == 0
+    ids = (meta.id_mapper(source.names(), numeric_ids) if owners and not numeric_ids
+           else meta.same_ids)
+    how = meta.Apply(owners, xattrs, xattrs and acls, ids)
     _run(source, dest, res, roots, delete=delete, dry_run=dry_run, checksum=checksum,
-         exclude=exclude, jobs=jobs or scanner.default_threads(), progress=progress)
+         exclude=exclude, jobs=jobs or scanner.default_threads(), progress=progress, how=how)
     res.durations["restore"] = time.monotonic() - t
     if not dry_run and (res.copied_files or res.dirs_created or res.symlinks or res.deleted
                         or res.attrs):
@@ -212,8 +225,10 @@ def restore_block(
     jobs: int | None = None,
     progress: Progress | None = None,
     confirm: Callable[[SnapshotSource, str], None] | None = None,
+    **meta_options: Any,
 ) -> RestoreResult:
     """Restore a block's committed snapshot (or the one named) into its source, or `to`.
+    `meta_options`: restore()'s owners, numeric_ids, xattrs and acls.
 
     Holds the block's lock, so no backup reads the source while it is written.
     The block's exclude patterns apply to the destination: what was never
@@ -229,7 +244,7 @@ def restore_block(
         return restore(source, to or block.source, only=only, delete=delete, dry_run=dry_run,
                        checksum=checksum, exclude=make_exclude(block.exclude),
                        jobs=jobs or block.jobs or None, progress=progress, confirm=confirm,
-                       block=block.name, bases=[block.source])
+                       block=block.name, bases=[block.source], **meta_options)
 
 
 def restore_from(

@@ -20,6 +20,7 @@ from typing import Any
 
 import xxhash
 
+from . import meta
 from . import profile as profiles
 from .errors import EXIT_OK, FatalIOError
 from .names import Codec
@@ -82,6 +83,7 @@ class RestoreResult:
     attrs: int = 0  # entries whose mode or mtime only were set
     dirs_created: int = 0
     symlinks: int = 0  # symlinks written
+    links: int = 0  # hard links made (the other names of a file restored once)
     ops: int = 0  # snapshot entries handled so far (progress)
     bytes_done: int = 0
     extra: list[bytes] = field(default_factory=list)  # not in the snapshot (top-most paths)
@@ -89,6 +91,9 @@ class RestoreResult:
     damaged: list[tuple[bytes, str]] = field(default_factory=list)  # remote copy bad or missing
     errors: list[tuple[bytes, str]] = field(default_factory=list)  # could not be restored
     actions: list[tuple[str, bytes]] = field(default_factory=list)  # dry run: what would be done
+    # Owners and xattrs the destination refused, by kind (not an error: reported once).
+    not_applied: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -107,6 +112,9 @@ class RestoreResult:
             "attributes_set": self.attrs,
             "dirs_created": self.dirs_created,
             "symlinks": self.symlinks,
+            "hard_links": self.links,
+            "metadata_not_applied": self.not_applied,
+            "warnings": self.warnings,
             "extra": [show(p) for p in self.extra],
             "deleted": [show(p) for p in self.deleted],
             "damaged": [{"path": show(p), "error": w} for p, w in self.damaged],
@@ -137,14 +145,18 @@ def _digest(fd: int, size: int) -> str:
     return h.hexdigest() if off == size else ""
 
 
-def _set_attrs(fd: int, e: Entry, apply: bool) -> bool:
-    """Give an open file or folder the entry's mode and mtime; True if they differed."""
+def _set_attrs(fd: int, e: Entry, apply: bool, how: meta.Apply, misses: meta.Misses) -> bool:
+    """Give an open file or folder the entry's mode and mtime, and its owner and
+    xattrs as `how` says; True if any differed."""
     st = os.fstat(fd)
     mode_ok = stat.S_IMODE(st.st_mode) == e.mode & 0o7777
-    if mode_ok and st.st_mtime_ns == e.mtime_ns:
+    other = (how.owners or how.xattrs) and meta.differs(fd, st, e, how)
+    if mode_ok and st.st_mtime_ns == e.mtime_ns and not other:
         return False
     if apply:
-        if not mode_ok:
+        if other:
+            meta.apply_fd(fd, st, e, how, misses)  # (before the mode: see apply_fd)
+        if not mode_ok or other:
             os.fchmod(fd, e.mode & 0o7777)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
     return True
@@ -206,8 +218,15 @@ class _Base:
     """What both appliers do alike: dispatch, counting, progress, folders, the pool."""
 
     def __init__(self, source: SnapshotSource, dest: str, res: RestoreResult, jobs: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, how: meta.Apply = meta.NOTHING) -> None:
         self.source = source
+        self.how = how  # owners and xattrs to give (see meta.Apply)
+        self.misses = meta.Misses()
+        self._mine = (os.geteuid(), os.getegid())
+        # Hard links: the first restored path of each group, and the other members
+        # with their folder (linked once everything is written; see finish_links).
+        self.link_first: dict[tuple[int, int], bytes] = {}
+        self.link_later: list[tuple[Entry, Entry | None]] = []
         self.dest = os.fsencode(dest)
         self.remote = os.fsencode(source.remote)
         # The remote through the one seam (see remotefs), for reads by path; and how the
@@ -263,6 +282,13 @@ class _Base:
     # ----- the actions
 
     def apply(self, cur: Folder, a: Action) -> Folder | None:
+        if isinstance(a, (PutFile, CheckFile, Keep, SetAttrs)) and a.entry.link_key is not None:
+            member = a.entry
+            first = self.link_first.setdefault(member.link_key, member.path)  # type: ignore[arg-type]
+            if first != member.path:  # another name of a file restored before
+                self.link_later.append((member, cur.entry))
+                self.done(member)
+                return None
         match a:
             case Skip(entry=e):
                 if e is not None:
@@ -289,9 +315,11 @@ class _Base:
                 self.res.unchanged += 1
                 self.done(e)
             case SetAttrs(entry=e):
-                self.res.attrs += 1
-                self.record("attrs", e.path)
-                self._set_attrs_of(cur, e)
+                if self._set_attrs_of(cur, e):
+                    self.res.attrs += 1
+                    self.record("attrs", e.path)
+                else:  # (its recorded xattrs were there already)
+                    self.res.unchanged += 1
                 self.done(e)
             case PutSymlink(entry=e, replace=replace):
                 if not replace or self._replace_dir(cur, e):
@@ -329,8 +357,23 @@ class _Base:
         """Do the open file's or folder's mode and mtime differ from e's? (Set them.)"""
         raise NotImplementedError
 
-    def _set_attrs_of(self, cur: Folder, e: Entry) -> None:
+    def _set_attrs_of(self, cur: Folder, e: Entry) -> bool:
+        """Give the file or link e in folder cur its attributes; False if it had them."""
         raise NotImplementedError
+
+    def _file_attrs(self, cur: Folder, e: Entry, apply: bool) -> bool:
+        """The file's attributes differ from e's (and, with apply, are set)."""
+        if cur.fd is None:
+            return True
+        try:
+            fd = os.open(basename(e.path), _READ_FLAGS, dir_fd=cur.fd)
+            try:
+                return _set_attrs(fd, e, apply, self.how, self.misses)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self._dest_error(err, e.path, "cannot set attributes")
+            return False
 
     def _remove_dir(self, cur: Folder, e: Entry) -> bool:
         raise NotImplementedError
@@ -346,6 +389,59 @@ class _Base:
 
     def _fetch(self, dfd: int | None, rfd: int, job: _Job) -> tuple[int, int, str]:
         raise NotImplementedError
+
+    # ----- hard links
+
+    def finish_links(self) -> None:
+        """Give every other member of a hard-link group its name: a link to the
+        member restored first (once all files are written), then the folders
+        the links went into their mtime again."""
+        failed = {p for p, _ in self.res.errors} | {p for p, _ in self.res.damaged}
+        folders: dict[bytes, Entry] = {}
+        for e, folder in self.link_later:
+            first = self.link_first[e.link_key]  # type: ignore[index]
+            if first in failed:
+                self.res.errors.append((e.path, f"not restored: {show(first)}, another name "
+                                        "of the same file, could not be restored"))
+                continue
+            if self._link(first, e):
+                self.record("link", e.path)
+                self.res.links += 1
+                if folder is not None:
+                    folders[folder.path] = folder
+            else:
+                self.res.unchanged += 1
+        for f in folders.values():
+            self._folder_mtime(f)
+        self.link_later.clear()
+
+    def _link(self, first: bytes, e: Entry) -> bool:
+        """Make e.path a hard link to first; False if it is one already."""
+        raise NotImplementedError
+
+    def _folder_mtime(self, e: Entry) -> None:
+        """Set folder e's mtime again (links made inside it moved it)."""
+
+    def finish_root(self, e: Entry) -> None:
+        """The whole tree was restored: give the destination folder the source's
+        mode, mtime, owner and xattrs."""
+        try:
+            fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # a dry run into a folder that does not exist yet
+        try:
+            if self._fix_attrs(fd, e):
+                self.res.attrs += 1
+                self.record("attrs", b".")
+        except OSError as err:
+            self._dest_error(err, b".", "cannot set attributes")
+        finally:
+            os.close(fd)
+
+    def finish_meta(self) -> None:
+        """What the destination refused, as one line per kind."""
+        self.res.not_applied = self.misses.summary()
+        self.res.warnings.extend(self.misses.lines())
 
     # ----- folders
 
@@ -531,7 +627,10 @@ class DryRunApplier(_Base):
         self.res.actions.append((op, path))
 
     def _fix_attrs(self, fd: int, e: Entry) -> bool:
-        return _set_attrs(fd, e, False)
+        return _set_attrs(fd, e, False, self.how, self.misses)
+
+    def _link(self, first: bytes, e: Entry) -> bool:
+        return True
 
     def _leftover(self, cur: Folder, name: bytes) -> None:
         pass
@@ -546,8 +645,8 @@ class DryRunApplier(_Base):
     def _mkdir(self, cur: Folder, e: Entry) -> Folder | None:
         return self._push(Folder(e.path, e, None, True, parent=cur))
 
-    def _set_attrs_of(self, cur: Folder, e: Entry) -> None:
-        pass
+    def _set_attrs_of(self, cur: Folder, e: Entry) -> bool:
+        return e.kind == SYMLINK or self._file_attrs(cur, e, False)
 
     def _remove_dir(self, cur: Folder, e: Entry) -> bool:
         return True
@@ -576,8 +675,8 @@ class Applier(_Base):
     """Writes the destination; reads the remote through its own folder descriptors."""
 
     def __init__(self, source: SnapshotSource, dest: str, res: RestoreResult, jobs: int,
-                 progress: Progress | None) -> None:
-        super().__init__(source, dest, res, jobs, progress)
+                 progress: Progress | None, how: meta.Apply = meta.NOTHING) -> None:
+        super().__init__(source, dest, res, jobs, progress, how)
         self._tag = f"{TMP_TAG}{os.getpid()}-"
         self._count = itertools.count()
 
@@ -636,7 +735,64 @@ class Applier(_Base):
         return self._enter(cur, e, created)
 
     def _fix_attrs(self, fd: int, e: Entry) -> bool:
-        return _set_attrs(fd, e, True)
+        return _set_attrs(fd, e, True, self.how, self.misses)
+
+    def _dest_dir(self, path: bytes) -> int:
+        """The destination folder path, opened one component at a time, never
+        through a link."""
+        fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for part in path.split(b"/") if path else ():
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = nfd
+        return fd
+
+    def _link(self, first: bytes, e: Entry) -> bool:
+        try:
+            sdir = self._dest_dir(first.rpartition(b"/")[0])
+            try:
+                ddir = self._dest_dir(e.path.rpartition(b"/")[0])
+                try:
+                    return self._link_at(sdir, basename(first), ddir, basename(e.path))
+                finally:
+                    os.close(ddir)
+            finally:
+                os.close(sdir)
+        except OSError as err:
+            self._dest_error(err, e.path, "cannot make the hard link")
+            return False
+
+    def _link_at(self, sdir: int, sname: bytes, ddir: int, dname: bytes) -> bool:
+        st = os.stat(sname, dir_fd=sdir, follow_symlinks=False)
+        try:
+            have = os.stat(dname, dir_fd=ddir, follow_symlinks=False)
+            if (have.st_ino, have.st_dev) == (st.st_ino, st.st_dev):
+                return False
+        except FileNotFoundError:
+            pass
+        tmp = self._tmp(dname)
+        os.link(sname, tmp, src_dir_fd=sdir, dst_dir_fd=ddir, follow_symlinks=False)
+        try:
+            os.rename(tmp, dname, src_dir_fd=ddir, dst_dir_fd=ddir)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=ddir)
+            except OSError:
+                pass
+            raise
+        return True
+
+    def _folder_mtime(self, e: Entry) -> None:
+        try:
+            fd = self._dest_dir(e.path)
+            try:
+                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self._dest_error(err, e.path, "cannot set attributes")
 
     def _open_up(self, fd: int, st: os.stat_result) -> None:
         if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
@@ -645,22 +801,16 @@ class Applier(_Base):
             except OSError:
                 pass
 
-    def _set_attrs_of(self, cur: Folder, e: Entry) -> None:
+    def _set_attrs_of(self, cur: Folder, e: Entry) -> bool:
         name, dfd = basename(e.path), self._fd(cur)
         if e.kind == SYMLINK:
+            meta.apply_link_owner(dfd, name, e, self.how, self.misses)
             try:
                 os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
             except OSError:
                 pass  # some file systems cannot set a link's time
-            return
-        try:
-            fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
-            try:
-                _set_attrs(fd, e, True)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            self._dest_error(err, e.path, "cannot set attributes")
+            return True
+        return self._file_attrs(cur, e, True)
 
     def _remove_dir(self, cur: Folder, e: Entry) -> bool:
         try:
@@ -676,6 +826,7 @@ class Applier(_Base):
         tmp = self._tmp(name)
         try:
             os.symlink(e.target, tmp, dir_fd=dfd)
+            meta.apply_link_owner(dfd, tmp, e, self.how, self.misses)
             try:
                 os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
             except OSError:
@@ -820,7 +971,7 @@ class Applier(_Base):
         try:
             want = e.size if base_size is None else base_size
             try:
-                n = copy_fd(sfd, tfd, want)
+                n = copy_fd(sfd, tfd, want, holes=True)
                 for ufd in undos or ():
                     if not apply_undo(ufd, tfd):
                         return DAMAGED, 0, "an undo record of it on the remote is damaged"
@@ -835,6 +986,10 @@ class Applier(_Base):
             if _digest(tfd, e.size) != e.digest:
                 return DAMAGED, 0, ("does not match its snapshot digest: the copy on the "
                                     "remote is corrupt; not restored")
+            how = self.how
+            if (how.owners or how.xattrs) and (
+                    how.want_owner(e) not in (None, self._mine) or how.want_xattrs(e)):
+                meta.apply_fd(tfd, os.fstat(tfd), e, how, self.misses)
             os.fchmod(tfd, e.mode & 0o7777)
             os.utime(tfd, ns=(e.mtime_ns, e.mtime_ns))
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import meta
 from .paths import is_under, parent
 from .reading import DIR_FLAGS, EntryChecker, Found, SnapshotSource, lstat_found, walk_found
 from .snapshot import DIR, FILE, SYMLINK, Entry
@@ -303,11 +304,13 @@ class PairWalker:
     """Decides what to do with each pair; `walk` hands the decisions to a Sink."""
 
     def __init__(self, delete: bool, checksum: bool,
-                 exclude: Callable[[bytes, bool], bool] | None, now: NowIndex | None) -> None:
+                 exclude: Callable[[bytes, bool], bool] | None, now: NowIndex | None,
+                 how: meta.Apply = meta.NOTHING) -> None:
         self.delete = delete
         self.checksum = checksum
         self.exclude = exclude
         self.now = now
+        self.how = how
 
     def walk(self, root: Folder, pairs: Iterable[tuple[Entry | None, Found | None]],
              sink: Sink) -> None:
@@ -375,14 +378,20 @@ class PairWalker:
             d = None
         if s.kind == SYMLINK:
             if d is not None and d.kind == SYMLINK and d.target == s.target:
-                return Keep(s) if d.mtime_ns == s.mtime_ns else SetAttrs(s)
+                return Keep(s) if d.mtime_ns == s.mtime_ns and self._same_meta(s, d) else SetAttrs(s)
             return PutSymlink(s, replace)
         if d is not None and d.kind == FILE and d.size == s.size and (
                 self.checksum or d.mtime_ns == s.mtime_ns):
             if self.checksum:
                 return CheckFile(s, self._source_of(s))
-            return Keep(s) if stat.S_IMODE(d.mode) == s.mode & 0o7777 else SetAttrs(s)
+            return (Keep(s) if stat.S_IMODE(d.mode) == s.mode & 0o7777 and self._same_meta(s, d)
+                    else SetAttrs(s))
         return PutFile(s, self._source_of(s), replace)
+
+    def _same_meta(self, s: Entry, d: Found) -> bool:
+        """Owner as wanted, and no recorded xattrs to check (SetAttrs reads them)."""
+        owner = self.how.want_owner(s)
+        return (owner is None or owner == (d.uid, d.gid)) and not self.how.want_xattrs(s)
 
     def _source_of(self, e: Entry) -> bytes | None:
         return None if self.now is None else self.now.source_of(e)

@@ -10,7 +10,8 @@ beside FORMAT.txt (the snapshot format). Run it with the remote mounted:
 
 DEST must be missing or an empty folder. Files, folders and symbolic links come
 back with their names (byte for byte, also where the remote had to store them
-under an encoded name), modes and modification times. An older snapshot's files
+under an encoded name), modes and modification times, extended attributes and
+ACLs, hard links as links, and (run as root) their numeric owners and groups. An older snapshot's files
 are found by their digests: in the copy, or in the attic (REMOTE/.btsoot/attic,
 where a backup moves what it replaces or deletes; a large file updated in place
 is rebuilt from its newer content and the undo records kept there). Sizes are
@@ -84,10 +85,12 @@ def newest(snaps: dict[str, list[tuple[str, str]]]) -> str:
     return named if named in snaps else max(snaps)
 
 
-def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str) -> dict[bytes, dict[str, Any]]:
-    """The entries of snapshot sid: path -> entry dict."""
+def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str
+            ) -> tuple[dict[bytes, dict[str, Any]], dict[str, Any]]:
+    """The entries of snapshot sid (path -> entry dict), and its header."""
     chain: list[list[dict[str, Any]]] = []
     seen: set[str] = set()
+    top: dict[str, Any] | None = None
     while True:
         if sid not in snaps or sid in seen:
             fail("snapshot chain broken at " + repr(sid))
@@ -101,13 +104,15 @@ def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str) -> dict[bytes, di
             fail("snapshot " + sid + " is damaged (" + str(err) + "); an older one may be"
                  " whole: restore.py --list, then restore.py --snapshot ID DEST")
         chain.append(recs)
+        top = top or header
         sid = str(header.get("base"))
     table: dict[bytes, dict[str, Any]] | None = None
     errors: list[str] = []
     for _, path in sorted(files, key=lambda f: "copy" in f[1]):  # the first, then its copy
         try:
-            _, recs = read_lines(path)
+            header, recs = read_lines(path)
             table = {field(e, "path"): e for e in recs}
+            top = top or header
             break
         except DAMAGED as err:
             errors.append(path + ": " + str(err))
@@ -120,7 +125,7 @@ def resolve(snaps: dict[str, list[tuple[str, str]]], sid: str) -> dict[bytes, di
             elif r.get("op") == "put":
                 e = r["entry"]
                 table[field(e, "path")] = e
-    return table
+    return table, top or {}
 
 
 def decode(stored: bytes) -> bytes:
@@ -256,6 +261,23 @@ def apply_undo(remote: Remote, where: bytes, out: Any) -> None:
         out.truncate(size)
 
 
+def give_meta(out: bytes, e: dict[str, Any], misses: dict[str, str]) -> None:
+    """Owner (as root) and extended attributes, before the mode is set."""
+    if os.geteuid() == 0 and isinstance(e.get("uid"), int) and isinstance(e.get("gid"), int):
+        try:
+            os.chown(out, e["uid"], e["gid"], follow_symlinks=False)
+        except OSError as err:
+            misses.setdefault("owners", str(err))
+    xattrs = e.get("xattrs")
+    if isinstance(xattrs, dict) and e.get("type") != "symlink":
+        for name, value in xattrs.items():
+            try:
+                raw = b64decode(name[4:]) if name.startswith("b64:") else name.encode("utf-8")
+                os.setxattr(out, raw, b64decode(value), follow_symlinks=False)
+            except (OSError, ValueError) as err:
+                misses.setdefault("extended attributes", str(err))
+
+
 def safe(path: bytes) -> bool:
     return bool(path) and not path.startswith(b"/") and all(
         p not in (b"", b".", b"..") for p in path.split(b"/"))
@@ -283,8 +305,8 @@ def main(argv: list[str]) -> int:
     os.makedirs(dest, exist_ok=True)
     last = newest(snaps)
     sid = sid or last
-    table = resolve(snaps, sid)
-    finder = Finder(table if sid == last else resolve(snaps, last))
+    table, header = resolve(snaps, sid)
+    finder = Finder(table if sid == last else resolve(snaps, last)[0])
     try:
         import xxhash  # only to check digests; the restore does not need it
 
@@ -294,6 +316,8 @@ def main(argv: list[str]) -> int:
     remote, done = Remote({p for p, e in table.items() if e.get("esc") is True}), 0
     problems: list[tuple[bytes, str]] = []
     dirs: list[tuple[bytes, dict[str, Any]]] = []
+    misses: dict[str, str] = {}  # metadata the destination refused: one line per kind
+    linked: dict[tuple[Any, Any], bytes] = {}  # a hard-link group's first restored path
     for path in sorted(table):
         e = table[path]
         if not safe(path):
@@ -307,7 +331,11 @@ def main(argv: list[str]) -> int:
                 dirs.append((out, e))
             elif kind == "symlink":
                 os.symlink(field(e, "target"), out)
+                give_meta(out, e, misses)
                 os.utime(out, ns=(e["mtime"], e["mtime"]), follow_symlinks=False)
+            elif kind == "file" and e.get("nlink", 1) > 1 and (e.get("dev"), e.get("ino")) in linked:
+                os.link(linked[(e.get("dev"), e.get("ino"))], out)  # another name of it
+                done += 1
             elif kind == "file":
                 found = finder.chain(path, e["digest"]) if e.get("digest") else (path, [])
                 if found is None:
@@ -333,17 +361,31 @@ def main(argv: list[str]) -> int:
                     problems.append((path, f"size {size}, expected {e.get('size', 0)}"))
                 elif h and h.hexdigest() != e["digest"]:
                     problems.append((path, "content does not match its digest"))
+                give_meta(out, e, misses)
                 os.chmod(out, e["mode"] & 0o7777)
                 os.utime(out, ns=(e["mtime"], e["mtime"]))
+                if e.get("nlink", 1) > 1:
+                    linked[(e.get("dev"), e.get("ino"))] = out
                 done += 1
         except OSError as err:
             problems.append((path, str(err)))
     for out, e in reversed(dirs):  # deepest first: their own changes are done
+        give_meta(out, e, misses)
         os.chmod(out, e["mode"] & 0o7777)
         os.utime(out, ns=(e["mtime"], e["mtime"]))
+    root = header.get("root")  # the source folder itself
+    if isinstance(root, dict) and isinstance(root.get("mode"), int):
+        try:
+            give_meta(dest, root, misses)
+            os.chmod(dest, root["mode"] & 0o7777)
+            os.utime(dest, ns=(root["mtime"], root["mtime"]))
+        except (OSError, KeyError, TypeError) as err:
+            problems.append((b".", str(err)))
     for path, why in problems:
         shown = path.decode("utf-8", "backslashreplace")
         sys.stderr.write(f"restore.py: {shown}: {why}\n")
+    for what, why in misses.items():
+        sys.stderr.write(f"restore.py: warning: some {what} not restored ({why})\n")
     more = f", {len(problems)} problems" if problems else ""
     print(f"restored snapshot {sid}: {done} files into {args[0]}{more}")
     return 1 if problems else 0
