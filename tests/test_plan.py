@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +24,7 @@ from btsoot.plan import (
     STASH,
     Copy,
     Delete,
+    Link,
     Mkdir,
     Move,
     Plan,
@@ -336,6 +337,63 @@ def test_duplicate_of_staying_content_is_a_remote_copy() -> None:
 def test_new_file_with_two_copies_is_sent_once() -> None:
     plan, c = check({}, {"a": b"dup", "b": b"dup"})
     assert c["copy"] == 2 and plan.copy_bytes == 6  # no old copy to take it from: both sent
+
+
+def linked(content: bytes, n: int, ino: int = 77, mode: int = 0o644) -> Entry:
+    """A file that is one of n hard links to inode ino (its path comes from tree())."""
+    return replace(file(b"x", content, mode), ino=ino, dev=1, nlink=n)
+
+
+def test_a_new_hard_link_group_is_sent_once_then_linked() -> None:
+    plan, c = check({}, {"a/x": linked(b"data", 3), "b/y": linked(b"data", 3),
+                         "c": linked(b"data", 3)})
+    assert c["copy"] == 1 and c["link"] == 2 and plan.copy_bytes == 4
+    first = next(op for op in plan.ops if isinstance(op, Copy))
+    links = [op for op in plan.ops if isinstance(op, Link)]
+    assert {op.src for op in links} == {first.path}
+    # after every transfer: the content they link to is in place
+    assert plan.ops.index(first) < min(plan.ops.index(op) for op in links)
+
+
+def test_a_group_gaining_a_name_links_to_a_member_that_stays() -> None:
+    old = {"a": linked(b"data", 2), "b": linked(b"data", 2), "z": b"data"}
+    plan, c = check(old, {"a": linked(b"data", 3), "b": linked(b"data", 3), "z": b"data",
+                          "new": linked(b"data", 3)})
+    (op,) = [op for op in plan.ops if not isinstance(op, SetAttr)]
+    # the same inode, not just the same content ("z" is a copy)
+    assert isinstance(op, Link) and op.src in (b"a", b"b") and op.path == b"new"
+    assert "copy" not in c and "remote-copy" not in c
+
+
+def test_names_of_different_inodes_are_not_linked() -> None:
+    plan, c = check({}, {"a": linked(b"data", 2, ino=1), "b": linked(b"data", 2, ino=2)})
+    assert "link" not in c and c["copy"] == 2
+
+
+def test_without_links_a_group_is_files() -> None:
+    new = tree({"a": linked(b"data", 2), "b": linked(b"data", 2)})
+    plan = make_plan(lambda: iter(()), lambda: iter(ordered(new)), run_id="r1", links=False)
+    assert "link" not in plan.count() and plan.count()["copy"] == 2
+    apply_plan({}, new, plan)
+
+
+def test_a_change_of_what_the_remote_cannot_hold_needs_no_operation() -> None:
+    old = tree({"a": replace(file(b"a", b"1"), uid=1, gid=1),
+                "b": replace(file(b"b", b"2"), xattrs=((b"user.k", b"v"),))})
+    new = tree({"a": replace(file(b"a", b"1"), uid=2, gid=1),
+                "b": replace(file(b"b", b"2"), xattrs=((b"user.k", b"w"),))})
+
+    def ops(held: tuple[bool, bool]) -> list[bytes]:
+        plan = make_plan(lambda: iter(ordered(old)), lambda: iter(ordered(new)), run_id="r1",
+                         held=held)
+        return sorted(op.path for op in plan.ops if isinstance(op, SetAttr))
+
+    assert ops((False, False)) == []
+    assert ops((True, False)) == [b"a"]
+    assert ops((False, True)) == [b"b"]
+    # an owner the old record does not know (a version 1 snapshot) is no change
+    old[b"a"] = file(b"a", b"1")
+    assert ops((True, True)) == [b"b"]
 
 
 def test_file_rename_is_a_move() -> None:

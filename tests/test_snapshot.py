@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -248,7 +249,7 @@ def test_a_version_1_snapshot_is_read_and_carried_on(block: tuple[Env, Path, Pat
     with SnapshotReader(str(snap)) as r:
         entries = list(r)
     assert r.header.id and len(entries) == 5
-    assert all(e.uid is None and e.gid is None and e.xattrs is None for e in entries)
+    assert all(e.uid is None and e.gid is None and e.xattrs == () for e in entries)
 
     p = env.run("backup", "b", "--json", check=0)
     out = json.loads(p.stdout)
@@ -261,3 +262,21 @@ def test_a_version_1_snapshot_is_read_and_carried_on(block: tuple[Env, Path, Pat
     env.run("restore", "b", "--to", tmp_path / "back", check=0)
     assert os.stat(tmp_path / "back" / "d" / "f1").st_uid == 1234
     assert (tmp_path / "back" / "d" / "f3").read_bytes() == b"3" * 100
+
+
+def test_a_status_change_recheck_that_finds_nothing_writes_nothing(
+        block: tuple[Env, Path, Path]) -> None:
+    """Entries whose ctime is too close to the last scan have their xattrs and owner
+    looked at again (not their content); when nothing changed, the run writes no
+    snapshot: the entries it decodes and builds again are equal, xattrs included."""
+    env, src, dst = block
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for i in range(20):
+        (src / f"f{i}").write_bytes(b"%d" % i)
+        os.utime(src / f"f{i}", ns=(hour_ago, hour_ago))  # (the ctime is now)
+    os.setxattr(src / "f3", "user.k", b"v")
+    env.run("backup", "b", check=0)
+    snaps = sorted((env.state / "blocks/b/snapshots").iterdir())
+    s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
+    assert s["hashed_files"] == 0 and s["result"] == "nothing", s
+    assert sorted((env.state / "blocks/b/snapshots").iterdir()) == snaps

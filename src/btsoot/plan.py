@@ -400,11 +400,9 @@ def _attrs_differ(o: Entry, n: Entry, held: tuple[bool, bool]) -> bool:
 
 
 def _patch_chunks(o: Entry | None, n: Entry) -> tuple[int, ...] | None:
-    """The chunks of n that differ from o, if writing only those is worth it. Never
-    into a hard-linked file: on the remote the update would reach its other names."""
+    """The chunks of n that differ from o, if writing only those is worth it. (A
+    remote file with other names is not patched: see Executor._patch.)"""
     if o is None or o.kind != FILE or not o.chunks or not n.chunks or o.path != n.path:
-        return None
-    if o.nlink > 1 or n.nlink > 1:
         return None
     idx = tuple(i for i, c in enumerate(n.chunks) if i >= len(o.chunks) or o.chunks[i] != c)
     if patch_bytes(n, idx) > n.size * PATCH_MAX_SHARE:

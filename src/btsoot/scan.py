@@ -282,8 +282,8 @@ class _Merge:
     def send(self) -> None:
         if self.batch:
             root, short = self.root, self.short
-            fut = self.pool.submit(scanner.hash_batch, [short(root + b"/" + it.path) for it in self.batch],
-                                   scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
+            fut = self.pool.submit(_hash_batch, [short(root + b"/" + it.path) for it in self.batch],
+                                   self.keep)
             for i, it in enumerate(self.batch):
                 it.fut, it.idx = fut, i
             self.batch, self.batch_bytes = [], 0
@@ -312,10 +312,11 @@ class _Merge:
         if it.fut is not None:
             w = it.walk
             assert w is not None
-            digest, chunks, size, mtime, ino, err = it.fut.result()[it.idx]
+            hashed, xattrs = it.fut.result()
+            digest, chunks, size, mtime, ino, err = hashed[it.idx]
             if err == 0:
                 entry = self.entry(w, digest, tuple(chunks) if chunks else None,
-                                   size=size, mtime=mtime, ino=ino)
+                                   size=size, mtime=mtime, ino=ino, xattrs=xattrs[it.idx])
                 if it.same is None:
                     self.stats.hashed_files += 1
                     self.stats.hashed_bytes += size
@@ -443,11 +444,13 @@ class _Merge:
             self.hash_later(path, w, old)
 
     def entry(self, w: tuple, digest: str | None = None, chunks: tuple[str, ...] | None = None,
-              size: int | None = None, mtime: int | None = None, ino: int | None = None) -> Entry:
-        """The entry of walk tuple w, its extended attributes read now (a file's
-        size, mtime and inode as its hash found them, where it was hashed)."""
+              size: int | None = None, mtime: int | None = None, ino: int | None = None,
+              xattrs: meta.Xattrs | None = None) -> Entry:
+        """The entry of walk tuple w, its extended attributes read now unless given (a
+        file's size, mtime, inode and xattrs as its hash found them, where it was hashed)."""
         path, kind, wsize, wmtime, mode, wino, dev, extra, uid, gid, ctime, nlink = w
-        xattrs = meta.read_xattrs(self.short(self.root + b"/" + path), self.keep) or ()
+        if xattrs is None:
+            xattrs = meta.read_xattrs(self.short(self.root + b"/" + path), self.keep) or ()
         if kind == scanner.DIR:
             return Entry(path, DIR, 0, wmtime, mode, wino, dev, uid=uid, gid=gid, ctime_ns=ctime,
                          xattrs=xattrs)
@@ -588,6 +591,14 @@ def scan(
     return ScanResult(out_path, header, m.stats, diff, m.rewritten)
 
 
+def _hash_batch(paths: list[bytes], keep: meta.Keep) -> tuple[list[tuple], list[meta.Xattrs]]:
+    """hash_batch, and the extended attributes of each file hashed: both on the
+    pool's threads, off the merge's."""
+    hashed = scanner.hash_batch(paths, scanner.CHUNK_SIZE, scanner.CHUNK_THRESHOLD, HASH_RETRIES)
+    return hashed, [(meta.read_xattrs(p, keep) or ()) if r[5] == 0 else () for p, r in zip(
+        paths, hashed, strict=True)]
+
+
 # Files below this size are cheaper to read again than to look up.
 MOVED_MIN_SIZE = 16 << 10
 
@@ -677,4 +688,5 @@ def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:
 def _folder(w: tuple) -> Entry:
     """A folder's entry as the walk found it, for the attribute pass of the plan
     (its xattrs unknown: an attribute pass leaves them as they are)."""
-    return Entry(w[0], DIR, 0, w[3], w[4], w[5], w[6], uid=w[8], gid=w[9], ctime_ns=w[10])
+    return Entry(w[0], DIR, 0, w[3], w[4], w[5], w[6], uid=w[8], gid=w[9], ctime_ns=w[10],
+                 xattrs=None)

@@ -66,9 +66,10 @@ class Entry:
     # the scan reads xattrs only where it moved (0: not recorded).
     ctime_ns: int = 0
     nlink: int = 1  # a file's hard links (recorded when more than one)
-    # Extended attributes (POSIX ACLs among them), sorted by name; None: not
-    # known (not recorded, or an entry built without reading them).
-    xattrs: tuple[tuple[bytes, bytes], ...] | None = None
+    # Extended attributes (POSIX ACLs among them), sorted by name. None: not
+    # known (an entry built without reading them: an attribute pass leaves the
+    # remote's as they are); every entry read from a snapshot has a tuple.
+    xattrs: tuple[tuple[bytes, bytes], ...] | None = ()
 
     def with_path(self, path: bytes) -> Entry:
         return replace(self, path=path)
@@ -356,7 +357,7 @@ def entry_from_dict(d: Any, where: str) -> Entry:
             gid=gid,
             ctime_ns=ctime,
             nlink=nlink,
-            xattrs=xattrs_from_dict(xattrs) if xattrs is not None else None,
+            xattrs=xattrs_from_dict(xattrs) if xattrs is not None else (),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{where}: bad snapshot entry ({e})") from None
