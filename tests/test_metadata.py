@@ -612,3 +612,31 @@ def test_exfat_remote_warns_once(env: Env) -> None:
         out = env.root / "restored"
         restore(env, out)
         assert same_tree(src, out) == []
+
+
+def test_restore_onto_a_file_system_without_metadata_warns_once_per_kind(env: Env) -> None:
+    """A destination that keeps no owners, xattrs, ACLs or hard links (exFAT): the
+    content comes back, exit 0, and what it refused is said once per kind, not
+    once per file."""
+    src = env.root / "src"
+    make_tree(src, symlink=False)
+    for i in range(20):  # many files with xattrs: still one line
+        p = put(src, f"many/x{i}", b"%d" % i, owner=(1001, 1001))
+        os.setxattr(p, "user.n", b"%d" % i)
+    stamp_dirs(src)
+    with remote_of("local", env) as remote:
+        env.run("add", "b", src, remote, check=0)
+        backup(env)
+        with mount("exfat", env.root / "dest") as dest:
+            p = env.run("restore", "b", "--to", dest / "r", "--json", check=0,
+                        stdin=subprocess.DEVNULL)
+            s = json.loads(p.stdout)
+            assert s["result"] == "ok" and not s["errors"], s
+            lines = [ln for ln in p.stderr.splitlines() if ": warning: " in ln]
+            kinds = s["metadata_not_applied"]
+            assert len(lines) == len(s["warnings"]) == len(kinds), p.stderr  # one line a kind
+            assert kinds["extended attributes"] >= 20 and kinds["hard links"] == 3, kinds
+            assert kinds["set-id bits"] == 3, kinds  # two files and a folder: the rest of their modes
+            for i in range(20):
+                assert (dest / "r" / f"many/x{i}").read_bytes() == b"%d" % i
+            assert (dest / "r" / LINK3[2]).read_bytes() == (src / LINK3[0]).read_bytes()

@@ -55,6 +55,8 @@ Progress = Callable[[str, Any], None]
 # O_NONBLOCK: a FIFO swapped in for a file must not block the open.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The destination holds no hard links (or no more of this file).
+_NO_HARD_LINK = {errno.EPERM, errno.EMLINK, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS}
 # The destination cannot take more: stop the run instead of failing file by file.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _SMALL = 4 << 20  # hashed in one read
@@ -157,9 +159,21 @@ def _set_attrs(fd: int, e: Entry, apply: bool, how: meta.Apply, misses: meta.Mis
         if other:
             meta.apply_fd(fd, st, e, how, misses)  # (before the mode: see apply_fd)
         if not mode_ok or other:
-            os.fchmod(fd, e.mode & 0o7777)
+            _fchmod(fd, e.mode, misses)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
     return True
+
+
+def _fchmod(fd: int, mode: int, misses: meta.Misses) -> None:
+    """The mode; where the file system refuses set-id bits (exFAT), the rest of it,
+    and the refusal counted."""
+    try:
+        os.fchmod(fd, mode & 0o7777)
+    except PermissionError as e:
+        if not mode & 0o6000:
+            raise
+        os.fchmod(fd, mode & 0o1777)
+        misses.add("set-id bits", e)
 
 
 def _remove(parent_fd: int, name: bytes) -> None:
@@ -773,7 +787,14 @@ class Applier(_Base):
         except FileNotFoundError:
             pass
         tmp = self._tmp(dname)
-        os.link(sname, tmp, src_dir_fd=sdir, dst_dir_fd=ddir, follow_symlinks=False)
+        try:
+            os.link(sname, tmp, src_dir_fd=sdir, dst_dir_fd=ddir, follow_symlinks=False)
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINK:
+                raise
+            # The destination holds no hard links (exFAT): a copy of the first name.
+            self.misses.add("hard links", err)
+            self._copy_local(sdir, sname, ddir, tmp, st)
         try:
             os.rename(tmp, dname, src_dir_fd=ddir, dst_dir_fd=ddir)
         except BaseException:
@@ -783,6 +804,38 @@ class Applier(_Base):
                 pass
             raise
         return True
+
+    def _copy_local(self, sdir: int, sname: bytes, ddir: int, tmp: bytes,
+                    st: os.stat_result) -> None:
+        """Copy a restored file within the destination to tmp, with its attributes."""
+        sfd = os.open(sname, _READ_FLAGS, dir_fd=sdir)
+        try:
+            tfd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=ddir)
+            try:
+                if copy_fd(sfd, tfd, st.st_size, holes=True) != st.st_size:
+                    raise OSError(errno.EIO, "changed while copied", tmp)
+                for name, value in meta.fd_xattrs(sfd):
+                    try:
+                        os.setxattr(tfd, name, value)
+                    except OSError:
+                        pass  # (counted when the first name got it)
+                if os.geteuid() == 0:
+                    try:
+                        os.fchown(tfd, st.st_uid, st.st_gid)
+                    except OSError:
+                        pass
+                try:
+                    os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+                except PermissionError:
+                    os.fchmod(tfd, stat.S_IMODE(st.st_mode) & 0o1777)
+                os.utime(tfd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            except BaseException:
+                os.close(tfd)
+                os.unlink(tmp, dir_fd=ddir)
+                raise
+            os.close(tfd)
+        finally:
+            os.close(sfd)
 
     def _folder_mtime(self, e: Entry) -> None:
         try:
@@ -990,7 +1043,7 @@ class Applier(_Base):
             if (how.owners or how.xattrs) and (
                     how.want_owner(e) not in (None, self._mine) or how.want_xattrs(e)):
                 meta.apply_fd(tfd, os.fstat(tfd), e, how, self.misses)
-            os.fchmod(tfd, e.mode & 0o7777)
+            _fchmod(tfd, e.mode, self.misses)
             os.utime(tfd, ns=(e.mtime_ns, e.mtime_ns))
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             placed = True
