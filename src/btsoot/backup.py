@@ -474,8 +474,12 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                           small_inline=not network,
                           sync_files=not prof.sync_reaches_disk,
                           history=history, clones=prof.clones, how=how,
-                          hard_links=prof.hard_links).run(plan)
+                          hard_links=prof.hard_links, keep=block.keep()).run(plan)
             res.notices.extend(f"remote: {line}" for line in ex.misses.lines())
+            if ex.unheld:
+                kinds = ", ".join(f"{k} ({n})" for k, n in sorted(ex.unheld.items()))
+                res.notices.append(f"the remote cannot hold {kinds}: they are kept in the "
+                                   "snapshot, and a restore gives them back")
             if ex.attic:
                 _record_attic(block, remote, ex.attic, base_id, ex.undo)
             _cleanup_meta(remote)

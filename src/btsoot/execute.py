@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -109,6 +109,9 @@ class ExecStats:
     undo: dict[bytes, dict[str, Any]] = field(default_factory=dict)
     # Owners and xattrs the remote refused (its profile said it keeps them).
     misses: meta.Misses = field(default_factory=meta.Misses)
+    # Entries placed with metadata the remote cannot hold at all (by kind): in the
+    # snapshot only.
+    unheld: Counter[str] = field(default_factory=Counter)
 
 
 class Executor:
@@ -126,6 +129,7 @@ class Executor:
         clones: bool = False,
         how: meta.Apply = meta.NOTHING,
         hard_links: bool = False,
+        keep: meta.Keep = meta.KEEP_ALL,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -162,6 +166,7 @@ class Executor:
         self.misses = self.stats.misses
         self._mine = (os.geteuid(), os.getegid())
         self.hard_links = hard_links  # the remote holds hard links (else Link copies)
+        self.keep = keep  # what the block keeps (of which `how` is what the remote holds)
 
     def s(self, rel: bytes) -> bytes:
         """The source path of rel, likewise."""
@@ -522,13 +527,26 @@ class Executor:
 
     def _new_meta(self, path: bytes, e: Entry) -> None:
         """Give an entry this run just made its owner and xattrs (where the remote
-        keeps them): nothing to do for one of ours without xattrs."""
-        how = self.how
+        keeps them): nothing to do for one of ours without xattrs. What the remote
+        cannot hold is counted (ExecStats.unheld)."""
+        how, keep = self.how, self.keep
+        if keep.owners and not how.owners and e.uid is not None and (e.uid, e.gid) != self._mine:
+            self._unheld("owners")
+        if keep.xattrs and e.xattrs:
+            if not how.xattrs:
+                self._unheld("extended attributes")
+            elif keep.acls and not how.acls and any(
+                    n.startswith(meta.ACL_PREFIX) for n, _ in e.xattrs):
+                self._unheld("ACLs")
         if not (how.owners or how.xattrs):
             return
         if how.want_owner(e) in (None, self._mine) and not how.want_xattrs(e):
             return
         apply_meta(self.remote, path, e, how, self.misses)
+
+    def _unheld(self, kind: str) -> None:
+        with self._lock:
+            self.stats.unheld[kind] += 1
 
     def _link(self, op: Link, tmp: bytes) -> bool:
         """Make op.path another name of op.src (a hard link through tmp); False
@@ -655,6 +673,8 @@ class Executor:
                     self.journal.done(i, **_learnt(op.entry, entry))
                     self._placed(op.path)
                     return
+                if isinstance(op, Link):
+                    self._unheld("hard links")
                 if isinstance(op, RemoteCopy):
                     try:
                         sfd = self.remote.open_file(op.src)
