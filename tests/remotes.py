@@ -341,17 +341,60 @@ def _sshd(work: Path) -> Iterator[tuple[int, Path]]:
 
 @contextlib.contextmanager
 def sshfs(work: Path) -> Iterator[Path]:
-    need("sshfs", "fusermount3")
     served = work / "served"
     served.mkdir(parents=True)
     mnt = _mountpoint(work, "sshfs")
-    with contextlib.ExitStack() as undo:
-        port, key = undo.enter_context(_sshd(work))
+    with sshfs_server(work) as mount_at, mount_at(served, mnt):
+        yield _fresh_remote(mnt)
+
+
+@contextlib.contextmanager
+def sshfs_server(work: Path) -> Iterator[Callable[[Path, Path], AbstractContextManager[None]]]:
+    """An sshd on 127.0.0.1 for sshfs mounts: yields mount_at(served, at), a context
+    manager that mounts the server's folder `served` at `at` (again and again: a
+    remount, as after a reboot)."""
+    need("sshfs", "fusermount3")
+    with _sshd(work) as (port, key):
         opts = (f"port={port},IdentityFile={key},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
                 "BatchMode=yes,LogLevel=ERROR")
-        _fuse_daemon(undo, ["sshfs", "-f", f"root@127.0.0.1:{served}", str(mnt), "-o", opts],
-                     mnt, work, 30)
-        yield _fresh_remote(mnt)
+
+        @contextlib.contextmanager
+        def mount_at(served: Path, at: Path) -> Iterator[None]:
+            at.mkdir(parents=True, exist_ok=True)
+            with contextlib.ExitStack() as undo:
+                _fuse_daemon(undo, ["sshfs", "-f", f"root@127.0.0.1:{served}", str(at), "-o", opts],
+                             at, work, 30)
+                yield
+
+        yield mount_at
+
+
+@contextlib.contextmanager
+def exfat_image(work: Path) -> Iterator[Callable[[Path], AbstractContextManager[None]]]:
+    """An exFAT image: yields mount_at(at), a context manager that mounts it at `at`
+    (again and again)."""
+    need("mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount3")
+    img = _image(work, "exfat", 96)
+    try:
+        _run(["mkfs.exfat", img])
+
+        @contextlib.contextmanager
+        def mount_at(at: Path) -> Iterator[None]:
+            at.mkdir(parents=True, exist_ok=True)
+            with contextlib.ExitStack() as undo:
+                dev = _run(["losetup", "-f", "--show", img]).strip()
+                undo.callback(_detach, dev)
+                _run(["mount.exfat-fuse", dev, at])
+                daemons = _pids_with_arg(str(at))
+                undo.callback(_end_pids, daemons)
+                undo.callback(_unmount, at, True)
+                if not os.path.ismount(at):
+                    raise RuntimeError(f"mount.exfat-fuse {dev} {at}: not mounted")
+                yield
+
+        yield mount_at
+    finally:
+        img.unlink(missing_ok=True)
 
 
 _MOUNTERS: dict[str, Callable[[Path], AbstractContextManager[Path]]] = {

@@ -75,3 +75,19 @@ def test_a_remounted_source_passes_another_file_system_does_not(env, tmp_path: P
     r = env.run("backup", "b", check=4)
     assert "different file system" in r.stderr or "empty" in r.stderr
     assert (dst / "notes.txt").exists()
+
+
+def test_what_names_a_file_system_across_remounts() -> None:
+    from btsoot.mounts import same_file_system
+
+    ext4 = {"type": "ext4", "source": "/dev/sdb1", "uuid": "u1", "fsid": 7}
+    assert same_file_system(ext4, dict(ext4, source="/dev/sdc1"))  # another port, same disk
+    assert not same_file_system(ext4, dict(ext4, uuid="u2", fsid=8))  # another disk
+    assert not same_file_system(ext4, dict(ext4, type="xfs"))
+    # No UUID, no f_fsid (FUSE, many network mounts): where it comes from names it.
+    share = {"type": "fuse.sshfs", "source": "nas:/volume1/photos", "uuid": "", "fsid": 0}
+    assert same_file_system(share, dict(share))
+    assert not same_file_system(share, dict(share, source="nas:/volume1/other"))
+    # ... but not a device path, which another disk can take over.
+    blk = {"type": "fuseblk", "source": "/dev/loop3", "uuid": "", "fsid": 0}
+    assert same_file_system(blk, dict(blk)) is None

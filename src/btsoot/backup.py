@@ -412,6 +412,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             hash_new=base is not None or dry_run,
             on_progress=(lambda s: progress("scan", s)) if progress else None,
             keep=block.keep(),
+            stable_inodes=mounts.inodes_stable(block.source),
         )
     finally:
         if prev_reader:

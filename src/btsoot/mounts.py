@@ -21,13 +21,18 @@ from typing import Any
 def mount_of(path: str | bytes) -> tuple[str, str, str]:
     """(mount point, file system type, mount source) of the mount holding path,
     or ("", "", "") if it cannot be told."""
+    return mount_info(path)[:3]
+
+
+def mount_info(path: str | bytes) -> tuple[str, str, str, str]:
+    """mount_of, and the file system's own options (mountinfo's super options)."""
     target = os.path.realpath(os.fsdecode(path))
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             lines = f.read().decode("utf-8", "surrogateescape").splitlines()
     except OSError:
-        return "", "", ""
-    best: tuple[str, str, str] = ("", "", "")
+        return "", "", "", ""
+    best: tuple[str, str, str, str] = ("", "", "", "")
     for line in lines:
         fields, _, rest = line.partition(" - ")
         parts = fields.split(" ")
@@ -36,8 +41,21 @@ def mount_of(path: str | bytes) -> tuple[str, str, str]:
         mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
         if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
             more = rest.split(" ")
-            best = (mnt, more[0], more[1] if len(more) > 1 else "")
+            best = (mnt, more[0], more[1] if len(more) > 1 else "", more[2] if len(more) > 2 else "")
     return best
+
+
+def inodes_stable(path: str | bytes) -> bool:
+    """Does path's file system give a file the same inode number across mounts?
+
+    FUSE file systems (sshfs, exfat-fuse, rclone) number inodes as they meet them
+    unless the daemon passes its own (`use_ino`, which mountinfo does not show):
+    after a remount every file has another number. SMB mounts with `noserverino`
+    likewise. Local file systems and NFS keep theirs."""
+    _, kind, _, options = mount_info(path)
+    if kind in ("fuse", "fuseblk") or kind.startswith("fuse."):
+        return False
+    return not (kind in ("cifs", "smb3") and "noserverino" in options.split(","))
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,4 +97,9 @@ def same_file_system(before: dict[str, Any], now: dict[str, Any]) -> bool | None
         return bool(before["uuid"] == now["uuid"])
     if before.get("fsid") and now.get("fsid"):
         return bool(before["fsid"] == now["fsid"])
+    src = before.get("source") or ""
+    if src and not src.startswith("/dev/") and now.get("source"):
+        # A network or FUSE file system (host:/path, //server/share): named by where
+        # it comes from, which a remount keeps and another share does not.
+        return bool(src == now["source"])
     return None

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -124,6 +124,7 @@ class Policy:
     trust_inode: bool = True  # an inode change means new content
     hash_new: bool = True  # hash new files during the scan (else while they are sent)
     links: bool = True  # record hard-link counts
+    moved_min: int = 16 << 10  # the least size find_moved is asked about (see _InodeIndex)
     # (inode, device, size, mtime) lookup of the previous scan's files: (digest, chunks)
     find_moved: Callable[[tuple], tuple[str, tuple[str, ...] | None] | None] | None = None
 
@@ -150,12 +151,12 @@ def classify(w: tuple, old: dict[str, Any] | None, policy: Policy
         # Nothing on the remote can hold this content: the copy that sends it
         # hashes it on the way (one read instead of two).
         return SEND_UNHASHED, None
-    if old is None and policy.find_moved is not None and size >= MOVED_MIN_SIZE:
+    if old is None and policy.find_moved is not None and size >= policy.moved_min:
         known = policy.find_moved(w)
         if known is not None:
-            # A file at a new path, but the very inode, size and mtime of one the
-            # last scan saw elsewhere (its folder was renamed, or it is a hard
-            # link): the same trust as at its old path.
+            # A file at a new path, but the very inode (or name), size and mtime of
+            # one the last scan saw elsewhere (its folder was renamed, or it is a
+            # hard link): the same trust as at its old path.
             return SAME_INODE_ELSEWHERE, known
     return HASH, None
 
@@ -478,6 +479,7 @@ def scan(
     hash_new: bool = True,
     on_progress: Callable[[ScanStats], None] | None = None,
     keep: meta.Keep = meta.KEEP_ALL,
+    stable_inodes: bool = True,
 ) -> ScanResult:
     started = time.time_ns()
     root = os.fsencode(source)
@@ -502,9 +504,16 @@ def scan(
     # must not leave an open temp file behind.
     prev = next(prev_iter, None)
     writer = SnapshotWriter(out_path, header)
-    moved = (_InodeIndex(previous.path) if previous is not None and trust_inode and not checksum
+    if not stable_inodes:
+        # Inode numbers that change with every mount: none recorded, none trusted,
+        # no hard links told apart; a moved file is known by its name instead.
+        trust_inode = False
+        keep = replace(keep, hard_links=False)
+    moved = (_InodeIndex(previous.path, by_name=not stable_inodes)
+             if previous is not None and not checksum and (trust_inode or not stable_inodes)
              else None)
     policy = Policy(racy_before, checksum, trust_inode, hash_new, keep.hard_links,
+                    0 if not stable_inodes else MOVED_MIN_SIZE,
                     (lambda w: moved.find(w, racy_before)) if moved is not None else None)
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
@@ -532,8 +541,8 @@ def scan(
 
     try:
         with pool:
-            for w in _unlistable_as_errors(scanner.walk(root, one_file_system,
-                                                        make_exclude(exclude))):
+            walk = scanner.walk(root, one_file_system, make_exclude(exclude))
+            for w in _unlistable_as_errors(walk if stable_inodes else _without_ids(walk)):
                 path, kind = w[0], w[1]
                 if w[8] != last_uid:
                     last_uid = w[8]
@@ -608,17 +617,24 @@ class _InodeIndex:
     first lookup by reading that snapshot again: a day run meets new paths (a
     renamed folder holds thousands) and would otherwise hash every file in them.
 
-    Only byte offsets are kept (files of MOVED_MIN_SIZE or more, canonical lines),
-    so memory stays small; a hit reads and decodes its one line.
+    Where the source's inode numbers do not last (`by_name`: a FUSE or SMB mount
+    remounted gives every file another), by (name, size, mtime) instead: a file
+    in a renamed folder keeps its name; a key two files share finds neither.
+    There every file is indexed (a read crosses the network); else only files
+    of MOVED_MIN_SIZE or more.
+
+    Only byte offsets are kept (canonical lines), so memory stays small; a hit
+    reads and decodes its one line.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, by_name: bool = False) -> None:
         self.path = path
-        self.index: dict[tuple[int, int, int, int], int] | None = None
+        self.by_name = by_name
+        self.index: dict[tuple, int] | None = None
         self.f: Any = None
 
-    def _build(self) -> dict[tuple[int, int, int, int], int]:
-        index: dict[tuple[int, int, int, int], int] = {}
+    def _build(self) -> dict[tuple, int]:
+        index: dict[tuple, int] = {}
         f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         if f.read(2) == b"\x1f\x8b":  # compressed: no cheap seeks; do without
             f.close()
@@ -627,19 +643,29 @@ class _InodeIndex:
         self.f = f
         off = len(f.readline())
         match = _FILE_FIELDS.match
+        by_name, least = self.by_name, 0 if self.by_name else MOVED_MIN_SIZE
         for line in f:
             m = match(line)
-            if m is not None and int(m[1]) >= MOVED_MIN_SIZE:
-                index[(int(m[4]), int(m[5]), int(m[1]), int(m[2]))] = off
+            if m is not None and int(m["size"]) >= least:
+                size, mtime = int(m["size"]), int(m["mtime"])
+                if by_name:
+                    # A name, size and mtime that two files share tells neither.
+                    key = (m["path"].rpartition(b"/")[2], size, mtime)
+                    index[key] = -1 if key in index else off
+                else:
+                    index[(int(m["ino"]), int(m["dev"]), size, mtime)] = off
             off += len(line)
         return index
 
     def find(self, w: tuple, racy_before: int) -> tuple[str, tuple[str, ...] | None] | None:
-        """(digest, chunks) of a previous file with w's inode, device, size and mtime."""
+        """(digest, chunks) of a previous file with w's inode, device (or name), size
+        and mtime."""
         if self.index is None:
             self.index = self._build()
-        off = self.index.get((w[5], w[6], w[2], w[3]))
-        if off is None or w[3] >= racy_before:
+        key = ((w[0].rpartition(b"/")[2], w[2], w[3]) if self.by_name
+               else (w[5], w[6], w[2], w[3]))
+        off = self.index.get(key)
+        if off is None or off < 0 or w[3] >= racy_before:
             return None
         self.f.seek(off)
         try:
@@ -657,11 +683,19 @@ class _InodeIndex:
             self.f.close()
 
 
-# The fixed fields of a file's canonical line: size, mtime, mode, ino, dev
-# (version 1 lines have no ctime, owner and link count).
+# The fixed fields of a file's canonical line (version 1 lines have no ctime,
+# owner and link count).
 _FILE_FIELDS = re.compile(
-    rb'{"path":"[^"\\]*","type":"file","size":(\d+),"mtime":(-?\d+),(?:"ctime":-?\d+,)?'
-    rb'"mode":(\d+),(?:"uid":\d+,"gid":\d+,)?"ino":(\d+),"dev":(\d+),(?:"nlink":\d+,)?"digest":"')
+    rb'{"path":"(?P<path>[^"\\]*)","type":"file","size":(?P<size>\d+),"mtime":(?P<mtime>-?\d+),'
+    rb'(?:"ctime":-?\d+,)?"mode":\d+,(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),'
+    rb'"dev":(?P<dev>\d+),(?:"nlink":\d+,)?"digest":"')
+
+
+def _without_ids(walk: Iterator[tuple]) -> Iterator[tuple]:
+    """The walk with inode and device numbers left out (0): a source whose inode
+    numbers change with every mount records none, so its lines stay the same."""
+    for w in walk:
+        yield w[:5] + (0, 0) + w[7:]
 
 
 def _unlistable_as_errors(walk: Iterator[tuple]) -> Iterator[tuple]:

@@ -1,0 +1,136 @@
+"""A source on a FUSE mount (sshfs, exfat-fuse), unmounted and mounted again
+between runs, as after a reboot: such file systems hand out new inode numbers
+on every mount, which must not make btsoot read the whole tree again through
+the mount. What it reads is measured where the reads happen: at the sftp
+server (the bytes its processes read), and by the files the scan hashed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, tree_state
+from remotes import exfat_image, sftp_server_pids, sshfs_server
+
+pytestmark = pytest.mark.root
+
+MiB = 1 << 20
+HOUR_AGO = time.time_ns() - 3600 * 10**9  # no file racy: only what changed is read
+
+
+def fill(root: Path) -> int:
+    """40 files of 256 KiB in two folders, an hour old; their bytes. Each name is in
+    both folders, with the same size: only the times tell them apart (whole
+    seconds, as sshfs and exFAT keep them)."""
+    n = 0
+    for k, d in enumerate(("albums/2019", "albums/2020")):
+        (root / d).mkdir(parents=True)
+        for i in range(20):
+            p = root / d / f"photo{i:02d}.jpg"
+            p.write_bytes(os.urandom(256 * 1024))
+            t = HOUR_AGO + (k * 100 + i) * 10**9
+            os.utime(p, ns=(t, t))
+            n += 256 * 1024
+    (root / "notes.txt").write_bytes(b"notes\n")
+    os.utime(root / "notes.txt", ns=(HOUR_AGO, HOUR_AGO))
+    return n
+
+
+def server_read(work: Path) -> int:
+    """Bytes the sftp server's processes have read so far (files and requests)."""
+    total = 0
+    for pid in sftp_server_pids(work):
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                total += int(next(ln for ln in f if ln.startswith("rchar:")).split()[1])
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
+
+
+def backup(env: Env) -> dict:
+    return json.loads(env.run("backup", "b", "--json", check=0).stdout)
+
+
+def test_a_remounted_sshfs_source_is_not_read_again(env: Env, tmp_path: Path) -> None:
+    served, mnt, dst = tmp_path / "served", tmp_path / "src", tmp_path / "remote"
+    served.mkdir()
+    dst.mkdir()
+    size = fill(served)
+    with sshfs_server(tmp_path) as mount_at:
+        with mount_at(served, mnt):
+            env.run("add", "b", mnt, dst, check=0)
+            s = backup(env)
+            assert s["result"] == "ok" and s["files"] == 41, s
+            first = server_read(tmp_path)
+            assert first >= size  # the first backup read everything, once
+
+        with mount_at(served, mnt):  # a reboot: every inode number is new
+            before = server_read(tmp_path)
+            s = backup(env)
+            read = server_read(tmp_path) - before
+            assert s["result"] == "nothing" and s["hashed_files"] == 0, s
+            assert read < MiB, read
+
+        # A day, on the server: one photo edited, a folder renamed.
+        p = served / "albums/2020/photo03.jpg"
+        with open(p, "r+b") as f:
+            f.write(b"edited")
+        os.rename(served / "albums/2019", served / "albums/2019-rome")
+        with mount_at(served, mnt):
+            before = server_read(tmp_path)
+            s = backup(env)
+            read = server_read(tmp_path) - before
+            assert s["result"] == "ok" and s["hashed_files"] == 1, s
+            assert s["operations"].get("move-dir") == 1 and s["bytes_sent"] == 256 * 1024, (
+                s["operations"], s["bytes_sent"])
+            assert read < 256 * 1024 * 2 + MiB, read  # the edited file, hashed and sent
+            assert tree_state(dst) == tree_state(mnt)
+
+
+def test_files_a_name_size_and_mtime_do_not_tell_apart_are_read(env: Env, tmp_path: Path) -> None:
+    """Two files with one name, size and mtime in two folders, one folder renamed:
+    which old file a new path is cannot be told without an inode, so it is read
+    (never given the other's digest)."""
+    served, mnt, dst = tmp_path / "served", tmp_path / "src", tmp_path / "remote"
+    dst.mkdir()
+    for d in ("a", "b"):
+        (served / d).mkdir(parents=True)
+        p = served / d / "same.bin"
+        p.write_bytes(os.urandom(100_000))
+        os.utime(p, ns=(HOUR_AGO, HOUR_AGO))
+    with sshfs_server(tmp_path) as mount_at:
+        with mount_at(served, mnt):
+            env.run("add", "b", mnt, dst, check=0)
+            backup(env)
+        os.rename(served / "a", served / "a2")
+        with mount_at(served, mnt):
+            s = backup(env)
+            assert s["hashed_files"] == 1, s  # a2/same.bin
+            assert tree_state(dst) == tree_state(mnt)
+
+
+def test_a_remounted_exfat_source_is_not_read_again(env: Env, tmp_path: Path) -> None:
+    mnt, dst = tmp_path / "src", tmp_path / "remote"
+    dst.mkdir()
+    with exfat_image(tmp_path) as mount_at:
+        with mount_at(mnt):
+            fill(mnt)
+            env.run("add", "b", mnt, dst, check=0)
+            s = backup(env)
+            assert s["result"] == "ok" and s["files"] == 41, s
+        with mount_at(mnt):
+            s = backup(env)
+            assert s["result"] == "nothing" and s["hashed_files"] == 0, s
+            with open(mnt / "albums/2020/photo03.jpg", "r+b") as f:
+                f.write(b"edited")
+            os.rename(mnt / "albums/2019", mnt / "albums/2019-rome")
+        with mount_at(mnt):
+            s = backup(env)
+            assert s["result"] == "ok" and s["hashed_files"] == 1, s
+            assert s["operations"].get("move-dir") == 1, s
+            assert tree_state(dst) == tree_state(mnt)
