@@ -34,6 +34,7 @@ from .errors import (
     printable,
 )
 from .execute import ExecStats, Executor
+from .frozen import frozen
 from .history import retain
 from .journal import UNKNOWN_MTIME, Journal, replay
 from .names import fold
@@ -320,15 +321,17 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         remote = Remote(block.remote)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
-    with remote:
+    with remote, frozen(block, res.notices) as view:
         return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
-                    progress, t0, ident, new_remote)
+                    progress, t0, ident, new_remote, view)
 
 
 def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
          remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
          progress: Progress | None, t0: float, found: dict[str, Any] | None,
-         new_remote: bool = False) -> BackupResult:
+         new_remote: bool = False, view: str | None = None) -> BackupResult:
+    """view: where the source is read (a snapshot of it: see frozen.py)."""
+    view = view or block.source
     run_id = ""  # set once the remote's record is read: ids never go back in time
 
     # What the remote can hold (probed at the first run and when the remote's file
@@ -413,6 +416,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             on_progress=(lambda s: progress("scan", s)) if progress else None,
             keep=block.keep(),
             stable_inodes=mounts.inodes_stable(block.source),
+            read_from=view if view != block.source else None,
         )
     finally:
         if prev_reader:
@@ -469,7 +473,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         st.remove_bases(keep=base)
         try:
             network = rmt.is_network(block.remote)
-            ex = Executor(block.source, remote, journal, run_id,
+            ex = Executor(view, remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
                           small_inline=not network,

@@ -71,12 +71,21 @@ from .retention import DEFAULT_WITHIN, Policy
 @click.option("--no-acls", is_flag=True, help="Neither record nor copy POSIX ACLs.")
 @click.option("--no-hard-links", is_flag=True,
               help="Treat hard links as separate files (each sent and restored on its own).")
+@click.option("--snapshot", type=click.Choice(["btrfs", "command"]),
+              help="Back up from a snapshot of SOURCE made for each run (see README).")
+@click.option("--snapshot-path", default="", metavar="DIR",
+              help="With --snapshot command: where the snapshot appears.")
+@click.option("--snapshot-create", default="", metavar="CMD",
+              help="With --snapshot command: makes the snapshot (a shell command).")
+@click.option("--snapshot-release", default="", metavar="CMD",
+              help="With --snapshot command: drops it.")
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
         max_delete: str, one_file_system: bool, keep_within: str, keep_last: int,
         keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
         attic_max: str, attic_days: int | None, no_owners: bool, no_xattrs: bool,
-        no_acls: bool, no_hard_links: bool) -> None:
+        no_acls: bool, no_hard_links: bool, snapshot: str | None, snapshot_path: str,
+        snapshot_create: str, snapshot_release: str) -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
@@ -101,7 +110,10 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
                              keep_monthly=keep_monthly, keep_yearly=keep_yearly,
                              keep_within=keep_within, attic_max=attic_max,
                              owners=not no_owners, xattrs=not no_xattrs,
-                             acls=not (no_acls or no_xattrs), hard_links=not no_hard_links)
+                             acls=not (no_acls or no_xattrs), hard_links=not no_hard_links,
+                             snapshot=snapshot or "", snapshot_path=snapshot_path,
+                             snapshot_create=snapshot_create, snapshot_release=snapshot_release)
+    cfg.blocks[name].check()
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
 

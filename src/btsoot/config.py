@@ -86,6 +86,12 @@ class Block:
     xattrs: bool = True
     acls: bool = True
     hard_links: bool = True
+    # Read the source from a snapshot of it, made before the scan and released after
+    # the run (frozen.py): "" (none), "btrfs", or "command" (the three commands below).
+    snapshot: str = ""
+    snapshot_path: str = ""
+    snapshot_create: str = ""
+    snapshot_release: str = ""
 
     def keep(self) -> Keep:
         return Keep(self.owners, self.xattrs, self.acls, self.hard_links)
@@ -104,6 +110,9 @@ class Block:
         hold the other (through links too; a remote inside the source would be
         backed up into itself, one level deeper every run), and every exclude
         pattern must compile."""
+        if self.snapshot == "command" and not (self.snapshot_path and self.snapshot_create):
+            raise ConfigError(f"block {self.name!r}: snapshot = \"command\" needs snapshot_path "
+                              "and snapshot_create (and snapshot_release)")
         try:
             check_apart(self.source, self.remote)
             if self.exclude:
@@ -191,6 +200,10 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "xattrs": (False, lambda v: isinstance(v, bool), "true or false"),
     "acls": (False, lambda v: isinstance(v, bool), "true or false"),
     "hard_links": (False, lambda v: isinstance(v, bool), "true or false"),
+    "snapshot": (False, lambda v: v in ("", "btrfs", "command"), '"", "btrfs" or "command"'),
+    "snapshot_path": (False, lambda v: isinstance(v, str), "a folder path (a string)"),
+    "snapshot_create": (False, lambda v: isinstance(v, str), "a shell command (a string)"),
+    "snapshot_release": (False, lambda v: isinstance(v, str), "a shell command (a string)"),
     "attic_days": (False, lambda v: _is_int(v) and 0 <= v <= MAX_ATTIC_DAYS,  # type: ignore[operator]
                    f"a whole number of days from 0 (no attic) to {MAX_ATTIC_DAYS}"),
 }

@@ -480,17 +480,22 @@ def scan(
     on_progress: Callable[[ScanStats], None] | None = None,
     keep: meta.Keep = meta.KEEP_ALL,
     stable_inodes: bool = True,
+    read_from: str | None = None,
 ) -> ScanResult:
+    """read_from: a snapshot of source to walk instead (frozen.py): the header
+    still names the source, and no device number is recorded (each snapshot is
+    another device; its inode numbers are the source's)."""
     started = time.time_ns()
-    root = os.fsencode(source)
+    root = os.fsencode(read_from or source)
     st = os.stat(root)
+    real = os.stat(source) if read_from else st
     header = Header(
         block=block,
         source=source,
         id=snap_id,
         created_ns=started,
         scan_started_ns=started,
-        source_dev=st.st_dev,
+        source_dev=real.st_dev,
         source_fs=mounts.identity(source),
         chunk_size=scanner.CHUNK_SIZE,
         chunk_threshold=scanner.CHUNK_THRESHOLD,
@@ -542,7 +547,11 @@ def scan(
     try:
         with pool:
             walk = scanner.walk(root, one_file_system, make_exclude(exclude))
-            for w in _unlistable_as_errors(walk if stable_inodes else _without_ids(walk)):
+            if not stable_inodes:
+                walk = _without_ids(walk)
+            elif read_from:
+                walk = _without_dev(walk)
+            for w in _unlistable_as_errors(walk):
                 path, kind = w[0], w[1]
                 if w[8] != last_uid:
                     last_uid = w[8]
@@ -689,6 +698,13 @@ _FILE_FIELDS = re.compile(
     rb'{"path":"(?P<path>[^"\\]*)","type":"file","size":(?P<size>\d+),"mtime":(?P<mtime>-?\d+),'
     rb'(?:"ctime":-?\d+,)?"mode":\d+,(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),'
     rb'"dev":(?P<dev>\d+),(?:"nlink":\d+,)?"digest":"')
+
+
+def _without_dev(walk: Iterator[tuple]) -> Iterator[tuple]:
+    """The walk with device numbers left out (0): a snapshot of the source is a new
+    device every time, with the source's inode numbers."""
+    for w in walk:
+        yield w[:6] + (0,) + w[7:]
 
 
 def _without_ids(walk: Iterator[tuple]) -> Iterator[tuple]:
