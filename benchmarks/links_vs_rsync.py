@@ -31,29 +31,15 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
+from sparse_vs_rsync import literal, run  # (the same rsync and run helpers)
+
 MiB = 1 << 20
 FOLDERS = 4
-
-
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
-    t = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr}")
-    return p.stdout, time.monotonic() - t
-
-
-def literal(out: str) -> int:
-    m = re.search(r"Literal data: ([\d,]+)", out)
-    assert m, out
-    return int(m.group(1).replace(",", ""))
 
 
 def allocated(top: str) -> int:

@@ -238,6 +238,20 @@ def remote_of(kind: str, env: Env) -> Iterator[Path]:
             yield r
 
 
+@contextlib.contextmanager
+def backed_up(env: Env, kind: str = "local", *add: str,
+              symlink: bool = True) -> Iterator[tuple[Path, Path, dict, str]]:
+    """make_tree at env.root/src, block 'b' onto a fresh remote of `kind` (more
+    `add` options), one backup that succeeded: (source, remote, its summary, stderr)."""
+    src = env.root / "src"
+    make_tree(src, symlink=symlink)
+    with remote_of(kind, env) as remote:
+        env.run("add", "b", src, remote, *add, check=0)
+        s, err = backup(env)
+        assert s["result"] == "ok" and not s["errors"], (s, err)
+        yield src, remote, s, err
+
+
 def allocated(p: Path) -> int:
     return os.lstat(p).st_blocks * 512
 
@@ -306,12 +320,7 @@ def test_same_tree_sees_every_kind_of_difference(tmp_path: Path) -> None:
 
 
 def test_round_trip_local_remote(env: Env) -> None:
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok" and not s["errors"], (s, err)
+    with backed_up(env) as (src, remote, _, _):
         out = env.root / "restored"
         restore(env, out)
         assert same_tree(src, out) == []
@@ -331,12 +340,7 @@ def test_round_trip_local_remote(env: Env) -> None:
 
 @pytest.mark.parametrize("kind", ["ext4", "exfat", "sshfs"])
 def test_round_trip_on_remote_kinds(env: Env, kind: str) -> None:
-    src = env.root / "src"
-    make_tree(src, symlink=kind != "exfat")
-    with remote_of(kind, env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok" and not s["errors"], (s, err)
+    with backed_up(env, kind, symlink=kind != "exfat") as (src, _, s, err):
         # Whatever the remote could not hold: one line about it at most.
         assert len(meta_warnings(err)) <= 1, err
         assert s["bytes_sent"] < 4 * MiB, s  # 1 MiB group once, 2 MiB of sparse data, small files
@@ -387,12 +391,8 @@ def test_hard_link_group_sent_once(env: Env, kind: str) -> None:
 
 
 def test_link_groups_that_change(env: Env) -> None:
-    src, before = env.root / "src", env.root / "before"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok", (s, err)
+    before = env.root / "before"
+    with backed_up(env) as (src, remote, s, _):
         first = s["snapshot"]
         copy_tree(src, before)
 
@@ -426,11 +426,7 @@ def test_link_groups_that_change(env: Env) -> None:
 def test_a_group_rewritten_in_place_is_read_and_sent_once(env: Env) -> None:
     """Writing into a file changes every name of it: the scan hashes it once, the
     backup sends it once and links the other names to it."""
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        backup(env)
+    with backed_up(env) as (src, remote, _, _):
         with open(src / LINK3[1], "r+b") as f:  # in place: the inode stays
             f.write(os.urandom(MiB))
         s, err = backup(env)
@@ -448,11 +444,7 @@ def test_a_group_rewritten_in_place_is_read_and_sent_once(env: Env) -> None:
 def test_restore_into_a_restored_tree_changes_nothing(env: Env) -> None:
     """A second restore into the same folder finds owners, xattrs, ACLs and hard
     links already right: nothing is copied, set or linked."""
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        backup(env)
+    with backed_up(env) as (src, _, _, _):
         out = env.root / "out"
         restore(env, out)
         p = env.run("restore", "b", "--to", out, "--json", check=0, stdin=subprocess.DEVNULL)
@@ -476,12 +468,8 @@ def test_restore_into_a_restored_tree_changes_nothing(env: Env) -> None:
 
 
 def test_metadata_only_changes(env: Env) -> None:
-    src, before = env.root / "src", env.root / "before"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok", (s, err)
+    before = env.root / "before"
+    with backed_up(env) as (src, remote, s, _):
         first = s["snapshot"]
         copy_tree(src, before)
 
@@ -519,13 +507,7 @@ def test_metadata_only_changes(env: Env) -> None:
 
 
 def test_restore_switches(env: Env) -> None:
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok", (s, err)
-
+    with backed_up(env) as (src, _, _, _):
         out = env.root / "numeric"
         restore(env, out, "--numeric-ids")
         assert same_tree(src, out) == []
@@ -560,12 +542,7 @@ def test_restore_switches(env: Env) -> None:
 
 
 def test_block_without_xattrs(env: Env) -> None:
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, "--no-xattrs", check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok" and not s["errors"], (s, err)
+    with backed_up(env, "local", "--no-xattrs") as (src, remote, _, _):
         on_remote = {str(p.relative_to(remote)): sorted(xattrs(p)) for p in walk(remote)}
         assert not any(n.startswith(("user.", "trusted.")) for v in on_remote.values() for n in v), (
             {k: v for k, v in on_remote.items() if v})
@@ -582,12 +559,7 @@ def test_block_without_xattrs(env: Env) -> None:
 
 
 def test_local_remote_carries_owners_and_xattrs(env: Env) -> None:
-    src = env.root / "src"
-    make_tree(src)
-    with remote_of("local", env) as remote:
-        env.run("add", "b", src, remote, check=0)
-        s, err = backup(env)
-        assert s["result"] == "ok" and not s["errors"], (s, err)
+    with backed_up(env) as (src, remote, _, err):
         assert meta_warnings(err) == [], err
         for p in walk(src):
             rel = p.relative_to(src)
