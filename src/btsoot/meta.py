@@ -17,14 +17,13 @@ import pwd
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .snapshot import SYMLINK, Entry, Names
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
 
 ACL_PREFIX = b"system.posix_acl_"
-# The file system keeps no extended attributes (or none for this kind of file).
-_NONE_HERE = {errno.ENOTSUP, errno.ENOSYS}
 _GONE = {errno.ENOENT, errno.ENOTDIR}
 
 
@@ -89,30 +88,26 @@ def fd_xattrs(fd: int) -> Xattrs:
 # --- names ---------------------------------------------------------------------
 
 _lock = threading.Lock()
-_user_names: dict[int, str | None] = {}
-_group_names: dict[int, str | None] = {}
-_user_ids: dict[str, int | None] = {}
-_group_ids: dict[str, int | None] = {}
+_known: dict[tuple[str, object], object] = {}  # (what, key) -> answer (None: none)
+
+
+def _cached(what: str, key: object, look: Callable[[Any], Any]) -> Any:
+    """look(key), asked once per process (the user database may be slow: LDAP)."""
+    with _lock:
+        if (what, key) not in _known:
+            try:
+                _known[(what, key)] = look(key)
+            except (KeyError, OverflowError):
+                _known[(what, key)] = None
+        return _known[(what, key)]
 
 
 def user_name(uid: int) -> str | None:
-    with _lock:
-        if uid not in _user_names:
-            try:
-                _user_names[uid] = pwd.getpwuid(uid).pw_name
-            except (KeyError, OverflowError):
-                _user_names[uid] = None
-        return _user_names[uid]
+    return _cached("user", uid, lambda u: pwd.getpwuid(u).pw_name)
 
 
 def group_name(gid: int) -> str | None:
-    with _lock:
-        if gid not in _group_names:
-            try:
-                _group_names[gid] = grp.getgrgid(gid).gr_name
-            except (KeyError, OverflowError):
-                _group_names[gid] = None
-        return _group_names[gid]
+    return _cached("group", gid, lambda g: grp.getgrgid(g).gr_name)
 
 
 def names_of(uids: set[int], gids: set[int]) -> Names:
@@ -123,23 +118,11 @@ def names_of(uids: set[int], gids: set[int]) -> Names:
 
 
 def _local_uid(name: str) -> int | None:
-    with _lock:
-        if name not in _user_ids:
-            try:
-                _user_ids[name] = pwd.getpwnam(name).pw_uid
-            except KeyError:
-                _user_ids[name] = None
-        return _user_ids[name]
+    return _cached("uid", name, lambda n: pwd.getpwnam(n).pw_uid)
 
 
 def _local_gid(name: str) -> int | None:
-    with _lock:
-        if name not in _group_ids:
-            try:
-                _group_ids[name] = grp.getgrnam(name).gr_gid
-            except KeyError:
-                _group_ids[name] = None
-        return _group_ids[name]
+    return _cached("gid", name, lambda n: grp.getgrnam(n).gr_gid)
 
 
 def same_ids(uid: int, gid: int) -> tuple[int, int]:
