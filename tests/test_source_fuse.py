@@ -134,3 +134,24 @@ def test_a_remounted_exfat_source_is_not_read_again(env: Env, tmp_path: Path) ->
             assert s["result"] == "ok" and s["hashed_files"] == 1, s
             assert s["operations"].get("move-dir") == 1, s
             assert tree_state(dst) == tree_state(mnt)
+
+
+def test_a_same_size_rewrite_in_the_same_second_is_caught(env: Env, tmp_path: Path) -> None:
+    """sshfs keeps whole seconds: a file rewritten with its size kept in the second
+    the last backup recorded looks unchanged by size and mtime. The racy rule
+    re-reads it. (The second write is given that second's time explicitly: the
+    test cannot make a backup start and end within one real second.)"""
+    served, mnt, dst = tmp_path / "served", tmp_path / "src", tmp_path / "remote"
+    served.mkdir()
+    dst.mkdir()
+    with sshfs_server(tmp_path) as mount_at, mount_at(served, mnt):
+        (mnt / "f").write_bytes(b"a" * 100)
+        tick = time.time_ns() // 10**9 * 10**9  # the second the backup starts in
+        os.utime(mnt / "f", ns=(tick, tick))
+        env.run("add", "b", mnt, dst, check=0)
+        backup(env)
+        (mnt / "f").write_bytes(b"b" * 100)
+        os.utime(mnt / "f", ns=(tick, tick))  # the same second, as sshfs shows it
+        s = backup(env)
+        assert s["hashed_files"] == 1 and s["bytes_sent"] == 100, s
+        assert (dst / "f").read_bytes() == b"b" * 100
