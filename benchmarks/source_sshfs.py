@@ -13,22 +13,30 @@ its own config, `internal-sftp`), mounted with sshfs: that mount is the source.
 btsoot backs up to a local folder; `rsync -a --delete MOUNT/ DEST/` copies the
 same mount into a local folder of its own.
 
-Every run gets a fresh mount (cold sshfs caches, new inode numbers: a reboot);
-mounting is not timed. Per run: the wall time of the tool, and the bytes the
-sftp server read while it ran: the sum of `rchar` in /proc/PID/io of the sshd
-session processes serving internal-sftp (file data plus the requests that
-arrive on their pipe), read before and after the run with the mount up.
+Every run gets a fresh mount (cold sshfs caches, as after a reboot); mounting
+is not timed. Per run: the wall time of the tool, and the bytes the sftp
+server read while it ran: the sum of `rchar` in /proc/PID/io of the sshd
+session processes serving internal-sftp (file data plus the requests they
+receive), read before and after the run with the mount up.
 
-1. first backup: btsoot, rsync;
-2. remount, nothing changed: btsoot, rsync;
+1. first backup;
+2. remount, nothing changed;
 3. remount after a day, done on the server's side: 30 files edited in place
-   (same size), 6 added, 6 deleted, the 150-file folder renamed: btsoot, rsync
-   (which reads the renamed folder again).
+   (same size), 6 added, 6 deleted, the 150-file folder renamed (rsync reads
+   it again);
+4. remount, `du -s MOUNT` first (not measured: anything that walks the share
+   before the backup), nothing changed.
+
+sshfs numbers inodes in the order they are first looked up after a mount: a
+fresh mount walked in the same order over an unchanged tree gives the same
+numbers (scenario 2); a changed tree (3) or another walk first (4) does not.
 
 With --old-rev REV (exported with `git archive` into the scratch folder, its
 compiled core built there) or --old-src DIR (a built tree's src/), that older
-btsoot also runs the first backup and the no-change run after a remount, each
-onto a destination and state of its own, for contrast.
+btsoot runs every scenario too, onto a destination and state of
+its own, for contrast. A release that refuses the remounted source as "a
+different file system" (before ad55bbb, when the mount's device number
+changed) is noted in the table and run again with --override.
 
 After every run the destination is compared with the served folder (every
 relative path, each file's size and SHA-256); a difference prints FAIL and
@@ -67,6 +75,9 @@ OTHER_FOLDERS = ("documents/letters", "documents/invoices", "documents/manuals",
                  "notes", "projects/house", "projects/garden")
 EDITED, ADDED, DELETED = 30, 6, 6
 RSYNC = "rsync -a --delete"
+FIRST = ["du", "-s"]  # scenario 4: something walks the fresh mount before the backup
+S1, S2, S3 = "1 first backup", "2 remount, no change", "3 remount, a day"
+S4 = f"4 remount, `{' '.join(FIRST)}` first, no change"
 
 Mounter = Callable[[Path, Path], AbstractContextManager[None]]
 
@@ -184,25 +195,28 @@ class Row:
     read: int
     summary: dict = field(default_factory=dict)
     check: str = ""
+    note: str = ""
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+def run(cmd: list[str], env: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-    if p.returncode != 0:
+    if p.returncode not in ok:
         raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stdout}{p.stderr}")
-    return p.stdout
+    return p
 
 
-def measured(work: Path, cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run cmd with the mount up: (seconds, bytes the sftp server read, stdout)."""
+def measured(work: Path, cmd: list[str], env: dict[str, str] | None = None,
+             ok: tuple[int, ...] = (0,)) -> tuple[float, int, subprocess.CompletedProcess[str]]:
+    """Run cmd with the mount up: (seconds, bytes the sftp server read, the process)."""
     if not sftp_server_pids(work):
         raise SystemExit("no sftp session found for the mount")
     before = server_read(work)
     t = time.monotonic()
-    out = run(cmd, env)
+    p = run(cmd, env, ok)
     secs = time.monotonic() - t
     time.sleep(0.05)  # a read-ahead request still in flight
-    return secs, server_read(work) - before, out
+    return secs, server_read(work) - before, p
 
 
 class Btsoot:
@@ -219,12 +233,22 @@ class Btsoot:
         run([*self.cmd, "add", "b", str(source), str(self.dest)], self.env)
 
     def backup(self, work: Path, scenario: str) -> Row:
-        secs, read, out = measured(work, [*self.cmd, "backup", "b", "--json"], self.env)
-        s = json.loads(out)
+        """A backup; one that refuses the remounted source as "a different file
+        system" (releases before ad55bbb, when the mount's device number changed)
+        is noted and run again with --override."""
+        cmd = [*self.cmd, "backup", "b", "--json"]
+        secs, read, p = measured(work, cmd, self.env, ok=(0, 4))
+        note = ""
+        if p.returncode == 4 and "different file system" in p.stderr:
+            note = "refused: 'a different file system'; run again with --override"
+            secs, read, p = measured(work, [*cmd, "--override"], self.env)
+        elif p.returncode:
+            raise SystemExit(f"{self.label}, {scenario}: exit {p.returncode}\n{p.stdout}{p.stderr}")
+        s = json.loads(p.stdout)
         s = s[0] if isinstance(s, list) else s
         if s.get("result") not in ("ok", "nothing"):
-            raise SystemExit(f"{self.label}: backup {s.get('result')}: {s}")
-        return Row(scenario, self.label, secs, read, s)
+            raise SystemExit(f"{self.label}, {scenario}: backup {s.get('result')}: {s}")
+        return Row(scenario, self.label, secs, read, s, note=note)
 
 
 def rsync_row(work: Path, mnt: Path, dest: Path, scenario: str) -> Row:
@@ -243,11 +267,15 @@ def export(rev: str, dest: Path) -> Path:
 
 
 def version(pythonpath: Path) -> str:
+    """The commit of the tree holding pythonpath, "-dirty" if files under it differ."""
     try:
-        return subprocess.run(["git", "-C", str(pythonpath), "log", "-1", "--format=%h"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(pythonpath), "log", "-1", "--format=%h"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(pythonpath), "status", "--porcelain", "."],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except subprocess.CalledProcessError:
         return "?"
+    return rev + ("-dirty" if dirty else "")
 
 
 # ----------------------------------------------------------------------------- main
@@ -274,46 +302,46 @@ def bench(a: argparse.Namespace, work: Path) -> int:
     rs_dest.mkdir()
 
     rows: list[Row] = []
+    tools: list[tuple[Btsoot | None, Path]] = [(new, new.dest), (None, rs_dest)]
+    if old:
+        tools.append((old, old.dest))
     with sshfs_server(work) as mount_at:
-        def on_fresh_mount(step: Callable[[], Row], dest: Path) -> None:
-            with mount_at(served, mnt):
-                row = step()
-            row.check = same_tree(served, dest)
-            rows.append(row)
-
-        s1, s2, s3 = "1 first backup", "2 remount, no change", "3 remount, a day"
         with mount_at(served, mnt):
-            new.add(mnt)
-            if old:
-                old.add(mnt)
-        on_fresh_mount(lambda: new.backup(work, s1), new.dest)
-        on_fresh_mount(lambda: rsync_row(work, mnt, rs_dest, s1), rs_dest)
-        if old:
-            on_fresh_mount(lambda: old.backup(work, s1), old.dest)
+            for bt, _ in tools:
+                if bt:
+                    bt.add(mnt)
 
-        on_fresh_mount(lambda: new.backup(work, s2), new.dest)
-        on_fresh_mount(lambda: rsync_row(work, mnt, rs_dest, s2), rs_dest)
-        if old:
-            on_fresh_mount(lambda: old.backup(work, s2), old.dest)
+        def scenario(name: str, first: list[str] | None = None) -> None:
+            """Each tool on a mount of its own, after `first` (not measured) if given."""
+            for bt, dest in tools:
+                with mount_at(served, mnt):
+                    if first:
+                        run([*first, str(mnt)])
+                    row = bt.backup(work, name) if bt else rsync_row(work, mnt, rs_dest, name)
+                row.check = same_tree(served, dest)
+                rows.append(row)
 
+        scenario(S1)
+        scenario(S2)
         changed, n_renamed = a_day(served, rng, time.time_ns())
-        on_fresh_mount(lambda: new.backup(work, s3), new.dest)
-        on_fresh_mount(lambda: rsync_row(work, mnt, rs_dest, s3), rs_dest)
+        scenario(S3)
+        scenario(S4, FIRST)
 
     print(f"the day: {EDITED} files edited in place, {ADDED} added ({changed:,} B of content new or "
           f"changed), {DELETED} deleted, {RENAMED[0]} ({n_renamed} files) renamed to {RENAMED[1]}")
     print()
-    head = ("scenario", "tool", "seconds", "MB read at server", "bytes_sent", "hashed_files", "check")
+    head = ("scenario", "tool", "seconds", "MB read at server", "bytes_sent", "hashed_files", "check",
+            "note")
     table = [head] + [
         (r.scenario, r.tool, f"{r.seconds:.2f}", f"{r.read / 1e6:.3f}",
          f"{r.summary['bytes_sent']:,}" if r.summary else "-",
-         f"{r.summary['hashed_files']:,}" if r.summary else "-", r.check) for r in rows]
+         f"{r.summary['hashed_files']:,}" if r.summary else "-", r.check, r.note) for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     for t in table:
         print("  ".join(c.rjust(w) if i in (2, 3, 4, 5) else c.ljust(w)
                         for i, (c, w) in enumerate(zip(t, widths, strict=True))).rstrip())
     print()
-    for s in (s1, s2, s3):
+    for s in (S1, S2, S3, S4):
         bt = next(r for r in rows if r.scenario == s and r.tool == "btsoot")
         rs = next(r for r in rows if r.scenario == s and r.tool == RSYNC)
         ratio = f"{bt.read / rs.read:.3f}x" if rs.read else "-"
@@ -349,12 +377,15 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so the mounts and sshd are undone.
     signal.signal(signal.SIGTERM, interrupted)
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"btsoot {version(ROOT)} (this checkout); "
+          f"btsoot {version(ROOT / 'src')} (this checkout's src/); "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     work = Path(tempfile.mkdtemp(prefix="sshfs-source-bench-", dir=a.tmp))
     t = time.monotonic()
     try:
         return bench(a, work)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        return 130
     finally:
         mounted = [p for p in work.glob("*") if os.path.ismount(p)]
         if mounted:  # never delete through a mount
