@@ -67,6 +67,8 @@ def test_a_remounted_sshfs_source_is_not_read_again(env: Env, tmp_path: Path) ->
             s = backup(env)
             assert s["result"] == "ok" and s["files"] == 41, s
             first = server_read(tmp_path)
+            said = env.run("doctor", "b", check=0).stdout
+            assert "fuse.sshfs" in said and "change with each mount" in said, said
             assert first >= size  # the first backup read everything, once
 
         with mount_at(served, mnt):  # a reboot: every inode number is new

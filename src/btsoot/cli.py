@@ -378,6 +378,18 @@ def doctor_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     click.echo(f"{name}: remote {block.remote}")
     for what, value in profiles.describe(p):
         click.echo(f"  {what:<22} {value}")
+    from . import mounts
+
+    _, kind, source = mounts.mount_of(block.source)
+    click.echo(f"{name}: source {block.source}")
+    for what, value in (
+            ("file system", f"{kind or '?'} ({source or '?'})"),
+            ("inode numbers", "kept across mounts: trusted" if mounts.inodes_stable(block.source)
+             else "change with each mount: not recorded; a moved file is known by its "
+                  "name, size and mtime"),
+            ("read from", f"a {block.snapshot} snapshot made for each run" if block.snapshot
+             else "the live tree")):
+        click.echo(f"  {what:<22} {value}")
 
 
 @main_group.command("diff")
