@@ -669,12 +669,13 @@ class Executor:
             i = self._begin(op, rec) if attempt == repairs == 0 else self.journal.begin(rec)
             try:
                 tmp_name = tmp.rpartition(b"/")[2]
-                if isinstance(op, Link) and self.hard_links and self._link(op, tmp_name):
-                    self.journal.done(i, **_learnt(op.entry, entry))
-                    self._placed(op.path)
-                    return
                 if isinstance(op, Link):
+                    if self.hard_links and self._link(op, tmp_name):
+                        self.journal.done(i, **_learnt(op.entry, entry))
+                        self._placed(op.path)
+                        return
                     self._unheld("hard links")
+                    op = RemoteCopy(op.path, op.entry, op.src, op.old)  # once: a copy from here
                 if isinstance(op, RemoteCopy):
                     try:
                         sfd = self.remote.open_file(op.src)
