@@ -157,3 +157,20 @@ def test_a_same_size_rewrite_in_the_same_second_is_caught(env: Env, tmp_path: Pa
         s = backup(env)
         assert s["hashed_files"] == 1 and s["bytes_sent"] == 100, s
         assert (dst / "f").read_bytes() == b"b" * 100
+
+
+def test_a_same_size_rewrite_in_the_same_tick_is_caught_on_exfat(env: Env, tmp_path: Path) -> None:
+    """The same on exFAT, whose times exfat-fuse keeps to the second or coarser."""
+    mnt, dst = tmp_path / "src", tmp_path / "remote"
+    dst.mkdir()
+    with exfat_image(tmp_path) as mount_at, mount_at(mnt):
+        (mnt / "f").write_bytes(b"a" * 100)
+        tick = time.time_ns() // (2 * 10**9) * (2 * 10**9)  # a 2 s tick: FAT's
+        os.utime(mnt / "f", ns=(tick, tick))
+        env.run("add", "b", mnt, dst, check=0)
+        backup(env)
+        (mnt / "f").write_bytes(b"b" * 100)
+        os.utime(mnt / "f", ns=(tick, tick))
+        s = backup(env)
+        assert s["hashed_files"] == 1 and s["bytes_sent"] == 100, s
+        assert (dst / "f").read_bytes() == b"b" * 100
