@@ -9,7 +9,9 @@ worktree: `git worktree add /tmp/a REV`, then `python setup.py build_ext
 build gives its previous snapshot; then each build scans against it, alternating which goes
 first (no change), and again after a day (a folder of 10,000 files renamed,
 400 files given new modes). Prints the medians and B/A. Only scan() is
-timed: no remote, no commit. Run it with nothing else on the machine.
+timed: no remote, no commit. Run it with nothing else on the machine; or with
+--callgrind, which counts the instructions of one no-change scan of each
+build instead (valgrind: the same count on a busy machine).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -59,6 +62,19 @@ def scan_once(checkout: str, base: str, out: str) -> float | None:
     return json.loads(p.stdout)["t"] if p.stdout else None
 
 
+def instructions(checkout: str, base: str) -> int:
+    """Instructions one no-change scan takes (callgrind: the same count however busy
+    the machine is), interpreter start included."""
+    out = f"{TOP}/callgrind.out"
+    p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        sys.executable, "-c", RUN, checkout, base, f"{TOP}/out.jsonl", TREE],
+                       check=True, capture_output=True, text=True)
+    os.unlink(out)
+    m = re.search(r"refs:\s+([\d,]+)", p.stderr)
+    assert m, p.stderr
+    return int(m.group(1).replace(",", ""))
+
+
 def by_turns(a: str, b: str, bases: dict[str, str], rounds: int,
              into: dict[str, list[float]]) -> None:
     for r in range(rounds):
@@ -73,6 +89,8 @@ def main() -> None:
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instead of timing: count the instructions of one no-change scan each")
     args = ap.parse_args()
     make_tree()
     # Each build's own previous snapshot: the two may write different formats.
@@ -81,6 +99,10 @@ def main() -> None:
     for c, base in bases.items():
         scan_once(c, "-", base)
     time.sleep(2.5)
+    if args.callgrind:
+        ia, ib = instructions(args.a, bases[args.a]), instructions(args.b, bases[args.b])
+        print(f"no change, instructions: A {ia:,}, B {ib:,}, B/A {ib / ia:.3f}")
+        return
     results = {}
     for name in ("no change", "a day"):
         if name == "a day":
