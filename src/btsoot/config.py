@@ -125,6 +125,9 @@ class Block:
     def to_toml(self) -> dict[str, Any]:
         d = asdict(self)
         del d["name"]
+        if not self.snapshot:  # (the snapshot keys mean nothing without one)
+            for k in ("snapshot", "snapshot_path", "snapshot_create", "snapshot_release"):
+                del d[k]
         return d
 
 
