@@ -148,7 +148,9 @@ def test_a_same_size_rewrite_in_the_same_second_is_caught(env: Env, tmp_path: Pa
     dst.mkdir()
     with sshfs_server(tmp_path) as mount_at, mount_at(served, mnt):
         (mnt / "f").write_bytes(b"a" * 100)
-        tick = time.time_ns() // 10**9 * 10**9  # the second the backup starts in
+        # A whole second the first backup starts before or within (a few seconds
+        # ahead: a loaded machine may take that long to start it).
+        tick = (time.time_ns() // 10**9 + 10) * 10**9
         os.utime(mnt / "f", ns=(tick, tick))
         env.run("add", "b", mnt, dst, check=0)
         backup(env)
@@ -165,7 +167,7 @@ def test_a_same_size_rewrite_in_the_same_tick_is_caught_on_exfat(env: Env, tmp_p
     dst.mkdir()
     with exfat_image(tmp_path) as mount_at, mount_at(mnt):
         (mnt / "f").write_bytes(b"a" * 100)
-        tick = time.time_ns() // (2 * 10**9) * (2 * 10**9)  # a 2 s tick: FAT's
+        tick = (time.time_ns() // (2 * 10**9) + 5) * (2 * 10**9)  # a 2 s tick (FAT's), ahead
         os.utime(mnt / "f", ns=(tick, tick))
         env.run("add", "b", mnt, dst, check=0)
         backup(env)
