@@ -66,7 +66,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from remotes import sftp_server_pids, sshfs_server  # noqa: E402  (sshd + sshfs of the test suite)
+from remotes import sftp_server_pids, sftp_server_read, sshfs_server  # noqa: E402  (sshd + sshfs of the test suite)
 
 MiB = 1 << 20
 RENAMED = ("photos/2023", "photos/2023-trip")
@@ -175,18 +175,6 @@ def same_tree(served: Path, dest: Path) -> str:
 
 # ----------------------------------------------------------------------------- runs
 
-def server_read(work: Path) -> int:
-    """Bytes the sftp server's session processes have read so far."""
-    total = 0
-    for pid in sftp_server_pids(work):
-        try:
-            with open(f"/proc/{pid}/io") as f:
-                total += int(next(ln for ln in f if ln.startswith("rchar:")).split()[1])
-        except (OSError, StopIteration, ValueError):
-            pass
-    return total
-
-
 @dataclass
 class Row:
     scenario: str
@@ -211,12 +199,12 @@ def measured(work: Path, cmd: list[str], env: dict[str, str] | None = None,
     """Run cmd with the mount up: (seconds, bytes the sftp server read, the process)."""
     if not sftp_server_pids(work):
         raise SystemExit("no sftp session found for the mount")
-    before = server_read(work)
+    before = sftp_server_read(work)
     t = time.monotonic()
     p = run(cmd, env, ok)
     secs = time.monotonic() - t
     time.sleep(0.05)  # a read-ahead request still in flight
-    return secs, server_read(work) - before, p
+    return secs, sftp_server_read(work) - before, p
 
 
 class Btsoot:

@@ -190,6 +190,19 @@ def _unmount(mnt: Path, fuse: bool) -> None:
     raise RuntimeError(f"{mnt} was busy; unmounted lazily: {err}")
 
 
+def sftp_server_read(work: Path) -> int:
+    """Bytes the sftp server of `sshfs_server(work)` has read so far: `rchar` of its
+    session processes (the file data they read, and the requests they receive)."""
+    total = 0
+    for pid in sftp_server_pids(work):
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                total += int(next(ln for ln in f if ln.startswith("rchar:")).split()[1])
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
+
+
 def _fresh_remote(mnt: Path) -> Path:
     remote = mnt / "remote"
     remote.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Env, tree_state
-from remotes import exfat_image, sftp_server_pids, sshfs_server
+from remotes import exfat_image, sftp_server_read, sshfs_server
 
 pytestmark = pytest.mark.root
 
@@ -40,18 +40,6 @@ def fill(root: Path) -> int:
     return n
 
 
-def server_read(work: Path) -> int:
-    """Bytes the sftp server's processes have read so far (files and requests)."""
-    total = 0
-    for pid in sftp_server_pids(work):
-        try:
-            with open(f"/proc/{pid}/io") as f:
-                total += int(next(ln for ln in f if ln.startswith("rchar:")).split()[1])
-        except (OSError, StopIteration, ValueError):
-            pass
-    return total
-
-
 def backup(env: Env) -> dict:
     return json.loads(env.run("backup", "b", "--json", check=0).stdout)
 
@@ -66,15 +54,15 @@ def test_a_remounted_sshfs_source_is_not_read_again(env: Env, tmp_path: Path) ->
             env.run("add", "b", mnt, dst, check=0)
             s = backup(env)
             assert s["result"] == "ok" and s["files"] == 41, s
-            first = server_read(tmp_path)
+            first = sftp_server_read(tmp_path)
             said = env.run("doctor", "b", check=0).stdout
             assert "fuse.sshfs" in said and "change with each mount" in said, said
             assert first >= size  # the first backup read everything, once
 
         with mount_at(served, mnt):  # a reboot: every inode number is new
-            before = server_read(tmp_path)
+            before = sftp_server_read(tmp_path)
             s = backup(env)
-            read = server_read(tmp_path) - before
+            read = sftp_server_read(tmp_path) - before
             assert s["result"] == "nothing" and s["hashed_files"] == 0, s
             assert read < MiB, read
 
@@ -84,9 +72,9 @@ def test_a_remounted_sshfs_source_is_not_read_again(env: Env, tmp_path: Path) ->
             f.write(b"edited")
         os.rename(served / "albums/2019", served / "albums/2019-rome")
         with mount_at(served, mnt):
-            before = server_read(tmp_path)
+            before = sftp_server_read(tmp_path)
             s = backup(env)
-            read = server_read(tmp_path) - before
+            read = sftp_server_read(tmp_path) - before
             assert s["result"] == "ok" and s["hashed_files"] == 1, s
             assert s["operations"].get("move-dir") == 1 and s["bytes_sent"] == 256 * 1024, (
                 s["operations"], s["bytes_sent"])
