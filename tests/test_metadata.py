@@ -252,6 +252,16 @@ def backed_up(env: Env, kind: str = "local", *add: str,
         yield src, remote, s, err
 
 
+def restores_both(env: Env, src: Path, before: Path, first: str) -> None:
+    """The newest snapshot restores exactly as src is, the first as `before` was."""
+    now = env.root / "restored-now"
+    restore(env, now)
+    assert same_tree(src, now) == []
+    then = env.root / "restored-first"
+    restore(env, then, "--snapshot", first)
+    assert same_tree(before, then) == []
+
+
 def allocated(p: Path) -> int:
     return os.lstat(p).st_blocks * 512
 
@@ -415,12 +425,7 @@ def test_link_groups_that_change(env: Env) -> None:
         assert groups[os.stat(remote / LINK3[2]).st_ino] == {LINK3[2]}
         assert groups[os.stat(remote / PAIR[0]).st_ino] == {PAIR[0]}
 
-        now = env.root / "restored-now"
-        restore(env, now)
-        assert same_tree(src, now) == []
-        then = env.root / "restored-first"
-        restore(env, then, "--snapshot", first)
-        assert same_tree(before, then) == []
+        restores_both(env, src, before, first)
 
 
 def test_a_group_rewritten_in_place_is_read_and_sent_once(env: Env) -> None:
@@ -491,12 +496,7 @@ def test_metadata_only_changes(env: Env) -> None:
         assert "system.posix_acl_access" in xattrs(remote / "plain/c.txt")
         assert stat.S_IMODE(os.stat(remote / "plain/d.txt").st_mode) == 0o700
 
-        now = env.root / "restored-now"
-        restore(env, now)
-        assert same_tree(src, now) == []
-        then = env.root / "restored-first"
-        restore(env, then, "--snapshot", first)
-        assert same_tree(before, then) == []
+        restores_both(env, src, before, first)
 
         s, err = backup(env)
         assert s["result"] == "nothing", (s, err)

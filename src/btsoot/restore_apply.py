@@ -48,7 +48,7 @@ from .restore_walk import (
     basename,
 )
 from .snapshot import FILE, SYMLINK, Entry
-from .transfer import apply_undo, copy_fd, temp_name
+from .transfer import apply_undo, copy_fd, fchmod_kept, temp_name
 
 Progress = Callable[[str, Any], None]
 
@@ -167,13 +167,9 @@ def _set_attrs(fd: int, e: Entry, apply: bool, how: meta.Apply, misses: meta.Mis
 def _fchmod(fd: int, mode: int, misses: meta.Misses) -> None:
     """The mode; where the file system refuses set-id bits (exFAT), the rest of it,
     and the refusal counted."""
-    try:
-        os.fchmod(fd, mode & 0o7777)
-    except PermissionError as e:
-        if not mode & 0o6000:
-            raise
-        os.fchmod(fd, mode & 0o1777)
-        misses.add("set-id bits", e)
+    refused = fchmod_kept(fd, mode)
+    if refused is not None:
+        misses.add("set-id bits", refused)
 
 
 def _remove(parent_fd: int, name: bytes) -> None:
@@ -769,7 +765,7 @@ class Applier(_Base):
             try:
                 ddir = self._dest_dir(e.path.rpartition(b"/")[0])
                 try:
-                    return self._link_at(sdir, basename(first), ddir, basename(e.path))
+                    return self._link_at(sdir, basename(first), ddir, e)
                 finally:
                     os.close(ddir)
             finally:
@@ -778,7 +774,8 @@ class Applier(_Base):
             self._dest_error(err, e.path, "cannot make the hard link")
             return False
 
-    def _link_at(self, sdir: int, sname: bytes, ddir: int, dname: bytes) -> bool:
+    def _link_at(self, sdir: int, sname: bytes, ddir: int, e: Entry) -> bool:
+        dname = basename(e.path)
         st = os.stat(sname, dir_fd=sdir, follow_symlinks=False)
         try:
             have = os.stat(dname, dir_fd=ddir, follow_symlinks=False)
@@ -794,7 +791,7 @@ class Applier(_Base):
                 raise
             # The destination holds no hard links (exFAT): a copy of the first name.
             self.misses.add("hard links", err)
-            self._copy_local(sdir, sname, ddir, tmp, st)
+            self._copy_local(sdir, sname, ddir, tmp, e)
         try:
             os.rename(tmp, dname, src_dir_fd=ddir, dst_dir_fd=ddir)
         except BaseException:
@@ -805,30 +802,16 @@ class Applier(_Base):
             raise
         return True
 
-    def _copy_local(self, sdir: int, sname: bytes, ddir: int, tmp: bytes,
-                    st: os.stat_result) -> None:
-        """Copy a restored file within the destination to tmp, with its attributes."""
+    def _copy_local(self, sdir: int, sname: bytes, ddir: int, tmp: bytes, e: Entry) -> None:
+        """Copy a restored file within the destination to tmp, and give it e's
+        attributes as any restored file gets them."""
         sfd = os.open(sname, _READ_FLAGS, dir_fd=sdir)
         try:
             tfd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=ddir)
             try:
-                if copy_fd(sfd, tfd, st.st_size, holes=True) != st.st_size:
+                if copy_fd(sfd, tfd, e.size, holes=True) != e.size:
                     raise OSError(errno.EIO, "changed while copied", tmp)
-                for name, value in meta.fd_xattrs(sfd):
-                    try:
-                        os.setxattr(tfd, name, value)
-                    except OSError:
-                        pass  # (counted when the first name got it)
-                if os.geteuid() == 0:
-                    try:
-                        os.fchown(tfd, st.st_uid, st.st_gid)
-                    except OSError:
-                        pass
-                try:
-                    os.fchmod(tfd, stat.S_IMODE(st.st_mode))
-                except PermissionError:
-                    os.fchmod(tfd, stat.S_IMODE(st.st_mode) & 0o1777)
-                os.utime(tfd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+                _set_attrs(tfd, e, True, self.how, self.misses)
             except BaseException:
                 os.close(tfd)
                 os.unlink(tmp, dir_fd=ddir)

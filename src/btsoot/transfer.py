@@ -137,15 +137,18 @@ def _copy_segments(src: int, dst: int, size: int, segs: list[tuple[int, int]]) -
     return size
 
 
-def fchmod_kept(fd: int, mode: int) -> None:
+def fchmod_kept(fd: int, mode: int) -> PermissionError | None:
     """fchmod, or where the file system refuses set-id bits (exFAT), the rest of
-    the mode (the snapshot keeps them, and a restore gives them back)."""
+    the mode (the snapshot keeps them, and a restore gives them back); returns
+    that refusal (None: the whole mode was set)."""
     try:
         os.fchmod(fd, mode & 0o7777)
-    except PermissionError:
+    except PermissionError as e:
         if not mode & 0o6000:
             raise
         os.fchmod(fd, mode & 0o1777)
+        return e
+    return None
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
