@@ -3,7 +3,7 @@
 onto the same mount, all through a proxy that adds a WAN's round trip.
 
     sudo .venv/bin/python benchmarks/wan.py [--rtt-ms 20] [--files 2000] [--mbit M]
-        [--jobs 16,32] [--rsync-mount-first] [--tmp /tmp]
+        [--jobs 4,32] [--baseline-src DIR] [--no-rclone] [--rsync-mount-first] [--tmp /tmp]
 
 An sshd on 127.0.0.1 (tests/remotes.py: throwaway keys, its own config,
 `internal-sftp`) serves a folder on the local disk; wanproxy.py listens in front of
@@ -12,9 +12,13 @@ opens, the TCP handshake). Everything below reaches the sshd only through the pr
 
 - btsoot, its remote a folder on an sshfs mount of the served folder made with
   `-o port=PROXYPORT` (and the IdentityFile and options of tests/remotes.py): once
-  with its default number of parallel transfers (4 on a network remote) and once
-  for each of --jobs (`backup --jobs N`), each onto a remote folder and state of
+  with its default number of parallel transfers (16 on a network remote), once
+  for each of --jobs (`backup --jobs N`), and with --baseline-src once more as
+  another checkout's src/ runs (`git worktree add /tmp/base REV`, its core built
+  with `setup.py build_ext --inplace`): each onto a remote folder and state of
   its own;
+- where installed, `rclone sync --transfers 8 --track-renames` over rclone's own
+  SFTP client (no mount);
 - `rsync -a --delete --stats -e "ssh -p PROXYPORT -i KEY ..." SRC/ root@127.0.0.1:DEST/`
   (rsync's own protocol, one ssh connection);
 - `rsync -a --delete --stats SRC/ MOUNT/rsync-mount/`, onto the same kind of mount.
@@ -240,14 +244,16 @@ class Tool:
 
 
 class Btsoot(Tool):
-    def __init__(self, work: Path, mnt: Path, jobs: int | None) -> None:
+    def __init__(self, work: Path, mnt: Path, jobs: int | None, src: Path | None = None) -> None:
+        """btsoot from this checkout's src/, or from `src` (another checkout's)."""
         self.jobs = jobs
-        self.name = f"btsoot-j{jobs}" if jobs else "btsoot"
-        self.label = f"btsoot --jobs {jobs}" if jobs else "btsoot (4 jobs)"
+        self.name = f"btsoot-j{jobs}" if jobs else "btsoot" if src is None else "btsoot-base"
+        self.label = (f"btsoot --jobs {jobs}" if jobs else "btsoot" if src is None
+                      else f"btsoot {version(src.parent)}")
         self.remote = mnt / self.name
         self.served = work / "served" / self.name
         self.served.mkdir(parents=True)
-        self._env = dict(os.environ, PYTHONPATH=str(ROOT / "src"),
+        self._env = dict(os.environ, PYTHONPATH=str(src or ROOT / "src"),
                          BTSOOT_CONFIG=str(work / f"config-{self.name}.toml"),
                          BTSOOT_STATE=str(work / f"state-{self.name}"))
 
@@ -303,6 +309,35 @@ class RsyncSsh(Tool):
 
     def result(self, out: str) -> tuple[int | None, str, dict]:
         return rsync_stats(out)
+
+
+class RcloneSftp(Tool):
+    """rclone's own SFTP client (no mount), 8 transfers, renames tracked by hash."""
+    label = "rclone sftp"
+    on_mount = False
+
+    def __init__(self, work: Path, src: Path, port: int, key: Path) -> None:
+        self.served = work / "served" / "rclone"
+        self.served.mkdir(parents=True)
+        self.cmd = ["rclone", "sync", f"{src}/", f"wan:{self.served}", "--transfers", "8",
+                    "--checkers", "8", "--track-renames", "--retries", "1", "--stats", "0",
+                    "--stats-log-level", "NOTICE", "--use-json-log", "-v"]
+        self._env = dict(os.environ, RCLONE_CONFIG=str(work / "rclone.conf"),
+                         RCLONE_CONFIG_WAN_TYPE="sftp", RCLONE_CONFIG_WAN_HOST="127.0.0.1",
+                         RCLONE_CONFIG_WAN_PORT=str(port), RCLONE_CONFIG_WAN_USER="root",
+                         RCLONE_CONFIG_WAN_KEY_FILE=str(key))
+
+    def dest(self) -> Path:
+        return self.served
+
+    def command(self) -> list[str]:
+        return self.cmd
+
+    def env(self) -> dict[str, str] | None:
+        return self._env
+
+    def result(self, out: str) -> tuple[int | None, str, dict]:
+        return None, "", {}
 
 
 class RsyncMount(Tool):
@@ -371,12 +406,16 @@ class Bench:
               f"login, one command)", flush=True)
 
         bts = [Btsoot(self.work, self.mnt, None)] + [Btsoot(self.work, self.mnt, j) for j in a.jobs]
+        if a.baseline_src:
+            bts.append(Btsoot(self.work, self.mnt, None, a.baseline_src))
         rs_ssh = RsyncSsh(self.work, self.src, self.proxy.port, self.key)
         rs_mnt = RsyncMount(self.work, self.src, self.mnt)
         with self.mounted():
             for b in bts:
                 b.add(self.src)
         others: list[Tool] = [rs_ssh]
+        if shutil.which("rclone") and not a.no_rclone:
+            others.append(RcloneSftp(self.work, self.src, self.proxy.port, self.key))
 
         def order(n: int) -> list[Tool]:
             """The btsoot runs of scenario n start with a different one each time (4, 16,
@@ -423,12 +462,12 @@ class Bench:
     def verdicts(self) -> None:
         for s in (S1, S2, S3):
             rows = {r.tool: r for r in self.rows if r.scenario == s}
-            base = rows["btsoot (4 jobs)"]
+            base = rows["btsoot"]
             parts = [f"btsoot {base.seconds:.1f} s"]
-            for j in self.a.jobs:
-                r = rows[f"btsoot --jobs {j}"]
-                parts.append(f"--jobs {j} {r.seconds:.1f} s ({base.seconds / r.seconds:.2f}x)")
-            for name in ("rsync over ssh", "rsync onto sshfs"):
+            for r in rows.values():
+                if r.tool.startswith("btsoot") and r is not base:
+                    parts.append(f"{r.tool} {r.seconds:.1f} s (btsoot takes {base.seconds / r.seconds:.2f}x)")
+            for name in ("rsync over ssh", "rclone sftp", "rsync onto sshfs"):
                 if name in rows:
                     r = rows[name]
                     parts.append(f"{name} {r.seconds:.1f} s (btsoot takes {base.seconds / r.seconds:.1f}x)")
@@ -439,11 +478,11 @@ def interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def version() -> str:
+def version(root: Path = ROOT) -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True,
+        rev = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "src"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
@@ -455,7 +494,10 @@ def main() -> int:
     ap.add_argument("--rtt-ms", type=float, default=20.0, help="the round trip the proxy adds")
     ap.add_argument("--mbit", type=float, default=None, help="also a rate limit, Mbit/s each way")
     ap.add_argument("--files", type=int, default=2000, help="files in the tree (60 MiB per 2,000)")
-    ap.add_argument("--jobs", default="16,32", help="btsoot --jobs values besides the default")
+    ap.add_argument("--jobs", default="", help="btsoot --jobs values besides the default, e.g. 4,32")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="also btsoot from this src/ folder (another checkout's, its core built)")
+    ap.add_argument("--no-rclone", action="store_true", help="skip rclone even where installed")
     ap.add_argument("--rsync-mount-first", action="store_true",
                     help="also time rsync's first copy onto the sshfs mount (slow)")
     ap.add_argument("--tmp", default=None, help="where the scratch folder goes")

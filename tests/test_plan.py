@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from btsoot.execute import ANNOUNCE, Spread
 from btsoot.plan import (
     STASH,
     Copy,
@@ -687,3 +689,69 @@ def test_op_names() -> None:
     assert op_name(Move(b"a", STASH + b"/r/1")) == "stash"
     # A folder moved out of a stashed obstacle (a folder that became a file) is still a folder move.
     assert op_name(Move(STASH + b"/r/1/q", b"z", folder(b"z"))) == "move-dir"
+
+
+# --- Spread: transfers on a network remote, from many folders at once --------
+
+def _run_spread(ops: list[Copy], jobs: int, per_folder: int, lookahead: int,
+                finish: Callable[[list[int]], int]) -> tuple[list[int], list[int], int]:
+    """Drive a Spread as Executor._spread does, `finish` choosing which running
+    transfer ends next; (order taken, announced indexes, most running in one folder)."""
+    announced: list[int] = []
+    order = Spread(list(ops), 0, len(ops), lookahead, per_folder, announced.extend)
+    running: list[int] = []
+    taken: list[int] = []
+    most = 0
+    while True:
+        while len(running) < jobs:
+            k = order.take()
+            if k is None:
+                break
+            assert k in announced  # announced before it runs
+            taken.append(k)
+            assert len(announced) - len(taken) < ANNOUNCE  # never far ahead
+            running.append(k)
+            folders = Counter(parent(ops[r].path) for r in running)
+            most = max(most, max(folders.values()))
+        if not running:
+            return taken, announced, most
+        order.done(running.pop(finish(running)))
+
+
+def test_spread_runs_every_transfer_once_from_many_folders() -> None:
+    # Plan order: a folder's files side by side, folders of very different sizes.
+    sizes = {b"a": 40, b"b/x": 3, b"b": 1, b"c": 25, b"d/e/f": 7}
+    ops = [Copy(b"%s/%d" % (d, i), file(b"%s/%d" % (d, i), b"%d" % i), None)
+           for d, n in sizes.items() for i in range(n)]
+    for finish in (lambda r: 0, lambda r: len(r) - 1, lambda r: len(r) // 2):
+        taken, announced, most = _run_spread(ops, jobs=6, per_folder=2, lookahead=20, finish=finish)
+        assert sorted(taken) == list(range(len(ops)))  # each exactly once
+        assert sorted(announced) == list(range(len(ops)))
+        assert most == 2  # never more than per_folder in one folder
+        # The first six started come from all five folders, not from "a" alone.
+        assert len({parent(ops[k].path) for k in taken[:6]}) == len(sizes)
+        # Within a folder, plan order is kept.
+        for d in sizes:
+            mine = [k for k in taken if parent(ops[k].path) == d]
+            assert mine == sorted(mine)
+
+
+def test_spread_one_folder_still_runs_per_folder_at_once() -> None:
+    ops = [Copy(b"only/%d" % i, file(b"only/%d" % i, b"x"), None) for i in range(10)]
+    taken, _, most = _run_spread(ops, jobs=8, per_folder=3, lookahead=100, finish=lambda r: 0)
+    assert taken == list(range(10)) and most == 3
+
+
+def test_spread_announces_in_batches_never_far_ahead() -> None:
+    ops = [Copy(b"%d/%d" % (i % 3, i), file(b"%d/%d" % (i % 3, i), b"x"), None) for i in range(3 * ANNOUNCE)]
+    ops.sort(key=lambda op: sort_key(op.path))
+    batches: list[list[int]] = []
+    order = Spread(ops, 0, len(ops), 64, 2, batches.append)
+    taken: list[int] = []
+    while (k := order.take()) is not None:
+        taken.append(k)
+        assert sum(map(len, batches)) - len(taken) < ANNOUNCE
+        order.done(k)
+    assert sorted(taken) == list(range(len(ops)))
+    assert sorted(k for b in batches for k in b) == list(range(len(ops)))  # each once
+    assert len(batches) <= 4  # one sync per ANNOUNCE puts, not one per put

@@ -165,6 +165,53 @@ def test_round_trip(env: Env, mounted: tuple[str, Path]) -> None:
     assert s["result"] == "nothing" and not s["operations"], (s, err)
 
 
+def _in_seconds(state: dict[bytes, tuple]) -> dict[bytes, tuple]:
+    """tree_state with mtimes in whole seconds (what sshfs keeps)."""
+    return {p: (*v[:-1], v[-1] // 10**9) if v[0] in ("dir", "file") else v for p, v in state.items()}
+
+
+@pytest.mark.parametrize("mounted", ["sshfs"], indirect=True)
+def test_many_folders_at_once_on_a_network_remote(env: Env, mounted: tuple[str, Path]) -> None:
+    """On a network remote btsoot makes folders level by level, and sends, retires
+    and sets attributes in many folders at once (execute.Spread): the server's copy
+    still ends as the source, every folder's mode and mtime included."""
+    _, remote = mounted
+    served = env.root / "mnt" / "served" / remote.name  # the same folder, read at the server
+    src = env.root / "src"
+    rng = random.Random("many folders")
+    folders = [f"{a}/{b}" for a in "pqrs" for b in ("one", "two", "three")]
+    folders += [f"{f}/deep/er" for f in folders[::3]]
+    for f in folders:
+        for i in range(6):
+            put(src / f / f"f{i}.dat", rng.randbytes(rng.randrange(1, 9000)),
+                mode=rng.choice([0o644, 0o600, 0o755]), mtime_ns=T0 + rng.randrange(10**15))
+    for f in folders[::2]:
+        (src / f).chmod(rng.choice([0o700, 0o750, 0o755]))
+    stamp_dirs(src, rng)
+    env.run("add", "b", src, remote, check=0)
+    s, err = backup(env, 0)
+    assert s["result"] == "ok" and not s["errors"], (s, err)
+    assert s["operations"]["mkdir"] == len(folders) + 4 + 4  # + p q r s, + each deep/
+    assert _in_seconds(tree_state(served)) == _in_seconds(tree_state(src))
+
+    # A day in every folder: edits (their old versions retired), deletions, a folder
+    # gone, a new branch.
+    for f in folders:
+        put(src / f / "f1.dat", rng.randbytes(500), mtime_ns=T0 + 2 * 10**15 + rng.randrange(10**9))
+        (src / f / "f2.dat").unlink()
+    for p in sorted((src / "s/three").rglob("*"), key=lambda p: -len(p.parts)):
+        p.rmdir() if p.is_dir() else p.unlink()
+    (src / "s/three").rmdir()
+    for i in range(5):
+        put(src / "new/a/b" / f"n{i}", rng.randbytes(100), mtime_ns=T0 + rng.randrange(10**15))
+    stamp_dirs(src, rng)
+    s, err = backup(env, 0)
+    assert s["result"] == "ok" and not s["errors"], (s, err)
+    assert _in_seconds(tree_state(served)) == _in_seconds(tree_state(src))
+    s, err = backup(env, 0)
+    assert s["result"] == "nothing", (s, err)
+
+
 # ---------------------------------------------------------------------------
 # b. Names a remote may not hold as they are
 

@@ -476,7 +476,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             ex = Executor(view, remote, journal, run_id,
                           jobs or block.jobs or rmt.default_jobs(network),
                           (lambda s: progress("transfer", s)) if progress else None,
-                          small_inline=not network,
+                          small_inline=not network, spread=network,
                           sync_files=not prof.sync_reaches_disk,
                           history=history, clones=prof.clones, how=how,
                           hard_links=prof.hard_links, keep=block.keep()).run(plan)

@@ -16,7 +16,7 @@ import stat
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,7 +67,13 @@ COPY_RETRIES = 3
 # Begin records announced (written and synced) at once: one sync of the journal
 # per this many puts or deletes.
 ANNOUNCE = 256
-_TRANSFERS, _LINKS, _DELETES = "transfers", "links", "deletes"
+_TRANSFERS, _LINKS, _DELETES, _RMDIRS, _ATTRS, _MKDIRS = (
+    "transfers", "links", "deletes", "rmdirs", "attrs", "mkdirs")
+# Spread transfers (network remotes): at most this many run at once in one folder,
+# chosen among the next LOOKAHEAD_PER_JOB * jobs transfers of the plan.
+PER_FOLDER = 2
+LOOKAHEAD_PER_JOB = 64
+READ_AHEAD_MAX = 1 << 16
 
 
 def _batch_kind(op: Op) -> str | None:
@@ -76,9 +82,100 @@ def _batch_kind(op: Op) -> str | None:
         return _LINKS  # after the transfers that place what they link to
     if isinstance(op, (Copy, RemoteCopy)):
         return _TRANSFERS
-    if isinstance(op, (Delete, Rmdir, Retire)):
+    if isinstance(op, (Delete, Retire)):
         return _DELETES
+    if isinstance(op, Rmdir):
+        return _RMDIRS  # deepest first, after the deletes that empty them (see plan.py)
+    if isinstance(op, Mkdir):
+        return _MKDIRS  # a folder's parent is made before it, or was there already
+    if isinstance(op, SetAttr):
+        return _ATTRS  # independent of one another: at the end of a plan (see plan.py)
     return None
+
+
+class Spread:
+    """Takes the transfers ops[i:j] out of plan order so that those running at once
+    sit in different folders, at most `per_folder` in one.
+
+    On a network file system a folder serializes the creations and renames in it
+    (the kernel holds the folder's lock across each round trip), and plan order
+    puts a folder's files side by side: parallel transfers in plan order wait on
+    one another. Taken from many folders, they overlap. The plan is read
+    `lookahead` transfers ahead, further (up to READ_AHEAD_MAX) while every
+    folder seen is at its limit: a folder of thousands of files does not hold
+    up the next one.
+
+    Before an operation is taken, `announce(indexes)` gets it with the next ones
+    likely to follow (up to ANNOUNCE, none twice): their begin records are made
+    durable in one sync, never far ahead of what runs (recovery checks each
+    announced operation on the remote).
+    """
+
+    def __init__(self, ops: list[Op], i: int, j: int, lookahead: int, per_folder: int,
+                 announce: Callable[[list[int]], None]) -> None:
+        self.ops, self.next, self.end = ops, i, j
+        self.lookahead, self.per_folder, self.announce = lookahead, per_folder, announce
+        self.waiting: dict[bytes, deque[int]] = {}  # by folder, the one taken last at the end
+        self.running: Counter[bytes] = Counter()
+        self.pending = 0
+        self.announced: set[int] = set()  # looked at, announced, not taken yet
+
+    def _read(self, upto: int) -> None:
+        while self.next < self.end and self.pending < upto:
+            k = self.next
+            self.waiting.setdefault(parent(self.ops[k].where), deque()).append(k)
+            self.next += 1
+            self.pending += 1
+
+    def _pick(self) -> int | None:
+        for folder, queue in self.waiting.items():
+            if self.running[folder] < self.per_folder:
+                k = queue.popleft()
+                del self.waiting[folder]  # to the back: the next one comes from elsewhere
+                if queue:
+                    self.waiting[folder] = queue
+                self.running[folder] += 1
+                self.pending -= 1
+                return k
+        return None
+
+    def take(self) -> int | None:
+        """The next transfer to start, or None: none is left, or every folder
+        waiting is at its limit (see done)."""
+        self._read(self.lookahead)
+        k = self._pick()
+        while k is None and self.next < self.end and self.pending < READ_AHEAD_MAX:
+            self._read(self.pending + self.lookahead)
+            k = self._pick()
+        if k is None:
+            return None
+        if k in self.announced:
+            self.announced.discard(k)
+        else:
+            batch = [k]
+            self._read(self.pending + ANNOUNCE)  # enough looked at to fill a batch
+            queues = [iter(q) for q in self.waiting.values()]
+            while queues and len(batch) < ANNOUNCE:  # a few from each folder in turn
+                for q in list(queues):
+                    n = next(q, None)
+                    if n is None:
+                        queues.remove(q)
+                    elif n not in self.announced:
+                        batch.append(n)
+                        if len(batch) == ANNOUNCE:
+                            break
+            self.announce(batch)
+            self.announced.update(batch[1:])
+        return k
+
+    def done(self, k: int) -> None:
+        """ops[k] (taken) has finished: its folder has room again."""
+        folder = parent(self.ops[k].where)
+        self.running[folder] -= 1
+        if not self.running[folder]:
+            del self.running[folder]
+
+
 # Folders repaired on the way to one operation before the run gives up (a remote
 # that keeps changing under it).
 MAX_REPAIRS = 64
@@ -130,6 +227,7 @@ class Executor:
         how: meta.Apply = meta.NOTHING,
         hard_links: bool = False,
         keep: meta.Keep = meta.KEEP_ALL,
+        spread: bool = False,
     ) -> None:
         self.src = os.fsencode(source)
         # Every remote operation goes through it: beneath the root, never via a link.
@@ -148,6 +246,9 @@ class Executor:
         # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
         # pool (local disks: see remote.NETWORK_FS).
         self.small_inline = small_inline
+        # A network remote: transfers from many folders at once (see Spread), and
+        # the closing attribute pass in parallel too.
+        self.spread = spread
         # Where one sync of the remote's file system does not reach the far end
         # (sshfs: the profile's sync_reaches_disk), each file written is fsynced
         # before its rename, on the transfer threads, so the syncs overlap.
@@ -182,11 +283,21 @@ class Executor:
                     j = i + 1
                     while kind is not None and j < len(ops) and _batch_kind(ops[j]) is kind:
                         j += 1
-                    if kind is _TRANSFERS or kind is _LINKS:
+                    if self.spread and self.jobs > 1 and kind is _MKDIRS:
+                        # Level by level: the folders of one depth at once, their
+                        # parents made by the level before (or there already).
+                        levels: dict[int, list[Op]] = {}
+                        for op in ops[i:j]:
+                            levels.setdefault(op.where.count(b"/"), []).append(op)
+                        for depth in sorted(levels):
+                            self._spread(pool, levels[depth], 0, len(levels[depth]), kind)
+                    elif self.spread and self.jobs > 1 and kind in (_TRANSFERS, _LINKS, _DELETES, _ATTRS):
+                        self._spread(pool, ops, i, j, kind)
+                    elif kind is _TRANSFERS or kind is _LINKS:
                         self._transfers(pool, ops, i, j)
                     else:
                         for k in range(i, j):
-                            if kind is not None and (k - i) % ANNOUNCE == 0:
+                            if kind in (_DELETES, _RMDIRS) and (k - i) % ANNOUNCE == 0:
                                 self._announce(ops[k:min(j, k + ANNOUNCE)])
                             self._one(ops[k])
                             self._progress()
@@ -222,6 +333,36 @@ class Executor:
         while window:
             window.popleft().result()
             self._progress()
+
+    def _spread(self, pool: ThreadPoolExecutor, ops: list[Op], i: int, j: int, kind: str) -> None:
+        """Run ops[i:j] (puts, deletes, new folders or attribute changes) on the
+        pool, from many folders at once (see Spread)."""
+        def announce(batch: list[int]) -> None:
+            if kind is not _ATTRS and kind is not _MKDIRS:
+                self._announce([ops[k] for k in batch])
+
+        run: Callable[[Any], None] = self._transfer if kind in (_TRANSFERS, _LINKS) else self._one
+        order = Spread(ops, i, j, self.jobs * LOOKAHEAD_PER_JOB,
+                       self.jobs if kind is _ATTRS else PER_FOLDER, announce)
+        running: dict[Future, int] = {}
+        try:
+            while True:
+                while len(running) < self.jobs:
+                    k = order.take()
+                    if k is None:
+                        break
+                    running[pool.submit(run, ops[k])] = k
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    order.done(running.pop(f))
+                    f.result()
+                    self._progress()
+        finally:
+            # After an error: what runs finishes before the caller stops the pool.
+            for f in running:
+                f.cancel()
 
     def _announce(self, ops: list[Op]) -> None:
         """Make the begin records of the next puts or deletes durable, in one sync:

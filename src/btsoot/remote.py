@@ -50,13 +50,15 @@ IDENT_VERSION = 1  # of block.json
 
 
 # File systems where each operation waits on a network round trip: every
-# transfer runs in parallel there. On local disks small files are copied one
+# transfer runs in parallel there, many at once and from many folders (see
+# execute.Spread): a file costs several round trips one after the other (create,
+# write, mode and time, sync, rename), and only overlap hides them. On local disks small files are copied one
 # after another (parallel Python threads only contend for the interpreter, while
 # the page cache and writeback already overlap the I/O) and only large files,
 # where hashing and copying bytes dominate, use the pool.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs",
               "davfs", "lustre", "gpfs"}
-NETWORK_JOBS = 4
+NETWORK_JOBS = 16
 LOCAL_JOBS = 2
 
 
