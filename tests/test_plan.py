@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from btsoot.execute import ANNOUNCE, Spread
+from btsoot.execute import ANNOUNCE, Spread, chains
 from btsoot.plan import (
     STASH,
     Copy,
@@ -755,3 +755,20 @@ def test_spread_announces_in_batches_never_far_ahead() -> None:
     assert sorted(taken) == list(range(len(ops)))
     assert sorted(k for b in batches for k in b) == list(range(len(ops)))  # each once
     assert len(batches) <= 4  # one sync per ANNOUNCE puts, not one per put
+
+
+def test_chains_put_each_retirement_before_its_new_content() -> None:
+    old = {p: file(p, b"old " + p) for p in (b"a/1", b"a/2", b"b/3", b"c/gone")}
+    retires = [Retire(p, e) for p, e in old.items()]
+    transfers = [Copy(b"a/1", file(b"a/1", b"new"), old[b"a/1"]),
+                 Copy(b"a/new", file(b"a/new", b"n"), None),
+                 RemoteCopy(b"b/3", file(b"b/3", b"x"), b"elsewhere", old[b"b/3"]),
+                 Copy(b"a/2", file(b"a/2", b"new 2"), old[b"a/2"])]
+    got = [tuple((type(op).__name__, op.where) for op in c.ops) for c in chains(retires, transfers)]
+    assert got == [
+        (("Retire", b"a/1"), ("Copy", b"a/1")),
+        (("Retire", b"a/2"), ("Copy", b"a/2")),
+        (("Retire", b"b/3"), ("RemoteCopy", b"b/3")),
+        (("Retire", b"c/gone"),),  # deleted: retired alone
+        (("Copy", b"a/new"),),  # new: sent alone
+    ]

@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -67,8 +67,8 @@ COPY_RETRIES = 3
 # Begin records announced (written and synced) at once: one sync of the journal
 # per this many puts or deletes.
 ANNOUNCE = 256
-_TRANSFERS, _LINKS, _DELETES, _RMDIRS, _ATTRS, _MKDIRS = (
-    "transfers", "links", "deletes", "rmdirs", "attrs", "mkdirs")
+_TRANSFERS, _LINKS, _DELETES, _RMDIRS, _ATTRS, _MKDIRS, _CHAINS = (
+    "transfers", "links", "deletes", "rmdirs", "attrs", "mkdirs", "chains")
 # Spread transfers (network remotes): at most this many run at once in one folder,
 # chosen among the next LOOKAHEAD_PER_JOB * jobs transfers of the plan.
 PER_FOLDER = 2
@@ -93,6 +93,33 @@ def _batch_kind(op: Op) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Operations that run one after the other on one thread (see chains)."""
+
+    ops: tuple[Op, ...]
+
+    @property
+    def where(self) -> bytes:
+        return self.ops[0].where
+
+
+def chains(retires: list[Op], transfers: list[Op]) -> list[Chain]:
+    """The old versions retired to the attic and the transfers that follow them in
+    a plan, as chains: each file's retirement, then its new content, one after the
+    other; the rest alone. Each chain touches its own path, so on a network remote
+    they run in parallel (see Spread): the retirements (renames across folders,
+    which the kernel runs one at a time per file system) overlap the transfers
+    instead of all coming first."""
+    at = {op.where: op for op in transfers}
+    out: list[Chain] = []
+    for op in retires:
+        then = at.pop(op.where, None) if isinstance(op, Retire) else None
+        out.append(Chain((op, then) if then is not None else (op,)))
+    out.extend(Chain((op,)) for op in transfers if at.get(op.where) is op)
+    return out
+
+
 class Spread:
     """Takes the transfers ops[i:j] out of plan order so that those running at once
     sit in different folders, at most `per_folder` in one.
@@ -111,7 +138,7 @@ class Spread:
     announced operation on the remote).
     """
 
-    def __init__(self, ops: list[Op], i: int, j: int, lookahead: int, per_folder: int,
+    def __init__(self, ops: Sequence[Op | Chain], i: int, j: int, lookahead: int, per_folder: int,
                  announce: Callable[[list[int]], None]) -> None:
         self.ops, self.next, self.end = ops, i, j
         self.lookahead, self.per_folder, self.announce = lookahead, per_folder, announce
@@ -174,6 +201,10 @@ class Spread:
         self.running[folder] -= 1
         if not self.running[folder]:
             del self.running[folder]
+
+
+def _ops_of(unit: Op | Chain) -> tuple[Op, ...]:
+    return unit.ops if isinstance(unit, Chain) else (unit,)
 
 
 # Folders repaired on the way to one operation before the run gives up (a remote
@@ -283,7 +314,16 @@ class Executor:
                     j = i + 1
                     while kind is not None and j < len(ops) and _batch_kind(ops[j]) is kind:
                         j += 1
-                    if self.spread and self.jobs > 1 and kind is _MKDIRS:
+                    if (self.spread and self.jobs > 1 and kind is _DELETES and j < len(ops)
+                            and _batch_kind(ops[j]) is _TRANSFERS):
+                        # Old versions to the attic, then new content: per path, in order.
+                        k = j + 1
+                        while k < len(ops) and _batch_kind(ops[k]) is _TRANSFERS:
+                            k += 1
+                        units = chains(ops[i:j], ops[j:k])
+                        self._spread(pool, units, 0, len(units), _CHAINS)
+                        j = k
+                    elif self.spread and self.jobs > 1 and kind is _MKDIRS:
                         # Level by level: the folders of one depth at once, their
                         # parents made by the level before (or there already).
                         levels: dict[int, list[Op]] = {}
@@ -334,14 +374,16 @@ class Executor:
             window.popleft().result()
             self._progress()
 
-    def _spread(self, pool: ThreadPoolExecutor, ops: list[Op], i: int, j: int, kind: str) -> None:
-        """Run ops[i:j] (puts, deletes, new folders or attribute changes) on the
-        pool, from many folders at once (see Spread)."""
+    def _spread(self, pool: ThreadPoolExecutor, ops: Sequence[Op | Chain], i: int, j: int,
+                kind: str) -> None:
+        """Run ops[i:j] (puts, deletes, new folders, attribute changes, or chains of
+        retirements and puts) on the pool, from many folders at once (see Spread)."""
         def announce(batch: list[int]) -> None:
             if kind is not _ATTRS and kind is not _MKDIRS:
-                self._announce([ops[k] for k in batch])
+                self._announce([op for k in batch for op in _ops_of(ops[k])])
 
-        run: Callable[[Any], None] = self._transfer if kind in (_TRANSFERS, _LINKS) else self._one
+        run: Callable[[Any], None] = (self._chain if kind is _CHAINS else self._transfer
+                                      if kind in (_TRANSFERS, _LINKS) else self._one)
         order = Spread(ops, i, j, self.jobs * LOOKAHEAD_PER_JOB,
                        self.jobs if kind is _ATTRS else PER_FOLDER, announce)
         running: dict[Future, int] = {}
@@ -363,6 +405,13 @@ class Executor:
             # After an error: what runs finishes before the caller stops the pool.
             for f in running:
                 f.cancel()
+
+    def _chain(self, chain: Chain) -> None:
+        for op in chain.ops:
+            if isinstance(op, (Copy, RemoteCopy)):
+                self._transfer(op)
+            else:
+                self._one(op)
 
     def _announce(self, ops: list[Op]) -> None:
         """Make the begin records of the next puts or deletes durable, in one sync:
