@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-pure bench compare stress wheel clean lint demo
+.PHONY: install dev test test-pure bench compare compare-wan stress wheel clean lint demo
 
 install:
 	$(PIP) install .
@@ -21,6 +21,12 @@ bench:
 
 compare:
 	$(PYTHON) benchmarks/compare.py
+
+# Over a slow link: btsoot on sshfs, rsync over ssh, rclone over SFTP, through a
+# proxy that adds the round trip (benchmarks/README.md, "wan.py").
+compare-wan:
+	$(PYTHON) benchmarks/wan.py --rtt-ms 20
+	$(PYTHON) benchmarks/wan.py --rtt-ms 80 --files 400
 
 stress:
 	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py

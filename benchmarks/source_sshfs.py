@@ -54,10 +54,8 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -68,12 +66,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from remotes import sftp_server_pids, sftp_server_read, sshfs_server  # noqa: E402  (sshd + sshfs of the test suite)
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import wan  # noqa: E402  (the same day of changes)
+from scratch import run_in_scratch  # noqa: E402
+from wan import ADDED, DELETED, EDITED, RENAMED  # noqa: E402
+
 MiB = 1 << 20
-RENAMED = ("photos/2023", "photos/2023-trip")
 OTHER_FOLDERS = ("documents/letters", "documents/invoices", "documents/manuals", "music/jazz",
                  "music/live", "code/src", "code/tests", "mail/inbox", "mail/sent", "scans",
                  "notes", "projects/house", "projects/garden")
-EDITED, ADDED, DELETED = 30, 6, 6
 RSYNC = "rsync -a --delete"
 FIRST = ["du", "-s"]  # scenario 4: something walks the fresh mount before the backup
 S1, S2, S3 = "1 first backup", "2 remount, no change", "3 remount, a day"
@@ -120,32 +121,9 @@ def set_dir_times(root: Path, t: int) -> None:
 
 
 def a_day(served: Path, rng: random.Random, now_ns: int) -> tuple[int, int]:
-    """The day's changes, on the server's side; returns (content new or changed
-    in bytes, files in the renamed folder)."""
-    files = sorted(p for p in served.rglob("*") if p.is_file())
-    outside = [p for p in files if not p.relative_to(served).as_posix().startswith(RENAMED[0] + "/")]
-    picked = rng.sample(outside, EDITED + DELETED)
-    t = now_ns - 600 * 10**9  # edited ten minutes ago: not racy either
-    changed = 0
-    for p in picked[:EDITED]:  # in place, same size, same inode
-        size = p.stat().st_size
-        n = min(size, 4096)
-        with open(p, "r+b") as f:
-            f.seek(rng.randrange(size - n + 1))
-            f.write(rng.randbytes(n))
-        os.utime(p, ns=(t + rng.randrange(10**9),) * 2)
-        changed += size
-    for p in picked[EDITED:]:
-        p.unlink()
-    for i in range(ADDED):
-        p = served / OTHER_FOLDERS[i % len(OTHER_FOLDERS)] / f"new-{i}.dat"
-        size = rng.randrange(10_000, 200_000)
-        p.write_bytes(rng.randbytes(size))
-        os.utime(p, ns=(t + rng.randrange(10**9),) * 2)
-        changed += size
-    n_renamed = sum(1 for _ in (served / RENAMED[0]).iterdir())
-    os.rename(served / RENAMED[0], served / RENAMED[1])
-    return changed, n_renamed
+    """The day's changes (wan.py's), on the server's side; returns (content new or
+    changed in bytes, files in the renamed folder)."""
+    return wan.a_day(served, rng, now_ns, [served / f for f in OTHER_FOLDERS])
 
 
 def listing(root: Path) -> dict[str, tuple]:
@@ -342,10 +320,6 @@ def bench(a: argparse.Namespace, work: Path) -> int:
     return 1 if any(r.check != "ok" for r in rows) else 0
 
 
-def interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=1500)
@@ -362,27 +336,10 @@ def main() -> int:
             raise SystemExit(f"{tool} is not installed (Debian: openssh-server sshfs fuse3 rsync)")
     if a.files < 150 + len(OTHER_FOLDERS) * 10:
         raise SystemExit("--files: at least 280")
-    # SIGTERM unwinds like Ctrl-C, so the mounts and sshd are undone.
-    signal.signal(signal.SIGTERM, interrupted)
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"btsoot {version(ROOT / 'src')} (this checkout's src/); "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    work = Path(tempfile.mkdtemp(prefix="sshfs-source-bench-", dir=a.tmp))
-    t = time.monotonic()
-    try:
-        return bench(a, work)
-    except KeyboardInterrupt as e:
-        print(f"interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        mounted = [p for p in work.glob("*") if os.path.ismount(p)]
-        if mounted:  # never delete through a mount
-            print(f"still mounted, {work} left in place: {mounted}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-              f"{time.monotonic() - t:.0f} s in all")
-
+    return run_in_scratch("sshfs-source-bench-", a.tmp, lambda work: bench(a, work))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -60,10 +60,8 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import wanproxy  # noqa: E402
+from scratch import run_in_scratch  # noqa: E402
 
 from remotes import _fuse_daemon, _sshd  # noqa: E402  (the test suite's sshd and FUSE handling)
 
@@ -136,8 +135,11 @@ def dirs_back(root: Path, t: int) -> None:
         os.utime(dp, ns=(t, t))
 
 
-def a_day(src: Path, rng: random.Random, now_ns: int) -> tuple[int, int]:
-    """The day's changes; (bytes of content new or changed, files in the renamed folder)."""
+def a_day(src: Path, rng: random.Random, now_ns: int,
+          add_in: list[Path] | None = None) -> tuple[int, int]:
+    """The day's changes below src; (bytes of content new or changed, files in the
+    renamed folder). The added files go to the folders add_in in turn (by default
+    those of the files outside the renamed folder)."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
     outside = [p for p in files if not p.relative_to(src).as_posix().startswith(RENAMED[0] + "/")]
     picked = rng.sample(outside, EDITED + DELETED)
@@ -153,7 +155,7 @@ def a_day(src: Path, rng: random.Random, now_ns: int) -> tuple[int, int]:
         changed += size
     for p in picked[EDITED:]:
         p.unlink()
-    folders = sorted({p.parent for p in outside})
+    folders = add_in or sorted({p.parent for p in outside})
     for i in range(ADDED):
         p = folders[i % len(folders)] / f"new-{i}.dat"
         size = rng.randrange(10_000, 200_000)
@@ -229,12 +231,14 @@ class Row:
 class Tool:
     label = ""
     on_mount = True  # runs on an sshfs mount made for the run
+    served: Path  # the destination, on the server's side
+    cmd: list[str]
 
-    def dest(self) -> Path:  # the destination, on the server's side
-        raise NotImplementedError
+    def dest(self) -> Path:
+        return self.served
 
     def command(self) -> list[str]:
-        raise NotImplementedError
+        return self.cmd
 
     def env(self) -> dict[str, str] | None:
         return None
@@ -256,9 +260,6 @@ class Btsoot(Tool):
         self._env = dict(os.environ, PYTHONPATH=str(src or ROOT / "src"),
                          BTSOOT_CONFIG=str(work / f"config-{self.name}.toml"),
                          BTSOOT_STATE=str(work / f"state-{self.name}"))
-
-    def dest(self) -> Path:
-        return self.served
 
     def env(self) -> dict[str, str] | None:
         return self._env
@@ -301,12 +302,6 @@ class RsyncSsh(Tool):
         self.cmd = ["rsync", "-a", "--delete", "--stats", "-e", ssh, f"{src}/",
                     f"root@127.0.0.1:{self.served}/"]
 
-    def dest(self) -> Path:
-        return self.served
-
-    def command(self) -> list[str]:
-        return self.cmd
-
     def result(self, out: str) -> tuple[int | None, str, dict]:
         return rsync_stats(out)
 
@@ -327,12 +322,6 @@ class RcloneSftp(Tool):
                          RCLONE_CONFIG_WAN_PORT=str(port), RCLONE_CONFIG_WAN_USER="root",
                          RCLONE_CONFIG_WAN_KEY_FILE=str(key))
 
-    def dest(self) -> Path:
-        return self.served
-
-    def command(self) -> list[str]:
-        return self.cmd
-
     def env(self) -> dict[str, str] | None:
         return self._env
 
@@ -347,12 +336,6 @@ class RsyncMount(Tool):
         self.served = work / "served" / "rsync-mount"
         self.served.mkdir(parents=True)
         self.cmd = ["rsync", "-a", "--delete", "--stats", f"{src}/", f"{mnt}/rsync-mount/"]
-
-    def dest(self) -> Path:
-        return self.served
-
-    def command(self) -> list[str]:
-        return self.cmd
 
     def result(self, out: str) -> tuple[int | None, str, dict]:
         return rsync_stats(out)
@@ -474,10 +457,6 @@ class Bench:
             print(f"{s}: " + "; ".join(parts))
 
 
-def interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def version(root: Path = ROOT) -> str:
     try:
         rev = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True,
@@ -510,28 +489,15 @@ def main() -> int:
             raise SystemExit(f"{tool} is not installed (Debian: openssh-server sshfs fuse3 rsync)")
     if a.files < 100:
         raise SystemExit("--files: at least 100")
-    signal.signal(signal.SIGTERM, interrupted)  # unwinds like Ctrl-C: mounts, sshd, proxy undone
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; btsoot {version()} "
           f"(this checkout's src/); round trip {a.rtt_ms:g} ms"
           f"{f', {a.mbit:g} Mbit/s each way' if a.mbit else ''}; "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="wan-bench-", dir=a.tmp))
-    t = time.monotonic()
-    try:
+    def go(work: Path) -> int:
         with contextlib.ExitStack() as undo:
             return Bench(a, work, undo).go()
-    except KeyboardInterrupt as e:
-        print(f"interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        mounted = [p for p in work.glob("*") if os.path.ismount(p)]
-        if mounted:  # never delete through a mount
-            print(f"still mounted, {work} left in place: {mounted}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-              f"{time.monotonic() - t:.0f} s in all")
 
+    return run_in_scratch("wan-bench-", a.tmp, go)
 
 if __name__ == "__main__":
     sys.exit(main())
