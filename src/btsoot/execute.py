@@ -277,8 +277,8 @@ class Executor:
         # Copy files under SMALL_COPY_MAX in this thread, only larger ones on the
         # pool (local disks: see remote.NETWORK_FS).
         self.small_inline = small_inline
-        # A network remote: transfers from many folders at once (see Spread), and
-        # the closing attribute pass in parallel too.
+        # A network remote: transfers, deletions, new folders and the closing
+        # attribute pass from many folders at once (see Spread).
         self.spread = spread
         # Where one sync of the remote's file system does not reach the far end
         # (sshfs: the profile's sync_reaches_disk), each file written is fsynced
@@ -402,7 +402,7 @@ class Executor:
                     f.result()
                     self._progress()
         finally:
-            # After an error: what runs finishes before the caller stops the pool.
+            # After an error: nothing more starts; what runs finishes (see run).
             for f in running:
                 f.cancel()
 
