@@ -51,6 +51,7 @@ scratch folder are undone at the end, even after a failure, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import hashlib
@@ -257,6 +258,9 @@ class Btsoot(Tool):
         self.remote = mnt / self.name
         self.served = work / "served" / self.name
         self.served.mkdir(parents=True)
+        # An installed wheel has its bytecode compiled (pip does it); so does this
+        # src/, or every run would pay for compiling when PYTHONDONTWRITEBYTECODE is set.
+        compileall.compile_dir(str(src or ROOT / "src"), quiet=1)
         self._env = dict(os.environ, PYTHONPATH=str(src or ROOT / "src"),
                          BTSOOT_CONFIG=str(work / f"config-{self.name}.toml"),
                          BTSOOT_STATE=str(work / f"state-{self.name}"))

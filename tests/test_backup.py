@@ -952,3 +952,48 @@ def test_transfer_threads_follow_the_remote_file_system(tmp_path: Path,
     for kind in ("fuse.sshfs", "nfs4", "cifs"):
         monkeypatch.setattr(rmt, "fs_type", lambda p, k=kind: k)
         assert rmt.is_network("/x") and rmt.default_jobs(rmt.is_network("/x")) == rmt.NETWORK_JOBS
+
+
+def test_the_remotes_profile_is_read_from_the_blocks_copy(env: Env) -> None:
+    """The profile (what the remote can hold) is kept in the block's state too,
+    tagged with the remote's id: a run reads that copy, not the remote's file (two
+    round trips over a slow link). A copy of another remote, of another file
+    system or damaged is not used: the remote's own is read (or probed) again."""
+    src, dst = env.root / "src", env.root / "dst"
+    put(src / "a", b"a", OLD_NS)
+    dst.mkdir()
+    env.run("add", "b", src, dst, check=0)
+    backup(env)
+    copy = env.state / "blocks/b/profile.json"
+    remote_profile = dst / ".btsoot/profile.json"
+    block = json.loads((dst / ".btsoot/block.json").read_bytes())
+    kept = json.loads(copy.read_bytes())
+    assert kept["remote_id"] == block["remote_id"]
+    assert {k: v for k, v in kept.items() if k != "remote_id"} == json.loads(remote_profile.read_bytes())
+
+    # The copy stands in: the remote's profile is not read (gone, it is not probed again).
+    remote_profile.unlink()
+    put(src / "b", b"b", OLD_NS)
+    assert backup(env)["result"] == "ok"
+    assert not remote_profile.exists()
+
+    def spoiled(why: str, edit) -> None:
+        edit()
+        put(src / why, why.encode(), OLD_NS)
+        assert backup(env)["result"] == "ok"
+        assert remote_profile.is_file(), why  # probed again: nothing on the remote to read
+        assert json.loads(copy.read_bytes())["remote_id"] == block["remote_id"], why
+        assert_mirror(src, dst)
+        remote_profile.unlink()
+
+    spoiled("another-remote", lambda: copy.write_bytes(
+        json.dumps({**kept, "remote_id": "0123456789abcdef"}).encode()))
+    spoiled("another-fs", lambda: copy.write_bytes(
+        json.dumps({**kept, "identity": {**kept["identity"], "type": "exfat"}}).encode()))
+    spoiled("damaged", lambda: copy.write_bytes(b"\x00{not json"))
+    spoiled("gone", copy.unlink)
+
+    # `btsoot doctor` probes again: backups use its result, from the copy too.
+    env.run("doctor", "b", check=0)
+    assert remote_profile.is_file()
+    assert json.loads(copy.read_bytes())["probed_ns"] == json.loads(remote_profile.read_bytes())["probed_ns"]

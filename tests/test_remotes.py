@@ -16,6 +16,7 @@ import os
 import random
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,6 +211,46 @@ def test_many_folders_at_once_on_a_network_remote(env: Env, mounted: tuple[str, 
     assert _in_seconds(tree_state(served)) == _in_seconds(tree_state(src))
     s, err = backup(env, 0)
     assert s["result"] == "nothing", (s, err)
+
+
+def test_a_run_with_nothing_to_do_asks_the_server_for_block_json_only(env: Env, tmp_path: Path) -> None:
+    """Over a slow link every request the server answers is a round trip. A run
+    that finds nothing changed reads the remote's block.json and nothing else: the
+    profile comes from the block's copy of it, and no statfs is asked (FUSE has no
+    file system id to give). Counted in the server's own system calls."""
+    import remotes
+
+    remotes.need("sshfs", "strace")
+    with remotes.mount("sshfs", tmp_path / "w") as dst:
+        src = env.root / "src"
+        for i in range(20):
+            put(src / f"d{i % 3}" / f"f{i:02d}", os.urandom(100 + i))
+        env.run("add", "b", src, dst, check=0)
+        assert backup(env, 0)[0]["result"] == "ok"
+        pids = remotes.sftp_server_pids(tmp_path / "w")
+        assert pids, "no sftp session found"
+        log = tmp_path / "server.strace"
+        tracer = subprocess.Popen(["strace", "-f", "-e", "trace=%file,%desc", "-o", str(log)]
+                                  + [a for pid in pids for a in ("-p", str(pid))],
+                                  stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # attached
+            s, err = backup(env, 0)
+            time.sleep(0.3)  # the last requests (a close) reach the server
+        finally:
+            tracer.terminate()
+            tracer.wait(10)
+        assert s["result"] == "nothing", (s, err)
+        calls = log.read_text()
+        served = str(tmp_path / "w" / "served" / dst.name)
+        paths = set(re.findall(r'"(/[^"]*)"', calls))
+        assert paths, calls[-2000:]  # block.json was read: the trace saw the session
+        allowed = {served, f"{served}/.btsoot", f"{served}/.btsoot/block.json"}
+        assert paths <= allowed, (paths - allowed, calls[-3000:])
+        assert len(re.findall(r"open(at)?\(.*block\.json", calls)) == 1, calls[-3000:]
+        assert not re.search(r"\bstatv?fs\(", calls), calls[-3000:]
+        # The remote's profile is still the one a restore from the remote alone reads.
+        assert (dst / ".btsoot" / "profile.json").is_file()
 
 
 # ---------------------------------------------------------------------------

@@ -345,11 +345,15 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
                 # The first run writes the remote's identity and snapshot folder even
                 # when there is nothing to copy (an empty source): its commit writes there.
                 rmt.init_remote(remote, block.name)
-            prof = profiles.ensure(remote)
         except OSError as e:
             raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
     # block.json as check_remote read it; a first run's, written just now, read back.
     ident = found if found is not None else (rmt.read_ident(remote) or {})
+    if not dry_run:
+        try:
+            prof = profiles.ensure(remote, st, ident.get("remote_id"))
+        except OSError as e:
+            raise FatalIOError(f"remote {block.remote}: cannot initialise: {e.strerror}") from None
     # The id is also the time people read; "newest" must not depend on the clock:
     # after a step back, ids go on from the newest one known (see snapshot.new_id).
     run_id = new_id(after=max(filter(None, (head.head, ident.get("snapshot"))), default=None))

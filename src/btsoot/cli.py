@@ -361,9 +361,12 @@ def doctor_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         rmt.check_remote(block.remote, block.name, st.load_head().head is not None)
         try:
             with Remote(block.remote) as remote:
-                if rmt.read_block_id(block.remote) is not None:
+                ident = rmt.read_block_id(block.remote)
+                if ident is not None:
                     p = profiles.probe(remote)
                     profiles.save(remote, p)
+                    if ident.get("remote_id"):  # backups use this result from now on
+                        profiles.keep_copy(st, ident["remote_id"], p)
                 else:  # not backed up into yet: probe, but leave nothing behind
                     remote.makedirs(profiles.PROBE.rpartition(b"/")[0])
                     try:

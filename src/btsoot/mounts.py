@@ -53,9 +53,13 @@ def inodes_stable(path: str | bytes) -> bool:
     after a remount every file has another number. SMB mounts with `noserverino`
     likewise. Local file systems and NFS keep theirs."""
     _, kind, _, options = mount_info(path)
-    if kind in ("fuse", "fuseblk") or kind.startswith("fuse."):
+    if _fuse(kind):
         return False
     return not (kind in ("cifs", "smb3") and "noserverino" in options.split(","))
+
+
+def _fuse(kind: str) -> bool:
+    return kind in ("fuse", "fuseblk") or kind.startswith("fuse.")
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,10 +85,14 @@ def _uuid(device: str) -> str:
 def identity(path: str | bytes) -> dict[str, Any]:
     """type, mount source, UUID (where it can be found) and f_fsid of path's file system."""
     _, kind, source = mount_of(path)
-    try:
-        fsid = os.statvfs(path).f_fsid
-    except OSError:
-        fsid = 0
+    fsid = 0
+    # FUSE has no f_fsid (the kernel reports 0), and its statfs is a round trip to
+    # the daemon: over sshfs, one across the link on every run for nothing.
+    if not _fuse(kind):
+        try:
+            fsid = os.statvfs(path).f_fsid
+        except OSError:
+            pass
     return {"type": kind, "source": source, "uuid": _uuid(source), "fsid": fsid}
 
 

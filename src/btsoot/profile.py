@@ -11,6 +11,12 @@ each run checks without touching the remote, or when the stored profile lacks a
 property this version knows (written by an older one). `btsoot doctor NAME` probes and
 prints it.
 
+The block's local state keeps a copy, tagged with the remote's id (block.json's
+`remote_id`): while the id and the identity match, a run reads the copy and not
+the remote's, two round trips fewer across a slow link on every run. The copy is
+what the remote's said when it was read or probed; the remote's stays the one a
+restore from the remote alone reads.
+
 What follows from it: names are encoded (see names.py), case twins are stored
 apart (one under an escaped name) instead of one overwriting the other, and a
 remote file's mtime is compared at the granularity it keeps.
@@ -24,7 +30,7 @@ import stat
 import struct
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -110,10 +116,41 @@ def save(remote: Remote, p: Profile) -> None:
     remote.write_atomic(PROFILE, p.to_json())
 
 
-def ensure(remote: Remote) -> Profile:
+class Copy(Protocol):
+    """Where a block keeps its copy of the profile (state.BlockState)."""
+
+    def load_profile(self) -> bytes | None: ...
+
+    def save_profile(self, data: bytes) -> None: ...
+
+
+def ensure(remote: Remote, copy: Copy | None = None, remote_id: str | None = None) -> Profile:
     """The remote's profile: the stored one while the remote is the same file
-    system, else probed (and stored) again."""
+    system, else probed (and stored) again. copy: the block's copy of it, used
+    while it names remote_id (the remote's block.json) and the same identity."""
     ident = mounts.identity(remote.root)
+    if copy is not None and remote_id:
+        data = copy.load_profile()
+        p = Profile.from_json(data) if data else None
+        if p is not None and p.identity == ident and _tag(data) == remote_id:
+            return p
+    p = _ensure(remote, ident)
+    if copy is not None and remote_id:
+        keep_copy(copy, remote_id, p)
+    return p
+
+
+def keep_copy(copy: Copy, remote_id: str, p: Profile) -> None:
+    copy.save_profile(orjson.dumps({**orjson.loads(p.to_json()), "remote_id": remote_id},
+                                   option=orjson.OPT_INDENT_2))
+
+
+def _tag(data: bytes | None) -> object:
+    d = orjson.loads(data) if data else None
+    return d.get("remote_id") if isinstance(d, dict) else None
+
+
+def _ensure(remote: Remote, ident: dict[str, Any]) -> Profile:
     p = load(remote)
     if p is not None and p.identity == ident:
         return p

@@ -9,6 +9,7 @@
         scan.jsonl            the running scan (uncommitted)
         runs.jsonl            one summary line per run (read by `btsoot list`)
         damaged.jsonl         paths `btsoot verify` found damaged (re-sent next run)
+        profile.json          a copy of the remote's profile (see profile.py), with its remote_id
         lock
 """
 
@@ -71,6 +72,7 @@ class BlockState:
         self.runs = os.path.join(root, "runs.jsonl")
         self.damaged = os.path.join(root, "damaged.jsonl")
         self.lock = os.path.join(root, "lock")
+        self.profile = os.path.join(root, "profile.json")
         self._head_path = os.path.join(root, "state.json")
 
     @_local
@@ -126,6 +128,19 @@ class BlockState:
     @_local
     def save_head(self, h: Head) -> None:
         atomic_write(self._head_path, orjson.dumps(asdict(h)))
+
+    def load_profile(self) -> bytes | None:
+        """The copy of the remote's profile (None if absent or unreadable: the
+        remote's own is read then)."""
+        try:
+            with open(self.profile, "rb") as f:
+                return f.read(1 << 16)
+        except OSError:
+            return None
+
+    @_local
+    def save_profile(self, data: bytes) -> None:
+        atomic_write(self.profile, data)
 
     @_local
     def committed_ids(self) -> list[str]:
