@@ -354,3 +354,37 @@ def test_a_kill_while_pruning_loses_nothing_kept(block, tmp_path: Path) -> None:
         listed = [json.loads(ln) for p in attic.glob("*.jsonl") for ln in p.read_text().splitlines()] \
             if attic.exists() else []
         assert len(listed) == len(held), (idx, labels[idx - 1])
+
+
+def test_the_records_small_files_are_read_several_at_once() -> None:
+    """Retention reads every delta's header and every attic list on each run that
+    writes: over a slow link, one after the other, that grew by round trips with
+    every snapshot kept. remote.read_ahead runs up to its window at once, gives
+    the results in order, and raises an error where its item's result would be."""
+    import threading
+
+    from btsoot.remote import read_ahead
+
+    running, most, lock = 0, 0, threading.Lock()
+    gate = threading.Barrier(4, timeout=10)  # the first four must be running together
+
+    def slow(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        if i < 4:
+            gate.wait()
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        if i == 30:
+            raise OSError(5, "unreadable")
+        return i * i
+
+    got = []
+    with pytest.raises(OSError):
+        for r in read_ahead(slow, range(40), window=6):
+            got.append(r)
+    assert got == [i * i for i in range(30)]
+    assert 4 <= most <= 6

@@ -13,13 +13,16 @@ Inode and device numbers are machine-local and are not stored here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -332,9 +335,44 @@ def list_snapshots(remote: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def chain(remote: str, snap_id: str | None = None) -> list[str]:
-    """File paths from the full snapshot up to snap_id (default: newest resolvable)."""
-    snaps = list_snapshots(remote)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# The record's small files read at once (delta headers, attic lists): over a slow
+# link one after the other, each costs its own round trips, and a block keeps dozens.
+READ_AHEAD = 16
+
+
+def read_ahead(fn: Callable[[_T], _R], items: Iterable[_T], window: int = READ_AHEAD) -> Iterator[_R]:
+    """fn(item) for each item, in order, with up to `window` of them running at
+    once (and no more results than that held). An exception is raised where its
+    item's result would have been."""
+    with ThreadPoolExecutor(window) as pool:
+        todo: deque[Future[_R]] = deque()
+        for it in items:
+            todo.append(pool.submit(fn, it))
+            if len(todo) >= window:
+                yield todo.popleft().result()
+        while todo:
+            yield todo.popleft().result()
+
+
+def _base_of(path: str) -> str | None | StateError:
+    try:
+        with SnapshotReader(path) as r:
+            return r.header.base
+    except StateError as e:
+        return e
+
+
+def chain(remote: str, snap_id: str | None = None,
+          snaps: dict[str, tuple[str, str]] | None = None,
+          bases: dict[str, str | None] | None = None) -> list[str]:
+    """File paths from the full snapshot up to snap_id (default: newest resolvable).
+    snaps: list_snapshots(remote), when the caller has it; bases: each delta file's
+    base as read so far, filled in here (the chains of many snapshots share files:
+    over a slow link each header read costs round trips)."""
+    snaps = list_snapshots(remote) if snaps is None else snaps
+    bases = {} if bases is None else bases
     if not snaps:
         raise StateError(f"{remote}: no btsoot snapshots in {META}/snapshots")
     if snap_id:
@@ -366,10 +404,12 @@ def chain(remote: str, snap_id: str | None = None) -> list[str]:
                 if kind == "full":
                     cur = None
                 else:
-                    with SnapshotReader(path) as r:
-                        cur = r.header.base
-                        if cur is None:
-                            raise StateError(f"{path}: delta without base")
+                    if path not in bases:
+                        with SnapshotReader(path) as r:
+                            bases[path] = r.header.base
+                    cur = bases[path]
+                    if cur is None:
+                        raise StateError(f"{path}: delta without base")
             return files[::-1]
         except StateError as e:
             last_err = e
@@ -453,10 +493,15 @@ def prune(remote: Remote, keep_ids: set[str]) -> None:
     root = os.fsdecode(remote.root)
     snaps = list_snapshots(root)
     needed: set[str] = set()
+    # Every delta's base, read at once (one that cannot be read: chain() meets it
+    # again, and gives up on that snapshot as before).
+    deltas = [p for kind, p in snaps.values() if kind == "delta"]
+    bases = {p: b for p, b in zip(deltas, read_ahead(_base_of, deltas), strict=True)
+             if not isinstance(b, StateError)}
     for sid in keep_ids:
         if sid in snaps:
             try:
-                needed.update(os.path.basename(p) for p in chain(root, sid))
+                needed.update(os.path.basename(p) for p in chain(root, sid, snaps, bases))
             except StateError:
                 continue
     if not needed:
@@ -665,13 +710,24 @@ def attic_lists(remote: Remote, runs: list[str] | None = None,
     offered, never guessed. runs: attic_runs(remote), when the caller has them."""
     from .ops import ATTIC, attic_path
 
-    for run in reversed(attic_runs(remote) if runs is None else runs):
+    def read(run: str) -> list[bytes] | IO[bytes] | None:
+        """A small list's lines (read ahead, with others at once), a large one open."""
         try:
             fd = remote.open_file(ATTIC + b"/" + run.encode() + b".jsonl")
         except OSError:
+            return None
+        f = os.fdopen(fd, "rb")
+        if os.fstat(fd).st_size > SMALL_LIST:
+            return f
+        with f:
+            return f.readlines()
+
+    order = list(reversed(attic_runs(remote) if runs is None else runs))
+    for run, lines in zip(order, read_ahead(read, order), strict=True):
+        if lines is None:
             continue
-        with os.fdopen(fd, "rb") as f:
-            for line in f:
+        with lines if not isinstance(lines, list) else contextlib.nullcontext():
+            for line in lines:
                 try:
                     d = orjson.loads(line)
                     e = entry_from_dict(d, "attic list")
@@ -682,6 +738,9 @@ def attic_lists(remote: Remote, runs: list[str] | None = None,
                     continue  # a damaged undo line: not offered
                 yield (run, attic_path(run.encode(), e.path, remote.escaped), e,
                        prev if isinstance(prev, str) else None, undo)
+
+
+SMALL_LIST = 1 << 20  # an attic list read whole, ahead of its turn (see attic_lists)
 
 
 def _undo_meta(u: Any) -> dict[str, Any] | None:
