@@ -213,6 +213,30 @@ def test_many_folders_at_once_on_a_network_remote(env: Env, mounted: tuple[str, 
     assert s["result"] == "nothing", (s, err)
 
 
+@pytest.mark.parametrize("mounted", ["sshfs", "exfat"], indirect=True)
+def test_adopting_a_copy_made_by_rsync(env: Env, mounted: tuple[str, Path]) -> None:
+    """A copy made by rsync onto the mount (exFAT: content and times only) is taken
+    as it is (`backup --adopt`): size and mtime matched at the time the remote
+    keeps, nothing sent; a stale folder renamed since is moved; the remote then
+    restores the source exactly."""
+    kind, remote = mounted
+    src, restored = env.root / "src", env.root / "restored"
+    rng = random.Random(f"adopt {kind}")
+    files = build_tree(src, rng)
+    subprocess.run(["rsync", "-rt" if kind == "exfat" else "-a", f"{src}/", f"{remote}/"],
+                   check=True)
+    (src / "photos/rome").rename(src / "photos/roma 2019")
+    env.run("add", "b", src, remote, check=0)
+    s, err = backup(env, 0, "--adopt")
+    assert s["result"] == "ok" and not s["errors"], (s, err)
+    assert s["bytes_sent"] == 0 and s["adoption"]["files"] == files, s
+    assert s["operations"].get("move-dir") == 1 and "copy" not in s["operations"], s
+    env.run("restore", "--from", remote, "--to", restored, check=0)
+    assert_mirror(src, restored)
+    s, err = backup(env, 0)
+    assert s["result"] == "nothing", (s, err)
+
+
 def test_a_run_with_nothing_to_do_asks_the_server_for_block_json_only(env: Env, tmp_path: Path) -> None:
     """Over a slow link every request the server answers is a round trip. A run
     that finds nothing changed reads the remote's block.json and nothing else: the

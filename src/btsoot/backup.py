@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import adopt as adopting
 from . import events, meta, mounts
 from . import profile as profiles
 from . import remote as rmt
+from .adopt import Adoption
 from .config import Block
 from .durable import fsync_dir
 from .errors import (
@@ -64,6 +66,7 @@ class BackupResult:
     snapshot: str | None = None
     resumed: bool = False
     adopted: bool = False  # planned from the remote's own record, not the local one
+    adoption: Adoption | None = None  # an existing copy adopted (backup --adopt)
     # Why (another remote rotated in, a rollback, the local state gone); and what
     # was dropped with it (an interrupted run's journal that is not this remote's).
     notices: list[str] = field(default_factory=list)
@@ -117,6 +120,7 @@ class BackupResult:
             "snapshot": self.snapshot,
             "resumed": self.resumed,
             "adopted": self.adopted,
+            "adoption": self.adoption.summary() if self.adoption else None,
             "notices": [printable(n) for n in self.notices],
             "repaired": self.repaired,
             "files": s.files,
@@ -199,9 +203,11 @@ def backup(
     jobs: int | None = None,
     progress: Progress | None = None,
     new_remote: bool = False,
+    adopt: Adoption | None = None,
 ) -> BackupResult:
     """new_remote: the remote is an empty folder joining the block's remotes (a
-    second disk of a rotation); its first backup goes there like any first one."""
+    second disk of a rotation); its first backup goes there like any first one.
+    adopt: the remote holds a copy made otherwise, taken as it is (see adopt.py)."""
     block.check()
     st = BlockState(block.state)
     st.ensure()
@@ -211,7 +217,7 @@ def backup(
         if not os.path.exists(st.journal):
             st.remove_bases()  # a run killed after its commit left them; nothing names them
         try:
-            res = _backup(block, st, dry_run, checksum, override, jobs, progress, new_remote)
+            res = _backup(block, st, dry_run, checksum, override, jobs, progress, new_remote, adopt)
             if res.execution is not None and res.execution.lost:
                 # Folders of the remote were made again, empty: the plan against the
                 # snapshot just committed sends what they held.
@@ -300,7 +306,8 @@ def _log_failure(st: BlockState, record: dict) -> None:
 
 
 def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, override: bool,
-            jobs: int | None, progress: Progress | None, new_remote: bool = False) -> BackupResult:
+            jobs: int | None, progress: Progress | None, new_remote: bool = False,
+            adopt: Adoption | None = None) -> BackupResult:
     res = BackupResult(block.name)
     t0 = time.monotonic()
     head = st.load_head()
@@ -313,23 +320,30 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
             prev_header = r.header
             prev_empty = next(r.raw(), None) is None
     check_source(block, prev_header, override, prev_empty)
-    ident = rmt.check_remote(block.remote, block.name, head.head is not None and not new_remote)
+    ident = rmt.check_remote(block.remote, block.name,
+                             head.head is not None and not (new_remote or adopt), adopt is not None)
     if new_remote and ident is not None:
         raise UsageError(f"remote {block.remote} holds a btsoot backup already: "
                          "--new-remote is for an empty folder joining the block")
+    if adopt and ident is not None and ident.get("snapshot") is not None:
+        # Adopted already (the same command run again, after a crash that came
+        # after the commit) or backed up into by btsoot: a run like any other.
+        res.notices.append("the remote holds this block's backup already: nothing to adopt")
+        adopt = None
     try:
         remote = Remote(block.remote)
     except OSError as e:
         raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
     with remote, frozen(block, res.notices) as view:
         return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
-                    progress, t0, ident, new_remote, view)
+                    progress, t0, ident, new_remote, view, adopt)
 
 
 def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
          remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
          progress: Progress | None, t0: float, found: dict[str, Any] | None,
-         new_remote: bool = False, view: str | None = None) -> BackupResult:
+         new_remote: bool = False, view: str | None = None,
+         adopt: Adoption | None = None) -> BackupResult:
     """view: where the source is read (a snapshot of it: see frozen.py)."""
     view = view or block.source
     run_id = ""  # set once the remote's record is read: ids never go back in time
@@ -341,7 +355,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         prof = profiles.load(remote) or profiles.Profile()
     else:
         try:
-            if head.head is None or new_remote:
+            if head.head is None or new_remote or adopt:
                 # The first run writes the remote's identity and snapshot folder even
                 # when there is nothing to copy (an empty source): its commit writes there.
                 rmt.init_remote(remote, block.name)
@@ -369,7 +383,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     interrupted = os.path.exists(st.journal)  # a killed run: the remote gets tidied
     journal_ok = interrupted and (dry_run or _journal_is_for(st, ident, res))
     why = rmt.record_differs(head, ident) if committed else None
-    if why is not None:
+    if why is not None and not adopt:
         res.notices.append(why + "; planned from the remote's own record")
         if os.path.exists(st.journal) and not dry_run:
             _drop_journal(st)  # about a state of the remote that is not this one
@@ -390,8 +404,10 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             base = _write_base(st, entries, run_id)
         else:
             base = None
+            if not adopt:
+                _refuse_foreign(remote)
         base_id = newest
-        res.adopted = newest is not None or why is not None
+        res.adopted = (newest is not None or why is not None) and not adopt
         head.remote_head = None  # this remote gets a full snapshot, not a delta
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
     damaged = st.load_damaged()
@@ -416,7 +432,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             checksum=checksum,
             # A first backup into an empty remote: no content there to move or copy
             # from, so new files are hashed while they are sent, not read twice.
-            hash_new=base is not None or dry_run,
+            hash_new=base is not None or dry_run or adopt is not None,
             on_progress=(lambda s: progress("scan", s)) if progress else None,
             keep=block.keep(),
             stable_inodes=mounts.inodes_stable(block.source),
@@ -429,6 +445,24 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     res.durations["scan"] = time.monotonic() - t
     if any(p == b"" for p, _ in sres.stats.errors):
         raise GuardError(f"source {block.source} cannot be listed; nothing was changed")
+    if adopt and not res.resumed:
+        # The remote as it is, listed once, is what this run plans against.
+        if progress:
+            progress("phase", "adopt")
+        t = time.monotonic()
+        if dry_run and not profiles.load(remote):
+            remote.mtime_step = max(remote.mtime_step, 10**9)  # not probed: whole seconds
+        found_there = adopting.walk_remote(remote, prof.codec().active or prof.case_insensitive)
+        base = _write_base(st, adopting.view(remote, found_there, st.scan, adopt,
+                                             jobs or block.jobs), run_id)
+        res.adoption = adopt
+        if adopt.unsure:
+            res.notices.append(
+                f"{adopt.unsure} files on the remote have their source file's size but another "
+                "mtime (a copy that did not keep times?): sent again" + (
+                    ", their copies kept in the attic" if Policy.of(block).history else "")
+                + "; --adopt=checksum compares their content instead")
+        res.durations["adopt"] = time.monotonic() - t
     diff = sres.diff if base == committed else None
     if prof.case_insensitive:
         if base != committed:  # recovered: the view of the remote is another file
@@ -504,7 +538,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     t = time.monotonic()
     if progress:
         progress("phase", "commit")
-    unchanged = plan.empty and not res.resumed and not res.adopted
+    unchanged = plan.empty and not res.resumed and not res.adopted and not res.adoption
     if unchanged and not sres.rewritten and not sres.stats.hashed_files and head.head:
         # Nothing differs in any field: the committed snapshot still says it all.
         os.unlink(st.scan)
@@ -517,10 +551,23 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
-    elif plan.empty and not res.resumed:
+    elif plan.empty and not res.resumed and not adopt:
         res.result = "nothing"
     res.durations["total"] = time.monotonic() - t0
     return res
+
+
+def _refuse_foreign(remote: Remote) -> None:
+    """A remote with no snapshot of ours that holds something besides .btsoot/
+    (an adoption killed before it sent anything, or files put there since the
+    first run began): a plan that does not know them would write over them."""
+    try:
+        names = [n for n in remote.listdir(b"") if n != rmt.META.encode()]
+    except OSError as e:
+        raise FatalIOError(f"remote {remote.show(b'')}: {e.strerror}") from None
+    if names:
+        raise GuardError(f"remote {remote.show(b'')} holds files but no btsoot snapshot: "
+                         "to take them as they are, run backup --adopt; else give an empty folder")
 
 
 def _check_space(remote: str, need: int) -> None:

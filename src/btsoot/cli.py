@@ -264,18 +264,32 @@ def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Bloc
 @click.option("--new-remote", is_flag=True,
               help="The remote is an empty folder joining the block (a second disk of a "
                    "rotation): back up into it as a first backup.")
+@click.option("--adopt", type=click.Choice(["times", "checksum"]), is_flag=False,
+              flag_value="times", default=None,
+              help="The remote holds a copy made another way (rsync, a carried disk): take "
+                   "what it holds as it is, send only what differs. A file counts as the "
+                   "source's when size and mtime match; --adopt=checksum reads them all.")
+@click.option("--keep-extras", is_flag=True,
+              help="With --adopt: leave files the source does not have where they are, "
+                   "outside the backup, instead of removing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails.")
 @click.pass_context
 def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: bool,
                checksum: bool, override: bool, jobs: int | None, as_json: bool,
-               quiet: bool, new_remote: bool = False) -> None:
+               quiet: bool, new_remote: bool = False, adopt: str | None = None,
+               keep_extras: bool = False) -> None:
     """Back up blocks: send only what changed to the remote."""
+    from .adopt import Adoption
     from .backup import backup
     from .errors import EXIT_OK
     from .itemize import display_path, itemize
     from .progress import Reporter
 
+    if keep_extras and not adopt:
+        raise UsageError("--keep-extras goes with --adopt")
+    if adopt and (all_ or len(names) != 1 or new_remote):
+        raise UsageError("--adopt takes one block (and not --new-remote): it lists that remote")
     worst = EXIT_OK
     summaries = []
     for block in _blocks(ctx, names, all_):
@@ -283,7 +297,8 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
         try:
             with reporter:
                 res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
-                             jobs=jobs, progress=reporter.update, new_remote=new_remote)
+                             jobs=jobs, progress=reporter.update, new_remote=new_remote,
+                             adopt=Adoption(adopt, keep_extras) if adopt else None)
         except Exception as e:  # noqa: BLE001 - one block's failure never stops the others
             if len(names) == 1 and not all_:
                 raise
@@ -331,6 +346,12 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
     extra = "" if dry_run else (
         f"; sent {human(s['bytes_sent'])} in {s['durations'].get('total', 0):.1f}s")
     repaired = s.get("repaired", 0)
+    a = s.get("adoption")
+    if a:
+        what = (f"adopted {a['files']} files, {human(a['bytes'])} already on the remote"
+                f" ({a['matched_elsewhere']} of them to be moved)"
+                + (f", {a['extras']} extra files kept as they are" if a["keep_extras"] and a["extras"]
+                   else "") + f"; then {what}")
     return (f"{s['block']}: {head}: {what}; {s['files']} files, {human(s['bytes'])}{extra}"
             + (f"; {len(s['errors'])} not backed up" if s["errors"] else "")
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"

@@ -14,6 +14,7 @@ Inode and device numbers are machine-local and are not stored here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -134,6 +135,10 @@ def read_ident(remote: Remote) -> dict[str, Any] | None:
         fd = remote.open_file(meta_rel("block.json"))
     except FileNotFoundError:
         return None
+    except Blocked as e:
+        if e.errno == errno.ENOENT:
+            return None  # no .btsoot/ yet (a dry run before the first backup)
+        raise StateError(f"{remote.show(meta_rel('block.json'))}: unreadable ({e.strerror})") from None
     except OSError as e:
         raise StateError(f"{remote.show(meta_rel('block.json'))}: unreadable ({e.strerror})") from None
     with os.fdopen(fd, "rb") as f:
@@ -176,9 +181,11 @@ def record_differs(head: Head, ident: dict[str, Any]) -> str | None:
             f"local {head.generation})")
 
 
-def check_remote(remote: str, block: str, has_committed: bool) -> dict[str, Any] | None:
-    """Refuse a remote that is missing, foreign, or (on a first run) not empty;
-    returns its block.json (None on a first run), read once for the whole run."""
+def check_remote(remote: str, block: str, has_committed: bool,
+                 adopt: bool = False) -> dict[str, Any] | None:
+    """Refuse a remote that is missing, foreign, or (on a first run) not empty
+    unless adopt; returns its block.json (None on a first run), read once for the
+    whole run."""
     if not os.path.isdir(remote):
         raise GuardError(f"remote {remote} does not exist or is not a folder (is the share mounted?)")
     ident = read_block_id(remote)
@@ -190,7 +197,7 @@ def check_remote(remote: str, block: str, has_committed: bool) -> dict[str, Any]
             )
     if ident is not None and ident.get("block") != block:
         raise GuardError(f"remote {remote} holds block {ident.get('block')!r}, not {block!r}")
-    if not has_committed and ident is None:
+    if not has_committed and ident is None and not adopt:
         try:
             names = [n for n in os.listdir(remote) if n != META]
         except OSError as e:
@@ -198,7 +205,8 @@ def check_remote(remote: str, block: str, has_committed: bool) -> dict[str, Any]
         if names:
             raise GuardError(
                 f"remote {remote} is not empty and holds no btsoot backup: refusing to mix "
-                "trees on a first backup; give an empty folder"
+                "trees on a first backup; give an empty folder, or --adopt to take a copy "
+                "made another way as it is"
             )
     return ident
 

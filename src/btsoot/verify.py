@@ -226,16 +226,16 @@ def _compare(source: SnapshotSource, res: VerifyResult, remote: Remote, found: I
     return to_hash
 
 
-def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int | None,
-              progress: Progress | None) -> None:
-    """The reading pass: each file hashed and compared with its snapshot digest."""
-    # Chunk digests off: the whole-file digest is what the snapshot is checked against.
-    # Each file is read through its folder's descriptor (see remotefs), held until its
-    # result is back: a folder swapped for a link meanwhile cannot redirect the read.
+def hash_on_remote(remote: Remote, entries: list[Entry], jobs: int | None,
+                   chunk_threshold: int = 1 << 62) -> Iterator[tuple[Entry, tuple]]:
+    """Each entry's file on the remote hashed: (entry, scanner.hash_file's result),
+    in order. A file that cannot be reached is reported as ENOENT or ENOTDIR.
+    Each file is read through its folder's descriptor (see remotefs), held until its
+    result is back: a folder swapped for a link meanwhile cannot redirect the read."""
     held: deque[AbstractContextManager[bytes]] = deque()
 
     def paths() -> Iterator[bytes]:
-        for e in to_hash:
+        for e in entries:
             cm: AbstractContextManager[bytes] = remote.path(e.path)
             try:
                 p = cm.__enter__()
@@ -247,9 +247,17 @@ def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int
             held.append(cm)
             yield p
 
-    results = scanner.hash_files(paths(), jobs, chunk_threshold=1 << 62)
-    for e, r in zip(to_hash, results, strict=True):
+    results = scanner.hash_files(paths(), jobs, chunk_threshold=chunk_threshold)
+    for e, r in zip(entries, results, strict=True):
         held.popleft().__exit__(None, None, None)
+        yield e, r
+
+
+def _hash_all(res: VerifyResult, remote: Remote, to_hash: list[Entry], jobs: int | None,
+              progress: Progress | None) -> None:
+    """The reading pass: each file hashed and compared with its snapshot digest
+    (chunk digests off: the whole-file digest is what the snapshot is checked against)."""
+    for e, r in hash_on_remote(remote, to_hash, jobs):
         _hashed(res, e, r)
         if progress is not None:
             progress("progress", (res.checked_files, res.checked_bytes))
