@@ -79,16 +79,28 @@ from .retention import DEFAULT_WITHIN, Policy
               help="With --snapshot command: makes the snapshot (a shell command).")
 @click.option("--snapshot-release", default="", metavar="CMD",
               help="With --snapshot command: drops it.")
+@click.option("--on-success", default="", metavar="CMD",
+              help="A shell command run after a successful run (the JSON summary on stdin).")
+@click.option("--on-failure", default="", metavar="CMD",
+              help="A shell command run after a failed run, or when the block is stale.")
+@click.option("--on-always", default="", metavar="CMD", help="A shell command run after every run.")
+@click.option("--ping-url", default="", metavar="URL",
+              help="A health-check URL (healthchecks-style): /start, then /0 or /<exit code>.")
+@click.option("--stale-after", default="", metavar="DURATION",
+              help="No successful run for this long (e.g. 3d) counts as a failure for the alerts.")
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
         max_delete: str, one_file_system: bool, keep_within: str, keep_last: int,
         keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
         attic_max: str, attic_days: int | None, no_owners: bool, no_xattrs: bool,
         no_acls: bool, no_hard_links: bool, snapshot: str | None, snapshot_path: str,
-        snapshot_create: str, snapshot_release: str) -> None:
+        snapshot_create: str, snapshot_release: str, on_success: str = "", on_failure: str = "",
+        on_always: str = "", ping_url: str = "", stale_after: str = "") -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
+    check_value("ping_url", ping_url, "--ping-url")
+    check_value("stale_after", stale_after, "--stale-after")
     if attic_days is not None:
         keep_within = f"{attic_days}d"
     check_value("keep_within", keep_within, "--keep-within")
@@ -112,7 +124,9 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
                              owners=not no_owners, xattrs=not no_xattrs,
                              acls=not (no_acls or no_xattrs), hard_links=not no_hard_links,
                              snapshot=snapshot or "", snapshot_path=snapshot_path,
-                             snapshot_create=snapshot_create, snapshot_release=snapshot_release)
+                             snapshot_create=snapshot_create, snapshot_release=snapshot_release,
+                             on_success=on_success, on_failure=on_failure, on_always=on_always,
+                             ping_url=ping_url, stale_after=stale_after)
     cfg.blocks[name].check()
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
@@ -280,6 +294,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
                quiet: bool, new_remote: bool = False, adopt: str | None = None,
                keep_extras: bool = False) -> None:
     """Back up blocks: send only what changed to the remote."""
+    from . import hooks
     from .adopt import Adoption
     from .backup import backup
     from .errors import EXIT_OK
@@ -294,26 +309,36 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
     summaries = []
     for block in _blocks(ctx, names, all_):
         reporter = Reporter(block.name, enabled=not (quiet or as_json or dry_run))
+        if not dry_run:
+            _warn(block.name, hooks.started(block))
         try:
             with reporter:
                 res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
                              jobs=jobs, progress=reporter.update, new_remote=new_remote,
                              adopt=Adoption(adopt, keep_extras) if adopt else None)
-        except Exception as e:  # noqa: BLE001 - one block's failure never stops the others
-            if len(names) == 1 and not all_:
-                raise
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one block's failure never stops the others
             if isinstance(e, BtsootError):
                 code, message = e.exit_code, e.message
+            elif isinstance(e, KeyboardInterrupt):
+                signum = getattr(e, "signum", signal.SIGINT)
+                code, message = 128 + signum, f"interrupted ({signal.Signals(signum).name})"
             else:
                 code, message = EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}"
             message = printable(message)
+            failed = {"block": block.name, "result": "failed", "exit_code": code, "error": message}
+            if not dry_run:
+                _warn(block.name, hooks.finished(block, failed, _state_of(block)))
+            if (len(names) == 1 and not all_) or isinstance(e, KeyboardInterrupt):
+                raise
             click.echo(f"btsoot: {block.name}: {message}", err=True)
             worst = max(worst, code)
-            summaries.append({"block": block.name, "result": "failed", "exit_code": code,
-                              "error": message})
+            summaries.append(failed)
             continue
         worst = max(worst, res.exit_code)
         s = res.summary()
+        if not dry_run:
+            s["hooks"] = hooks.finished(block, s, _state_of(block))
+            _warn(block.name, s["hooks"])
         summaries.append(s)
         if dry_run and res.plan is not None and not as_json:
             for line in itemize(res.plan):
@@ -336,6 +361,17 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
         click.echo(orjson.dumps(summaries if len(summaries) != 1 else summaries[0],
                                 option=orjson.OPT_INDENT_2).decode())
     ctx.exit(worst)
+
+
+def _warn(name: str, warnings: list[str]) -> None:
+    for w in warnings:
+        click.echo(f"btsoot: {name}: warning: {printable(w)}", err=True)
+
+
+def _state_of(block: Block) -> Any:
+    from .state import BlockState
+
+    return BlockState(block.state)
 
 
 def _summary_line(s: dict[str, Any], dry_run: bool) -> str:

@@ -92,6 +92,14 @@ class Block:
     snapshot_path: str = ""
     snapshot_create: str = ""
     snapshot_release: str = ""
+    # Telling someone (hooks.py): commands after each run, a health-check URL, and
+    # how long without a successful run counts as failing.
+    on_success: str = ""
+    on_failure: str = ""
+    on_always: str = ""
+    ping_url: str = ""
+    stale_after: str = ""
+    hook_timeout: int = 60
 
     def keep(self) -> Keep:
         return Keep(self.owners, self.xattrs, self.acls, self.hard_links)
@@ -128,6 +136,11 @@ class Block:
         if not self.snapshot:  # (the snapshot keys mean nothing without one)
             for k in ("snapshot", "snapshot_path", "snapshot_create", "snapshot_release"):
                 del d[k]
+        for k in ("on_success", "on_failure", "on_always", "ping_url", "stale_after"):
+            if not d[k]:
+                del d[k]  # (unset: no alerts)
+        if not (self.on_success or self.on_failure or self.on_always or self.ping_url):
+            del d["hook_timeout"]
         return d
 
 
@@ -176,6 +189,7 @@ def _count(lo: int) -> tuple[bool, Callable[[object], bool], str]:
 # keep_snapshots as keep_last, attic_days as keep_within in days (0: none).
 LEGACY = {"keep_snapshots": "keep_last", "attic_days": "keep_within"}
 MAX_JOBS = 256
+MAX_HOOK_TIMEOUT = 86_400
 
 # Each key of a block: (required, check, what a valid value looks like). One table,
 # so the message names the key and says what it wants; no value of the wrong type
@@ -209,6 +223,14 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "snapshot_release": (False, lambda v: isinstance(v, str), "a shell command (a string)"),
     "attic_days": (False, lambda v: _is_int(v) and 0 <= v <= MAX_ATTIC_DAYS,  # type: ignore[operator]
                    f"a whole number of days from 0 (no attic) to {MAX_ATTIC_DAYS}"),
+    "on_success": (False, lambda v: isinstance(v, str) and "\0" not in v, "a shell command (a string)"),
+    "on_failure": (False, lambda v: isinstance(v, str) and "\0" not in v, "a shell command (a string)"),
+    "on_always": (False, lambda v: isinstance(v, str) and "\0" not in v, "a shell command (a string)"),
+    "ping_url": (False, lambda v: v == "" or (isinstance(v, str) and re.fullmatch(r"https?://\S+", v)
+                                             is not None), "an http:// or https:// URL, or \"\""),
+    "stale_after": (False, _within, "a duration like \"3d\" or \"36h\", or \"\" (never)"),
+    "hook_timeout": (False, lambda v: _is_int(v) and 1 <= v <= MAX_HOOK_TIMEOUT,  # type: ignore[operator]
+                     f"a whole number of seconds from 1 to {MAX_HOOK_TIMEOUT}"),
 }
 
 
