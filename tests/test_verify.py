@@ -180,3 +180,35 @@ def test_bad_arguments_and_unmounted_remote(block: tuple[Env, Path, Path]) -> No
     os.rmdir(remote)
     os.rename(hidden, remote)
     verify(env)
+
+
+def test_next_reads_every_file_once_per_cycle_from_a_kept_cursor(block: tuple[Env, Path, Path]) -> None:
+    """`--next 1/4` four times reads four disjoint slices that together are every
+    file (each file damaged here, so each run names what it read); the fifth run
+    starts the cycle again. A run that cannot verify does not move the cursor, and
+    another N starts at slice 1."""
+    env, src, dst = block
+    make_tree(src, 60)
+    env.run("backup", "b", check=0)
+    for p in dst.rglob("f0*"):
+        flip_byte(p)
+    seen: list[set[str]] = []
+    checked = 0
+    for want in (1, 2, 3, 4):
+        v = verify(env, "--next", "1/4", check=7)
+        assert v["rotation"] == {"first": want, "count": 1, "of": 4, "next": want % 4 + 1}, v
+        seen.append({c["path"] for c in v["corrupt"]})
+        checked += v["checked_files"]
+    assert sum(len(s) for s in seen) == len(set().union(*seen)) == 60  # disjoint, complete
+    assert checked == v["files"]  # and the files not damaged were each read once too
+    dst.rename(dst.with_name("away"))  # not mounted: refused, the cursor stays
+    env.run("verify", "b", "--next", "1/4", check=4)
+    dst.with_name("away").rename(dst)
+    v = verify(env, "--next", "1/4", check=7)
+    assert v["rotation"]["first"] == 1 and {c["path"] for c in v["corrupt"]} == seen[0]
+    v = verify(env, "--next", "2/3", check=7)
+    assert v["rotation"] == {"first": 1, "count": 2, "of": 3, "next": 3}, v
+    line = env.run("verify", "b", "--next", "2/3", check=7).stdout
+    assert "slice 3-1 of 3 (next: 2)" in line, line
+    p = env.run("verify", "b", "--next", "1/4", "--subset", "1/4", check=None)
+    assert p.returncode != 0 and "one of --subset, --sample and --next" in p.stderr

@@ -187,6 +187,9 @@ def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
               help="Read only slice K of N (deterministic; K = day of month covers all monthly).")
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
               help="Read only a random share of the files.")
+@click.option("--next", "next_", metavar="K/N",
+              help="Read the next K slices of N, from a cursor the block keeps: nightly "
+                   "--next 1/30 reads everything once every 30 runs.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel readers.")
 @click.option("--attic", is_flag=True, help="Also read the attic's files against their lists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -194,7 +197,7 @@ def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
 @click.pass_context
 def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str | None,
                sample: float | None, jobs: int | None, attic: bool, as_json: bool,
-               quiet: bool) -> None:
+               quiet: bool, next_: str | None = None) -> None:
     """Re-read the remote and compare it with the snapshot (sizes and digests).
 
     Exits 7 when files are missing or corrupt; the next backup re-sends them.
@@ -202,14 +205,15 @@ def verify_cmd(ctx: click.Context, name: str, snapshot: str | None, subset: str 
     from . import verify as v
     from .reading import show
 
-    if subset and sample is not None:
-        raise ConfigError("verify: give --subset or --sample, not both")
+    if sum(x is not None for x in (subset, sample, next_)) > 1:
+        raise ConfigError("verify: give one of --subset, --sample and --next")
     select = v.subset(*v.parse_subset(subset)) if subset else (
         v.sample(sample) if sample is not None else None)
+    rotate = v.parse_subset(next_, "--next") if next_ else None
     block = load_config(ctx).get(name)
     with _Bar(name, "verify", enabled=not (quiet or as_json)) as bar:
         res = v.verify(block, snapshot=snapshot, select=select, jobs=jobs,
-                       progress=bar.update, attic=attic)
+                       progress=bar.update, attic=attic, rotate=rotate)
     s = res.summary()
     if as_json:
         click.echo(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode())
@@ -239,6 +243,11 @@ def _verify_line(name: str, s: dict[str, Any]) -> str:
     if s["corrupt"]:
         parts.append(f"{len(s['corrupt'])} corrupt")
     head = f"{name}: verify: {s['result']}" + (f": {', '.join(parts)}" if parts else "")
+    r = s.get("rotation")
+    if r:
+        last = (r["first"] - 1 + r["count"] - 1) % r["of"] + 1
+        head += (f"; slice {r['first']}" + (f"-{last}" if r["count"] > 1 else "")
+                 + f" of {r['of']} (next: {r['next']})")
     line = (f"{head}; read {s['checked_files']} of {s['files']} files "
             f"({human(s['checked_bytes'])}) in {s['durations'].get('total', 0):.1f}s")
     if s["extra"]:

@@ -10,6 +10,7 @@
         runs.jsonl            one summary line per run (read by `btsoot list`)
         damaged.jsonl         paths `btsoot verify` found damaged (re-sent next run)
         profile.json          a copy of the remote's profile (see profile.py), with its remote_id
+        verify.json           the slice `verify --next K/N` reads next
         lock
 """
 
@@ -73,6 +74,7 @@ class BlockState:
         self.damaged = os.path.join(root, "damaged.jsonl")
         self.lock = os.path.join(root, "lock")
         self.profile = os.path.join(root, "profile.json")
+        self.verify_cursor = os.path.join(root, "verify.json")
         self._head_path = os.path.join(root, "state.json")
 
     @_local
@@ -141,6 +143,19 @@ class BlockState:
     @_local
     def save_profile(self, data: bytes) -> None:
         atomic_write(self.profile, data)
+
+    def load_verify_cursor(self) -> dict[str, Any]:
+        """Where `verify --next` goes on ({} if never run, or unreadable: slice 1)."""
+        try:
+            with open(self.verify_cursor, "rb") as f:
+                d = orjson.loads(f.read(1 << 12))
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    @_local
+    def save_verify_cursor(self, d: dict[str, Any]) -> None:
+        atomic_write(self.verify_cursor, orjson.dumps(d))
 
     @_local
     def committed_ids(self) -> list[str]:

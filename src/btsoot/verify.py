@@ -10,6 +10,10 @@ is the expensive part, so it can be limited to a share of the files:
   the tree changes, so a nightly run with K = day of month reads the whole
   remote once a month.
 - `sample=P`: each file with probability P percent.
+- `rotate=(K, N)`: the next K slices of N, from a cursor kept in the block's
+  state and moved on when the run ends: a nightly `--next 1/30` reads the whole
+  remote once every 30 runs, whatever the length of the month (a date-based
+  `--subset "$(date +%-d)/31"` never reads slice 31 in a month of 30 days).
 
 Missing and corrupt entries of the block's committed snapshot are remembered
 (`BlockState.save_damaged`), and the next backup re-sends them. Entries the
@@ -54,20 +58,26 @@ Progress = Callable[[str, Any], None]
 Select = Callable[[bytes], bool]
 
 
-def parse_subset(text: str) -> tuple[int, int]:
+def parse_subset(text: str, option: str = "--subset") -> tuple[int, int]:
     """'3/31' -> (3, 31); 1 <= K <= N."""
     k, sep, n = text.partition("/")
     if not sep or not k.strip().isdigit() or not n.strip().isdigit():
-        raise UsageError(f"--subset: expected K/N like 3/31, got {text!r}")
+        raise UsageError(f"{option}: expected K/N like 3/31, got {text!r}")
     ki, ni = int(k), int(n)
     if not 1 <= ki <= ni:
-        raise UsageError(f"--subset {text}: K must be between 1 and N")
+        raise UsageError(f"{option} {text}: K must be between 1 and N")
     return ki, ni
 
 
 def subset(k: int, n: int) -> Select:
     """Slice k of n (1-based), by a hash of the path: stable, disjoint, complete."""
     return lambda path: xxhash.xxh3_64_intdigest(path) % n == k - 1
+
+
+def slices(first: int, count: int, n: int) -> Select:
+    """Slices first .. first+count-1 of n (1-based, wrapping round)."""
+    want = {(first - 1 + i) % n for i in range(count)}
+    return lambda path: xxhash.xxh3_64_intdigest(path) % n in want
 
 
 def sample(percent: float, rng: random.Random | None = None) -> Select:
@@ -94,6 +104,7 @@ class VerifyResult:
     extra: list[bytes] = field(default_factory=list)  # on the remote, not in the snapshot
     errors: list[tuple[bytes, str]] = field(default_factory=list)  # could not be checked
     recorded: int = 0  # damaged paths remembered: the next backup re-sends them
+    rotation: dict[str, int] | None = None  # with rotate: the slices read, the next one
     durations: dict[str, float] = field(default_factory=dict)
     # With attic=True: the attic's files read and checked against their lists (kept
     # apart: nothing is re-sent for them, and nothing in the attic is ever deleted).
@@ -122,6 +133,7 @@ class VerifyResult:
             "extra": [show(p) for p in self.extra],
             "errors": [{"path": show(p), "error": w} for p, w in self.errors],
             "recorded_for_next_backup": self.recorded,
+            "rotation": self.rotation,
             "attic": None if self.attic_files is None else {
                 "checked_files": self.attic_files,
                 "missing": [show(p) for p in self.attic_missing],
@@ -325,8 +337,10 @@ def verify(
     jobs: int | None = None,
     progress: Progress | None = None,
     attic: bool = False,
+    rotate: tuple[int, int] | None = None,
 ) -> VerifyResult:
     """Verify a block's remote against its committed snapshot (or the one named).
+    rotate=(K, N): the next K slices of N from the block's cursor (see above).
 
     Holds the block's lock. Refuses a remote that does not carry the block's
     `.btsoot/block.json` (an unmounted share would look like total loss).
@@ -339,9 +353,20 @@ def verify(
     with Lock(st.lock, f"block {block.name!r}"):
         ident = rmt.check_remote(block.remote, block.name, True)
         source = open_snapshot(block.remote, snapshot, st, ident)
+        first = 1
+        if rotate is not None:
+            count, n = rotate
+            cursor = st.load_verify_cursor()
+            first = cursor.get("next", 1) if cursor.get("of") == n else 1
+            first = first if isinstance(first, int) and 1 <= first <= n else 1
+            select = slices(first, count, n)
         res = verify_remote(source, select, jobs=jobs or block.jobs or None, progress=progress,
                             attic=attic)
         res.block = block.name
+        if rotate is not None:
+            nxt = (first - 1 + count) % n + 1
+            st.save_verify_cursor({"of": n, "next": nxt})  # read: the cursor moves on
+            res.rotation = {"first": first, "count": count, "of": n, "next": nxt}
         damaged = res.damaged
         if damaged and source.header.id == st.load_head().head:
             st.save_damaged(damaged)
