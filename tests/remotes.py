@@ -107,6 +107,26 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def traced_server(work: Path, calls: str, log: Path) -> Iterator[None]:
+    """strace -e trace=CALLS of the SFTP sessions of `sshfs(work)`'s sshd into log,
+    attached before the body runs and detached after it (the server's own system
+    calls: what reached it across the link)."""
+    need("strace")
+    pids = sftp_server_pids(work)
+    assert pids, "no sftp session found"
+    tracer = subprocess.Popen(["strace", "-f", "-e", f"trace={calls}", "-o", str(log)]
+                              + [a for pid in pids for a in ("-p", str(pid))],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached
+        yield
+        time.sleep(0.3)  # the last requests (a close) reach the server
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+
+
 def sftp_server_pids(work: Path) -> list[int]:
     """The processes serving the SFTP sessions of the sshd that `sshfs(work)` runs."""
     cfg = str(work / "ssh" / "sshd_config").encode()

@@ -343,18 +343,9 @@ def test_on_sshfs_every_file_sent_is_synced_on_the_server(env: Env, tmp_path: Pa
             put(src / "d" / f"f{i:02d}", os.urandom(1000 + i))
         put(src / "big", os.urandom(3 << 20))  # beyond the compiled small-file copy
         env.run("add", "b", src, dst, check=0)
-        pids = remotes.sftp_server_pids(tmp_path / "w")
-        assert pids, "no sftp session found"
         log = tmp_path / "server.strace"
-        tracer = subprocess.Popen(["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(log)]
-                                  + [a for pid in pids for a in ("-p", str(pid))],
-                                  stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.0)  # attached
+        with remotes.traced_server(tmp_path / "w", "fsync,fdatasync", log):
             s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
-        finally:
-            tracer.terminate()
-            tracer.wait(10)
         assert s["operations"].get("copy") == 13
         synced = [ln for ln in log.read_text().splitlines() if "fsync(" in ln and "= 0" in ln]
         # 13 files, and the remote's snapshot and block.json.

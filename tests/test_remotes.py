@@ -16,7 +16,6 @@ import os
 import random
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,19 +250,9 @@ def test_a_run_with_nothing_to_do_asks_the_server_for_block_json_only(env: Env, 
             put(src / f"d{i % 3}" / f"f{i:02d}", os.urandom(100 + i))
         env.run("add", "b", src, dst, check=0)
         assert backup(env, 0)[0]["result"] == "ok"
-        pids = remotes.sftp_server_pids(tmp_path / "w")
-        assert pids, "no sftp session found"
         log = tmp_path / "server.strace"
-        tracer = subprocess.Popen(["strace", "-f", "-e", "trace=%file,%desc", "-o", str(log)]
-                                  + [a for pid in pids for a in ("-p", str(pid))],
-                                  stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.0)  # attached
+        with remotes.traced_server(tmp_path / "w", "%file,%desc", log):
             s, err = backup(env, 0)
-            time.sleep(0.3)  # the last requests (a close) reach the server
-        finally:
-            tracer.terminate()
-            tracer.wait(10)
         assert s["result"] == "nothing", (s, err)
         calls = log.read_text()
         served = str(tmp_path / "w" / "served" / dst.name)
