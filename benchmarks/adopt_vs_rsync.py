@@ -148,6 +148,7 @@ def main() -> int:
                 run(["cp", "-a", str(copy), str(d)])
             secs, sent, s = bt.adopt(name, src, b_dst)
             what = ", ".join(f"{k} {v}" for k, v in sorted(s["operations"].items()))
+            what += "; phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["durations"].items())
             rows.append((scenario, "btsoot --adopt", secs, sent, what, check(src, b_dst, touched)))
             out, secs = run(["rsync", "-a", "--delete", "--stats", f"{src}/", f"{r_dst}/"])
             rows.append((scenario, "rsync -a --delete", secs, literal(out), "",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import FatalIOError
 from .paths import is_under, merge, parent
@@ -109,74 +109,79 @@ def view(remote: Remote, found: list[Found], scan: str, how: Adoption,
             how.hashed_files += 1
             how.hashed_bytes += fe.size
 
-    # Remote files the source has under another path: their (size, time) key, and
-    # the digests of the source files with that key (one digest: the match is taken).
-    with SnapshotReader(scan) as r:
-        paired = {f.path for f, s in merge(found, r) if f is not None and s is not None}
-    loose = {_timekey(f.size, f.mtime_ns, step) for f in found
-             if f.kind == FILE and f.path not in paired}
-    elsewhere: dict[tuple[int, int], set[str | None]] = defaultdict(set)
-    if loose and how.mode == "times":
-        with SnapshotReader(scan) as r:
-            for e in r:
-                k = _timekey(e.size, e.mtime_ns, step)
-                if e.kind == FILE and k in loose:
-                    elsewhere[k].add(e.digest)
-
-    out: list[tuple[Entry, bool]] = []  # (entry, an extra folder?)
+    # One pass over the scan pairs what was found with the source by path. A file
+    # the source does not have at its path waits for a second pass (only then):
+    # the digests of the source files with its (size, time) key, elsewhere.
+    out: list[tuple[Entry | None, bool]] = []  # (entry, an extra folder?)
+    loose: list[tuple[int, Found]] = []
     with SnapshotReader(scan) as r:
         for f, s in merge(found, r):
             if f is None:
                 continue
             how.found += 1
-            got = _entry(remote, f, s, how, hashed, elsewhere, step)
-            if got is not None:
-                out.append((got, s is None and got.kind == DIR))
+            if s is None and f.kind == FILE and f.path not in hashed and how.mode == "times":
+                loose.append((len(out), f))
+                out.append((None, False))
+                continue
+            got = _entry(remote, f, s, how, hashed.get(f.path), None)
+            out.append((got, s is None and got is not None and got.kind == DIR))
+    if loose:
+        keys = {_timekey(f.size, f.mtime_ns, step) for _, f in loose}
+        elsewhere: dict[tuple[int, int], set[str | None]] = defaultdict(set)
+        with SnapshotReader(scan) as r:
+            for e in r:
+                k = _timekey(e.size, e.mtime_ns, step)
+                if e.kind == FILE and k in keys:
+                    elsewhere[k].add(e.digest)
+        for i, f in loose:
+            digests = elsewhere.get(_timekey(f.size, f.mtime_ns, step), set())
+            one = next(iter(digests)) if len(digests) == 1 else None
+            out[i] = (_entry(remote, f, None, how, None, one), False)
     # Extras kept: a folder the source does not have stays out of the view too,
     # unless something in the view is below it (a file the plan moves elsewhere).
-    below = {parent(e.path) for e, extra_dir in out if not extra_dir} if how.keep_extras else set()
-    for e, extra_dir in reversed(out):  # the deepest first
-        if extra_dir and e.path in below:
-            below.add(parent(e.path))
-    for e, extra_dir in out:
-        if not (extra_dir and how.keep_extras) or e.path in below:
-            yield e
+    below = ({parent(v.path) for v, extra_dir in out if v is not None and not extra_dir}
+             if how.keep_extras else set())
+    for v, extra_dir in reversed(out):  # the deepest first
+        if v is not None and extra_dir and v.path in below:
+            below.add(parent(v.path))
+    for v, extra_dir in out:
+        if v is not None and (not (extra_dir and how.keep_extras) or v.path in below):
+            yield v
 
 
 def _entry(remote: Remote, f: Found, s: Entry | None, how: Adoption,
-           hashed: dict[bytes, tuple], elsewhere: dict[tuple[int, int], set[str | None]],
-           step: int) -> Entry | None:
-    """The view's entry for what was found at f.path (s: the source's entry there)."""
+           hashed: tuple[str | None, tuple[str, ...] | None] | None,
+           elsewhere: str | None) -> Entry | None:
+    """The view's entry for what was found at f.path. s: the source's entry there;
+    hashed: (digest, chunks) read on the remote (checksum); elsewhere: the one
+    digest of the source files elsewhere with f's size and time."""
     kind = f.kind if f.kind in (FILE, DIR, SYMLINK) else FILE  # a fifo or device: removed
     same_time = s is not None and remote.same_mtime(f.mtime_ns, s.mtime_ns)
-    e = Entry(f.path, kind, f.size if kind == FILE else 0,
-              s.mtime_ns if same_time and s is not None else f.mtime_ns, f.mode,
-              target=f.target, uid=f.uid if f.uid >= 0 else None,
-              gid=f.gid if f.gid >= 0 else None)
+    mtime = s.mtime_ns if same_time and s is not None else f.mtime_ns
+    uid, gid = (f.uid if f.uid >= 0 else None), (f.gid if f.gid >= 0 else None)
     if kind != FILE or f.kind != FILE:
-        return _extra(e, s, how)
-    digest, chunks = hashed.get(f.path, (None, None))
+        return _extra(Entry(f.path, kind, 0, mtime, f.mode, target=f.target, uid=uid, gid=gid),
+                      s, how)
+    digest, chunks = hashed if hashed is not None else (elsewhere, None)
     if s is not None and s.kind == FILE and s.size == f.size and (
             digest == s.digest if how.mode == "checksum" else same_time):
         # The source's content: its digests, and its link group (the remote may
         # hold the group as copies; the content is the same).
         how.files += 1
         how.bytes += f.size
-        return replace(e, digest=s.digest, chunks=s.chunks, ino=s.ino, dev=s.dev, nlink=s.nlink)
-    if digest is None and (s is None or s.kind != FILE):
-        digests = elsewhere.get(_timekey(f.size, f.mtime_ns, step), set())
-        if len(digests) == 1 and None not in digests:
-            digest = next(iter(digests))
-    if digest is not None and s is None:
-        how.files += 1
-        how.bytes += f.size
-        how.matched_elsewhere += 1
-        return replace(e, digest=digest, chunks=chunks)
-    if s is not None:
-        if s.kind == FILE and s.size == f.size and how.mode == "times":
-            how.unsure += 1
-        return replace(e, digest=digest, chunks=chunks)  # unknown or other content: replaced
-    return _extra(replace(e, digest=digest, chunks=chunks), s, how)
+        return Entry(f.path, FILE, f.size, mtime, f.mode, s.ino, s.dev, s.digest, s.chunks,
+                     uid=uid, gid=gid, nlink=s.nlink)
+    e = Entry(f.path, FILE, f.size, mtime, f.mode, digest=digest, chunks=chunks, uid=uid, gid=gid)
+    if s is None:
+        if elsewhere is not None:
+            how.files += 1
+            how.bytes += f.size
+            how.matched_elsewhere += 1
+            return e
+        return _extra(e, s, how)
+    if s.kind == FILE and s.size == f.size and how.mode == "times":
+        how.unsure += 1
+    return e  # unknown or other content: replaced
 
 
 def _extra(e: Entry, s: Entry | None, how: Adoption) -> Entry | None:
