@@ -239,23 +239,32 @@ def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[En
     The remote's record is the one place where what a restore needs is kept
     (encoded names, modes, targets): one damaged file there must not cost the
     backup. Deltas are small and each only one step; a damaged one leaves the
-    snapshots before it readable. Returns the bytes of one copy."""
-    size = 0
-    for name in (f"{header.id}.full.jsonl.gz", f"{header.id}{COPY_SUFFIX}"):
-        rel = meta_rel("snapshots", name)
-        with remote.path(rel) as path:
-            w = SnapshotWriter(os.fsdecode(path), replace(header, kind="full", base=None),
-                               compress=True, local=False)
-            try:
-                for e in entries():
-                    w.write(_strip(e))
-            except BaseException:
-                w.abort()
-                raise
+    snapshots before it readable. Returns the bytes of one copy.
+    Both are written in one pass over the entries (each read and encoded once);
+    the first is complete before the second is renamed into place."""
+    rels = [meta_rel("snapshots", name)
+            for name in (f"{header.id}.full.jsonl.gz", f"{header.id}{COPY_SUFFIX}")]
+    hdr = replace(header, kind="full", base=None)
+    with contextlib.ExitStack() as held:
+        paths = [held.enter_context(remote.path(rel)) for rel in rels]
+        first, second = (SnapshotWriter(os.fsdecode(p), hdr, compress=True, local=False)
+                         for p in paths)
+        try:
+            for e in entries():
+                second.write_raw(e.path, first.write(_strip(e)))
+        except BaseException:
+            first.abort()
+            second.abort()
+            raise
+        for w in (first, second):
             w.names = names
-            w.commit()
-        size = remote.lstat(rel).st_size
-    return size
+        try:
+            first.commit()
+        except BaseException:
+            second.abort()
+            raise
+        second.commit()
+    return remote.lstat(rels[1]).st_size
 
 
 # Beside the snapshots, for a person with only the disk: how to read them, and a

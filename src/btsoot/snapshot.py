@@ -659,12 +659,13 @@ class SnapshotWriter:
     def _error(self, e: OSError) -> OSError | LocalStateError:
         return LocalStateError.of(e, self.path) if self.local else e
 
-    def write(self, e: Entry) -> None:
+    def write(self, e: Entry) -> bytes:
+        """Write an entry; returns its line (for write_raw into another writer)."""
         k = sort_key(e.path)
         if self._prev is not None and k <= self._prev:
             raise ValueError(f"snapshot entries out of order at {e.path!r}")
         self._prev = k
-        self.write_record(entry_to_dict(e))
+        return self.write_record(entry_to_dict(e))
         # (after a write_raw, _prev is None: order is then the caller's guarantee)
 
     def write_raw(self, path: bytes, line: bytes) -> None:
@@ -679,11 +680,13 @@ class SnapshotWriter:
         if len(self._buf) >= 4096:
             self._flush()
 
-    def write_record(self, obj: dict[str, Any]) -> None:
-        self._buf.append(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+    def write_record(self, obj: dict[str, Any]) -> bytes:
+        line = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+        self._buf.append(line)
         self.count += 1
         if len(self._buf) >= 4096:
             self._flush()
+        return line
 
     def _flush(self) -> None:
         events.point("flush")
