@@ -56,7 +56,7 @@ def test_wheel_installs_and_runs(wheel: Path, tmp_path: Path) -> None:
     env.pop("BTSOOT_PUREPYTHON", None)
     v = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True,
                        cwd=tmp_path, check=True)
-    assert "btsoot" in v.stdout and "0." in v.stdout
+    assert "btsoot" in v.stdout and "0." in v.stdout and "(compiled core)" in v.stdout
     impl = subprocess.run([str(py), "-c", "import btsoot, btsoot.scanner as s; "
                            "print(s.IMPLEMENTATION, btsoot.__file__)"],
                           env=env, capture_output=True, text=True, cwd=tmp_path, check=True)

@@ -20,8 +20,20 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .scanner import IMPLEMENTATION
+
+    core = ("compiled core" if IMPLEMENTATION == "compiled"
+            else "pure-Python core: the compiled one is not installed or not loadable")
+    click.echo(f"btsoot, version {__version__} ({core})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="btsoot")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and which core is in use, and exit.")
 @click.option("--config", "config_path", metavar="FILE", envvar="BTSOOT_CONFIG",
               help="Config file (default: the platform config dir; env BTSOOT_CONFIG).")
 @click.pass_context
