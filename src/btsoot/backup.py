@@ -39,6 +39,7 @@ from .execute import ExecStats, Executor
 from .frozen import frozen
 from .history import retain
 from .journal import UNKNOWN_MTIME, Journal, replay
+from .limit import parse_rate
 from .names import fold
 from .plan import Plan, make_plan
 from .remotefs import Remote
@@ -55,7 +56,7 @@ from .snapshot import (
     sort_key,
 )
 from .state import BlockState, Head, Lock
-from .transfer import syncfs
+from .transfer import limited, syncfs
 
 
 @dataclass(slots=True)
@@ -204,8 +205,10 @@ def backup(
     progress: Progress | None = None,
     new_remote: bool = False,
     adopt: Adoption | None = None,
+    bwlimit: int | None = None,
 ) -> BackupResult:
-    """new_remote: the remote is an empty folder joining the block's remotes (a
+    """bwlimit: bytes per second sent to the remote (None: the block's setting).
+    new_remote: the remote is an empty folder joining the block's remotes (a
     second disk of a rotation); its first backup goes there like any first one.
     adopt: the remote holds a copy made otherwise, taken as it is (see adopt.py)."""
     block.check()
@@ -217,11 +220,13 @@ def backup(
         if not os.path.exists(st.journal):
             st.remove_bases()  # a run killed after its commit left them; nothing names them
         try:
-            res = _backup(block, st, dry_run, checksum, override, jobs, progress, new_remote, adopt)
+            res = _backup(block, st, dry_run, checksum, override, jobs, progress, new_remote, adopt,
+                          bwlimit)
             if res.execution is not None and res.execution.lost:
                 # Folders of the remote were made again, empty: the plan against the
                 # snapshot just committed sends what they held.
-                again = _backup(block, st, dry_run, checksum, override, jobs, progress)
+                again = _backup(block, st, dry_run, checksum, override, jobs, progress,
+                                bwlimit=bwlimit)
                 again.earlier = res
                 res = again
         except BtsootError as e:
@@ -307,7 +312,7 @@ def _log_failure(st: BlockState, record: dict) -> None:
 
 def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, override: bool,
             jobs: int | None, progress: Progress | None, new_remote: bool = False,
-            adopt: Adoption | None = None) -> BackupResult:
+            adopt: Adoption | None = None, bwlimit: int | None = None) -> BackupResult:
     res = BackupResult(block.name)
     t0 = time.monotonic()
     head = st.load_head()
@@ -336,14 +341,14 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
         raise FatalIOError(f"remote {block.remote}: {e.strerror}") from None
     with remote, frozen(block, res.notices) as view:
         return _run(block, st, res, head, committed, remote, dry_run, checksum, override, jobs,
-                    progress, t0, ident, new_remote, view, adopt)
+                    progress, t0, ident, new_remote, view, adopt, bwlimit)
 
 
 def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed: str | None,
          remote: Remote, dry_run: bool, checksum: bool, override: bool, jobs: int | None,
          progress: Progress | None, t0: float, found: dict[str, Any] | None,
          new_remote: bool = False, view: str | None = None,
-         adopt: Adoption | None = None) -> BackupResult:
+         adopt: Adoption | None = None, bwlimit: int | None = None) -> BackupResult:
     """view: where the source is read (a snapshot of it: see frozen.py)."""
     view = view or block.source
     run_id = ""  # set once the remote's record is read: ids never go back in time
@@ -511,13 +516,14 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         st.remove_bases(keep=base)
         try:
             network = rmt.is_network(block.remote)
-            ex = Executor(view, remote, journal, run_id,
-                          jobs or block.jobs or rmt.default_jobs(network),
-                          (lambda s: progress("transfer", s)) if progress else None,
-                          small_inline=not network, spread=network,
-                          sync_files=not prof.sync_reaches_disk,
-                          history=history, clones=prof.clones, how=how,
-                          hard_links=prof.hard_links, keep=block.keep()).run(plan)
+            with limited(bwlimit if bwlimit is not None else parse_rate(block.bwlimit)):
+                ex = Executor(view, remote, journal, run_id,
+                              jobs or block.jobs or rmt.default_jobs(network),
+                              (lambda s: progress("transfer", s)) if progress else None,
+                              small_inline=not network, spread=network,
+                              sync_files=not prof.sync_reaches_disk,
+                              history=history, clones=prof.clones, how=how,
+                              hard_links=prof.hard_links, keep=block.keep()).run(plan)
             res.notices.extend(f"remote: {line}" for line in ex.misses.lines())
             if ex.unheld:
                 kinds = ", ".join(f"{k} ({n})" for k, n in sorted(ex.unheld.items()))

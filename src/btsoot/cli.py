@@ -88,6 +88,8 @@ from .retention import DEFAULT_WITHIN, Policy
               help="A health-check URL (healthchecks-style): /start, then /0 or /<exit code>.")
 @click.option("--stale-after", default="", metavar="DURATION",
               help="No successful run for this long (e.g. 3d) counts as a failure for the alerts.")
+@click.option("--bwlimit", default="", metavar="RATE",
+              help="Send at most this much per second: 2M (bytes) or 20Mbit.")
 @click.pass_context
 def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[str, ...],
         max_delete: str, one_file_system: bool, keep_within: str, keep_last: int,
@@ -95,12 +97,14 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
         attic_max: str, attic_days: int | None, no_owners: bool, no_xattrs: bool,
         no_acls: bool, no_hard_links: bool, snapshot: str | None, snapshot_path: str,
         snapshot_create: str, snapshot_release: str, on_success: str = "", on_failure: str = "",
-        on_always: str = "", ping_url: str = "", stale_after: str = "") -> None:
+        on_always: str = "", ping_url: str = "", stale_after: str = "",
+        bwlimit: str = "") -> None:
     """Add a block: a SOURCE folder backed up to a REMOTE folder."""
     validate_name(name)
     parse_max_delete(max_delete)
     check_value("ping_url", ping_url, "--ping-url")
     check_value("stale_after", stale_after, "--stale-after")
+    check_value("bwlimit", bwlimit, "--bwlimit")
     if attic_days is not None:
         keep_within = f"{attic_days}d"
     check_value("keep_within", keep_within, "--keep-within")
@@ -126,7 +130,7 @@ def add(ctx: click.Context, name: str, source: str, remote: str, exclude: tuple[
                              snapshot=snapshot or "", snapshot_path=snapshot_path,
                              snapshot_create=snapshot_create, snapshot_release=snapshot_release,
                              on_success=on_success, on_failure=on_failure, on_always=on_always,
-                             ping_url=ping_url, stale_after=stale_after)
+                             ping_url=ping_url, stale_after=stale_after, bwlimit=bwlimit)
     cfg.blocks[name].check()
     cfg.save()
     click.echo(f"added block {name}: {src} -> {dst}")
@@ -286,13 +290,16 @@ def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Bloc
 @click.option("--keep-extras", is_flag=True,
               help="With --adopt: leave files the source does not have where they are, "
                    "outside the backup, instead of removing them.")
+@click.option("--bwlimit", metavar="RATE",
+              help="Send at most this much per second: 2M (bytes) or 20Mbit; overrides the "
+                   "block's bwlimit; 0: no limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails.")
 @click.pass_context
 def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: bool,
                checksum: bool, override: bool, jobs: int | None, as_json: bool,
                quiet: bool, new_remote: bool = False, adopt: str | None = None,
-               keep_extras: bool = False) -> None:
+               keep_extras: bool = False, bwlimit: str | None = None) -> None:
     """Back up blocks: send only what changed to the remote."""
     from . import hooks
     from .adopt import Adoption
@@ -303,6 +310,14 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
 
     if keep_extras and not adopt:
         raise UsageError("--keep-extras goes with --adopt")
+    rate = None
+    if bwlimit is not None:
+        from .limit import parse_rate
+
+        try:
+            rate = parse_rate(bwlimit)
+        except ValueError as e:
+            raise UsageError(f"--bwlimit: {e}") from None
     if adopt and (all_ or len(names) != 1 or new_remote):
         raise UsageError("--adopt takes one block (and not --new-remote): it lists that remote")
     worst = EXIT_OK
@@ -315,7 +330,8 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
             with reporter:
                 res = backup(block, dry_run=dry_run, checksum=checksum, override=override,
                              jobs=jobs, progress=reporter.update, new_remote=new_remote,
-                             adopt=Adoption(adopt, keep_extras) if adopt else None)
+                             adopt=Adoption(adopt, keep_extras) if adopt else None,
+                             bwlimit=rate)
         except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one block's failure never stops the others
             if isinstance(e, BtsootError):
                 code, message = e.exit_code, e.message

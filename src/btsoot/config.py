@@ -100,6 +100,8 @@ class Block:
     ping_url: str = ""
     stale_after: str = ""
     hook_timeout: int = 60
+    # What a run may send to the remote per second (limit.py: "2M", "20Mbit"; "": no limit).
+    bwlimit: str = ""
 
     def keep(self) -> Keep:
         return Keep(self.owners, self.xattrs, self.acls, self.hard_links)
@@ -136,7 +138,7 @@ class Block:
         if not self.snapshot:  # (the snapshot keys mean nothing without one)
             for k in ("snapshot", "snapshot_path", "snapshot_create", "snapshot_release"):
                 del d[k]
-        for k in ("on_success", "on_failure", "on_always", "ping_url", "stale_after"):
+        for k in ("on_success", "on_failure", "on_always", "ping_url", "stale_after", "bwlimit"):
             if not d[k]:
                 del d[k]  # (unset: no alerts)
         if not (self.on_success or self.on_failure or self.on_always or self.ping_url):
@@ -178,6 +180,16 @@ def _size(v: object) -> bool:
     except (ValueError, TypeError):
         return False
     return _is_int(v) or isinstance(v, str)
+
+
+def _rate(v: str) -> bool:
+    from .limit import parse_rate
+
+    try:
+        parse_rate(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _count(lo: int) -> tuple[bool, Callable[[object], bool], str]:
@@ -229,6 +241,8 @@ SCHEMA: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "ping_url": (False, lambda v: v == "" or (isinstance(v, str) and re.fullmatch(r"https?://\S+", v)
                                              is not None), "an http:// or https:// URL, or \"\""),
     "stale_after": (False, _within, "a duration like \"3d\" or \"36h\", or \"\" (never)"),
+    "bwlimit": (False, lambda v: isinstance(v, str) and _rate(v),
+                'a rate like "2M" (bytes per second) or "20Mbit", or "" (no limit)'),
     "hook_timeout": (False, lambda v: _is_int(v) and 1 <= v <= MAX_HOOK_TIMEOUT,  # type: ignore[operator]
                      f"a whole number of seconds from 1 to {MAX_HOOK_TIMEOUT}"),
 }

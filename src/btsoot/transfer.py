@@ -10,6 +10,7 @@ to be sure the digest the snapshot records is the digest of what the remote got.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -23,6 +24,7 @@ import xxhash
 
 from . import meta, scanner
 from .errors import SourceError
+from .limit import Limiter
 from .remotefs import Remote
 from .scanner import CHUNK_SIZE, CHUNK_THRESHOLD
 from .snapshot import FILE, Entry
@@ -38,6 +40,27 @@ _FALLBACK = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EB
 
 # Files below this size are copied whole, holes or not (one lseek less each).
 SPARSE_MIN = 1 << 20
+
+# The run's bandwidth limit on what goes from the source to the remote (see
+# limit.py): copies and patches wait here; remote-side copies do not.
+_limit: Limiter | None = None
+
+
+@contextlib.contextmanager
+def limited(rate: int) -> Iterator[None]:
+    """Within the block, send at most `rate` bytes per second (0: no limit)."""
+    global _limit
+    _limit = Limiter(rate) if rate else None
+    try:
+        yield
+    finally:
+        _limit = None
+
+
+def _sending(n: int) -> None:
+    lim = _limit
+    if lim is not None:
+        lim.take(n)
 
 
 def data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
@@ -250,6 +273,7 @@ def copy_hashed(src: int, dst: int, size: int, chunk_size: int = 0,
                 part.reset()
                 in_part = 0
         if not hole:
+            _sending(n)
             _pwrite_all(dst, data, done)
             written += n
         done += n
@@ -310,6 +334,7 @@ def write_file(src: bytes | int, dfd: int, dst_tmp: bytes, dst_final: bytes, ent
         # GIL hand-offs instead of a dozen (which, with several transfer threads,
         # cost more than the copying).
         assert isinstance(src, bytes)
+        _sending(entry.size)
         digest, err, side = scanner.copy_small(src, dfd, dst_tmp, dst_final, entry.size,
                                                entry.mtime_ns, entry.mode, entry.digest, sync)
         if err == scanner.CHANGED:
@@ -417,6 +442,7 @@ def patch_file(src_path: bytes, remote: Remote, redo: bytes, target: bytes, entr
                 if len(buf) != min(CHUNK_SIZE, entry.size - off) or (
                         xxhash.xxh3_128_hexdigest(buf) != digests[i]):
                     raise SourceChanged()
+                _sending(len(buf))
                 yield buf
             st2 = os.fstat(sfd)
             if st2.st_size != entry.size or st2.st_mtime_ns != entry.mtime_ns:
