@@ -17,10 +17,12 @@ against the last snapshot:
   digest: the plan moves it there (a folder renamed since the copy was made
   costs one rename, as in any run) instead of sending it again;
 - everything else is what it is: a file of unknown content (replaced by the
-  source's, the old one going into the attic where history is kept), a folder
-  or link, or an extra the plan removes. Extras count against the deletion
-  guard like any deletion; with keep_extras they stay out of the view, and no
-  run touches them.
+  source's), a folder or link, or an extra the plan removes. Extras count
+  against the deletion guard like any deletion; with keep_extras they stay out
+  of the view, and no run touches them. What an adoption replaces or removes
+  was in no snapshot, so it does not go through the attic (retention would let
+  it go at the run's end anyway): the guard and keep_extras protect a remote
+  that holds more than the source.
 
 The plan, the journal, the guards and the commit are those of any run: a killed
 adoption resumes from its journal like any killed run.

@@ -464,9 +464,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         if adopt.unsure:
             res.notices.append(
                 f"{adopt.unsure} files on the remote have their source file's size but another "
-                "mtime (a copy that did not keep times?): sent again" + (
-                    ", their copies kept in the attic" if Policy.of(block).history else "")
-                + "; --adopt=checksum compares their content instead")
+                "mtime (a copy that did not keep times?): sent again; --adopt=checksum compares "
+                "their content instead")
         res.durations["adopt"] = time.monotonic() - t
     diff = sres.diff if base == committed else None
     if prof.case_insensitive:
@@ -480,7 +479,9 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     t = time.monotonic()
     if progress:
         progress("phase", "plan")
-    history = Policy.of(block).history  # old content goes to the attic, not away
+    # Old content goes to the attic, not away; but what an adoption replaces or
+    # removes was in no snapshot, and retention would let it go at the run's end.
+    history = Policy.of(block).history and not adopt
     how = remote_meta(block, prof)
     plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
                      patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
