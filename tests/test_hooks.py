@@ -7,13 +7,13 @@ import http.server
 import json
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import tomli_w
+import tomllib
 
 from conftest import Env
 
