@@ -254,3 +254,26 @@ def test_a_second_disk_filled_by_rsync_joins_a_block_by_adoption(copied) -> None
     s = adopt(env)
     assert s["operations"].get("copy") == 1, s
     assert_mirror(src, dst)
+
+
+def test_a_link_on_the_copy_is_never_followed(env: Env) -> None:
+    """The copy is untrusted ground: where the source has a folder, the copy holds
+    a link to a folder outside it. Adopting replaces the link with the folder and
+    leaves what the link points at exactly as it was."""
+    src, dst, outside = env.root / "src", env.root / "dst", env.root / "outside"
+    (src / "photos").mkdir(parents=True)
+    (src / "photos/a.jpg").write_bytes(b"source photo")
+    (src / "keep.txt").write_bytes(b"kept")
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(b"not the remote's")
+    dst.mkdir()
+    (dst / "keep.txt").write_bytes(b"kept")
+    os.utime(dst / "keep.txt", ns=(os.stat(src / "keep.txt").st_mtime_ns,) * 2)
+    os.symlink(outside, dst / "photos")
+    before = tree_state(outside)
+    env.run("add", "b", src, dst, check=0)
+    s = adopt(env, "--adopt")
+    assert s["result"] == "ok", s
+    assert tree_state(outside) == before
+    assert not (dst / "photos").is_symlink() and (dst / "photos/a.jpg").read_bytes() == b"source photo"
+    assert_mirror(src, dst)

@@ -30,7 +30,7 @@ def btsoot_exe(tmp_path: Path) -> str:
 def test_the_systemd_units_verify(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze is not installed")
+        pytest.skip("systemd-analyze is not installed (see scripts/test.sh for the Debian packages)")
     exe = btsoot_exe(tmp_path)
     for name in ("btsoot@.service", "btsoot@.timer"):
         text = (CONTRIB / name).read_text()

@@ -43,8 +43,6 @@ from .remotefs import Remote
 from .scanner import CHUNK_THRESHOLD
 from .snapshot import DIR, FILE, SYMLINK, Entry, SnapshotReader, sort_key
 
-MODES = ("times", "checksum")
-
 
 @dataclass(slots=True)
 class Adoption:

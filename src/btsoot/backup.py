@@ -356,8 +356,10 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     # What the remote can hold (probed at the first run and when the remote's file
     # system changes): how names are stored, whether case folds. Recovery needs it
     # too: the journal names paths as the source has them.
+    stored = None
     if dry_run:
-        prof = profiles.load(remote) or profiles.Profile()
+        stored = profiles.load(remote)
+        prof = stored or profiles.Profile()
     else:
         try:
             if head.head is None or new_remote or adopt:
@@ -455,7 +457,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         if progress:
             progress("phase", "adopt")
         t = time.monotonic()
-        if dry_run and not profiles.load(remote):
+        if dry_run and stored is None:
             remote.mtime_step = max(remote.mtime_step, 10**9)  # not probed: whole seconds
         found_there = adopting.walk_remote(remote, prof.codec().active or prof.case_insensitive)
         base = _write_base(st, adopting.view(remote, found_there, st.scan, adopt,
@@ -558,7 +560,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
-    elif plan.empty and not res.resumed and not adopt:
+    elif plan.empty and not res.resumed and not res.adoption:
         res.result = "nothing"
     res.durations["total"] = time.monotonic() - t0
     return res

@@ -343,7 +343,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
             message = printable(message)
             failed = {"block": block.name, "result": "failed", "exit_code": code, "error": message}
             if not dry_run:
-                _warn(block.name, hooks.finished(block, failed, _state_of(block)))
+                _warn(block.name, hooks.finished(block, failed))
             if (len(names) == 1 and not all_) or isinstance(e, KeyboardInterrupt):
                 raise
             click.echo(f"btsoot: {block.name}: {message}", err=True)
@@ -353,7 +353,7 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
         worst = max(worst, res.exit_code)
         s = res.summary()
         if not dry_run:
-            s["hooks"] = hooks.finished(block, s, _state_of(block))
+            s["hooks"] = hooks.finished(block, s)
             _warn(block.name, s["hooks"])
         summaries.append(s)
         if dry_run and res.plan is not None and not as_json:
@@ -382,12 +382,6 @@ def backup_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, dry_run: 
 def _warn(name: str, warnings: list[str]) -> None:
     for w in warnings:
         click.echo(f"btsoot: {name}: warning: {printable(w)}", err=True)
-
-
-def _state_of(block: Block) -> Any:
-    from .state import BlockState
-
-    return BlockState(block.state)
 
 
 def _summary_line(s: dict[str, Any], dry_run: bool) -> str:

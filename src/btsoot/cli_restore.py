@@ -184,7 +184,8 @@ def _restore_line(label: str, s: dict[str, Any], dry_run: bool) -> str:
 @click.option("--snapshot", metavar="ID", help="Verify against this snapshot (default: the "
               "committed one).")
 @click.option("--subset", metavar="K/N",
-              help="Read only slice K of N (deterministic; K = day of month covers all monthly).")
+              help="Read only slice K of N (by a hash of the path: stable, disjoint, complete; "
+                   "for a nightly rotation use --next).")
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
               help="Read only a random share of the files.")
 @click.option("--next", "next_", metavar="K/N",

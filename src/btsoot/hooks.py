@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from .config import Block
 from .retention import within_start
 from .state import BlockState
 
@@ -106,7 +107,7 @@ def run_hook(name: str, cmd: str, stdin: bytes, env: dict[str, str], timeout: fl
     return None
 
 
-def started(block: Any) -> list[str]:
+def started(block: Block) -> list[str]:
     """The start ping; the warnings to show."""
     if not block.ping_url:
         return []
@@ -114,10 +115,11 @@ def started(block: Any) -> list[str]:
     return [why] if why else []
 
 
-def finished(block: Any, summary: dict[str, Any], st: BlockState | None) -> list[str]:
-    """Run the block's hooks and end ping for this summary; the warnings to show."""
+def finished(block: Block, summary: dict[str, Any]) -> list[str]:
+    """Run the block's hooks and end ping for this summary (stale_days added to it
+    when the block is stale); the warnings to show."""
     code = summary.get("exit_code", 0)
-    days = stale_days(st, block.stale_after) if st is not None else None
+    days = stale_days(BlockState(block.state), block.stale_after)
     if days is not None:
         summary["stale_days"] = round(days, 2)
     ok = code == 0 and days is None

@@ -7,8 +7,7 @@ is the expensive part, so it can be limited to a share of the files:
 
 - `subset=(K, N)`: the files whose path hashes to slice K of N. Slices are
   disjoint and together cover every file, and a path stays in its slice as
-  the tree changes, so a nightly run with K = day of month reads the whole
-  remote once a month.
+  the tree changes.
 - `sample=P`: each file with probability P percent.
 - `rotate=(K, N)`: the next K slices of N, from a cursor kept in the block's
   state and moved on when the run ends: a nightly `--next 1/30` reads the whole
