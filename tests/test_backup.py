@@ -583,7 +583,20 @@ def test_unreadable_file_and_folder_are_errors_never_deletions(
     kept = [b"secret", b"closed", b"closed/a", b"closed/sub", b"closed/sub/b"]
     assert {k: after[k] for k in kept} == {k: remote_before[k] for k in kept}
     assert b"new-secret" not in after
-    assert json.loads(env.run("list", "--json").stdout)[0]["last_run"]["exit_code"] == 3
+    listed = json.loads(env.run("list", "--json").stdout)[0]
+    assert listed["last_run"]["exit_code"] == 3
+    # Exit 3's causes counted apart; what is not on the remote as the source has it,
+    # in the summary, `list` and the run's item list.
+    assert s["causes"] == {"permission": 3} and s["counts"]["errors"] == 3
+    assert s["unsent"]["files"] == 3 and sorted(s["unsent"]["paths"]) == ["closed", "new-secret", "secret"]
+    assert listed["unsent"]["files"] == 3 and listed["unsent"]["since"] == s["started"]
+    assert "3 not backed up (permission 3); 3 files not on the remote" in env.run(
+        "backup", "b", **user).stdout
+    items = [json.loads(x) for x in env.run("log", "b", "last", "--json", check=0).stdout.splitlines()]
+    assert sorted(i["path"] for i in items if i["op"] == "failed") == ["closed", "new-secret", "secret"]
+    assert {i["cause"] for i in items if i["op"] == "failed"} == {"permission"}
+    # Still unsent a run later: since the first run that failed, not the last one.
+    assert json.loads(env.run("list", "--json").stdout)[0]["unsent"]["since"] == s["started"]
 
     # Readable again (and edited meanwhile): the next run brings the remote up to date.
     os.chmod(src / "secret", 0o644)
@@ -591,8 +604,9 @@ def test_unreadable_file_and_folder_are_errors_never_deletions(
     os.chmod(src / "new-secret", 0o644)
     put(src / "closed/sub/b", b"inside b, edited")
     s = backup(env, **user)
-    assert s["result"] == "ok"
+    assert s["result"] == "ok" and s["causes"] == {} and s["unsent"]["files"] == 0
     assert_mirror(src, dst)
+    assert json.loads(env.run("list", "--json").stdout)[0]["unsent"]["files"] == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop the permission-bypassing caps")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import adopt as adopting
-from . import events, meta, mounts
+from . import events, meta, mounts, runlog
 from . import profile as profiles
 from . import remote as rmt
 from .adopt import Adoption
@@ -38,6 +38,7 @@ from .errors import (
 from .execute import ExecStats, Executor
 from .frozen import frozen
 from .history import retain
+from .itemize import items
 from .journal import UNKNOWN_MTIME, Journal, replay
 from .limit import parse_rate
 from .names import fold
@@ -72,6 +73,11 @@ class BackupResult:
     # was dropped with it (an interrupted run's journal that is not this remote's).
     notices: list[str] = field(default_factory=list)
     repaired: int = 0  # damaged files (found by verify) this run set out to re-send
+    damaged: set[bytes] = field(default_factory=set)  # their paths
+    run: str | None = None  # the run's id in the run log (see runlog.py)
+    started: float | None = None  # when it started (seconds since the epoch)
+    items: int | None = None  # how many items its kept list holds
+    unsent: dict[str, Any] | None = None  # runlog.unsent_summary after the run
     plan: Plan | None = None
     scan: ScanStats | None = None
     execution: ExecStats | None = None
@@ -92,9 +98,14 @@ class BackupResult:
         return {k: v for k, v in c.items() if v}
 
     def summary(self) -> dict[str, Any]:
+        """The run's record: what `backup --json` prints, the run log keeps and the
+        hooks read (per-path lists capped: see runlog.capped)."""
+        return runlog.capped(self._merged())
+
+    def _merged(self) -> dict[str, Any]:
         out = self._summary()
         if self.earlier is not None:
-            first = self.earlier.summary()
+            first = self.earlier._merged()
             ops = Counter(first["operations"]) + Counter(out["operations"])
             out["operations"] = dict(ops)
             for k in ("bytes_sent", "bytes_remote_copied", "remote_snapshot_bytes", "hashed_files",
@@ -116,6 +127,8 @@ class BackupResult:
         errors = list(s.errors) + list(ex.errors)
         return {
             "block": self.block,
+            "run": self.run,
+            "started": self.started,
             "result": self.result,
             "exit_code": self.exit_code,
             "snapshot": self.snapshot,
@@ -135,6 +148,12 @@ class BackupResult:
             # JSON text is UTF-8: bytes that are not show as \xNN (never a lone surrogate).
             "errors": [{"path": p.decode("utf-8", "backslashreplace"), "error": w}
                        for p, w in errors],
+            # Exit 3's causes apart: vanished, busy (changing), permission, remote, other.
+            "causes": runlog.causes(errors),
+            # Files the remote does not hold as the source has them (this run's
+            # failures and earlier ones), since when: see runlog.update_unsent.
+            "unsent": self.unsent,
+            "items": self.items,
             "skipped": [p.decode("utf-8", "backslashreplace") for p in s.skipped],
             "vanished": s.vanished,  # gone while the walk ran: kept as last backed up, this run
             # What stood where a damaged entry had to go, kept in REMOTE/.btsoot/damaged/.
@@ -216,6 +235,7 @@ def backup(
     st.ensure()
     with Lock(st.lock, f"block {block.name!r}"):
         started = time.time()
+        run = st.new_run_id()
         st.remove_temps()
         if not os.path.exists(st.journal):
             st.remove_bases()  # a run killed after its commit left them; nothing names them
@@ -231,24 +251,59 @@ def backup(
                 res = again
         except BtsootError as e:
             if not dry_run:
-                _log_failure(st, {"started": started, "result": "failed",
-                                  "exit_code": e.exit_code, "error": e.message})
+                _log_failure(st, {"block": block.name, "run": run, "started": started,
+                                  "result": "failed", "exit_code": e.exit_code, "error": e.message})
             raise
         except KeyboardInterrupt as e:
             if not dry_run:
                 signum = getattr(e, "signum", signal.SIGINT)
-                _log_failure(st, {"started": started, "result": "interrupted",
-                                  "exit_code": 128 + signum, "error": signal.Signals(signum).name})
+                _log_failure(st, {"block": block.name, "run": run, "started": started,
+                                  "result": "interrupted", "exit_code": 128 + signum,
+                                  "error": signal.Signals(signum).name})
             raise
         if not dry_run:
-            s = res.summary()
-            st.log_run({"started": started, "result": res.result, "exit_code": res.exit_code,
-                        "snapshot": res.snapshot, "files": s["files"], "bytes": s["bytes"],
-                        "bytes_sent": s["bytes_sent"], "errors": len(s["errors"]),
-                        "seconds": s["durations"].get("total", 0.0),
-                        "change_weight": change_weight(res.plan) if res.plan else 0,
-                        **({"attic_bytes": s["attic_bytes"]} if s["attic_bytes"] is not None else {})})
+            res.run, res.started = run, started
+            _keep(st, res)
+            st.log_run(dict(res.summary(),
+                            change_weight=change_weight(res.plan) if res.plan else 0))
         return res
+
+
+def _keep(st: BlockState, res: BackupResult) -> None:
+    """Keep what the run did (its item list) and what it could not send. The
+    remote is committed by now: a state folder that cannot take these costs a
+    notice, not the run."""
+    failed: list[bytes] = []
+    for r in (res.earlier, res):
+        if r is not None:
+            if r is res:  # (a second pass scans again: its scan says it all)
+                failed += [p for p, _ in (r.scan.errors if r.scan else [])]
+            failed += [p for p, _ in (r.execution.errors if r.execution else [])]
+    try:
+        res.unsent = runlog.unsent_summary(runlog.update_unsent(st.root, failed, res.started or 0.0))
+        res.items = runlog.write_items(st.root, res.run or "run", _items(res))
+    except OSError as e:
+        res.notices.append(f"the run's item list could not be kept: {e.strerror}")
+
+
+def _items(res: BackupResult) -> Iterator[dict[str, Any]]:
+    """Everything the run (and its first pass, if it took two) did, then what it
+    failed to back up."""
+    for r in (res.earlier, res):
+        if r is None:
+            continue
+        ex = r.execution or ExecStats()
+        if r.plan is not None:
+            for verb, path, d in items(r.plan):
+                if path in ex.failed:
+                    continue  # not done: its failure is listed below
+                if verb in ("copy", "update", "patch") and _within(path, r.damaged):
+                    verb = "resend"
+                yield runlog.item(verb, path, d)
+        for path in ex.resent:
+            yield runlog.item("resend", path, {"why": "gone from the remote"})
+        for path, why in (r.scan.errors if r.scan and r is res else []) + ex.errors:
+            yield runlog.item("failed", path, {"error": why, "cause": runlog.cause(why)})
 
 
 # --- the mass-change guard ------------------------------------------------------------
@@ -420,7 +475,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     damaged = st.load_damaged()
     if damaged and base is not None:
         base = _write_base(st, (e for e in _read(base)() if not _within(e.path, damaged)), run_id)
-    res.repaired = len(damaged)
+    res.repaired, res.damaged = len(damaged), damaged
     res.durations["prepare"] = time.monotonic() - t0
 
     t = time.monotonic()

@@ -153,6 +153,8 @@ def rm(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """List blocks with their last run."""
+    from . import runlog
+    from .cli_log import age
     from .state import BlockState
 
     cfg = load_config(ctx)
@@ -167,6 +169,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         attic = next((r["attic_bytes"] for r in bst.recent_runs(50)
                       if type(r.get("attic_bytes")) is int), None)
         rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last,
+                     # files the remote does not hold as the source has them, since when
+                     "unsent": runlog.unsent_summary(runlog.load_unsent(bst.root)),
                      "attic_bytes": attic,  # as the last run that pruned it left it
                      # each remote (disk) the block went to: generation, snapshot, when
                      "remotes": [dict(v, id=k) for k, v in sorted(remotes.items())]})
@@ -180,7 +184,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(box=None)
-    for col in ("name", "source", "remote", "last run", "result", "files", "bytes", "attic"):
+    for col in ("name", "source", "remote", "last run", "result", "files", "bytes", "attic",
+                "unsent"):
         t.add_column(col)
     for r in rows:
         last = r["last_run"]
@@ -190,13 +195,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         t.add_row(r["name"], r["source"], r["remote"], when, str(last.get("result", "-")),
                   str(files) if type(files) is int else "-",
                   human(size) if type(size) is int and size >= 0 else "-",
-                  human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-")
+                  human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-",
+                  f"{u['files']} (oldest {age(u['oldest_age_s'])})" if (u := r["unsent"])["files"]
+                  else "-")
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
                 upd = _when(ns / 1e9 if type(ns) is int else None)
                 t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
-                          f"generation {rem.get('generation')}", "", "", "")
+                          f"generation {rem.get('generation')}", "", "", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 
@@ -399,13 +406,27 @@ def _summary_line(s: dict[str, Any], dry_run: bool) -> str:
                 + (f", {a['extras']} extra files kept as they are" if a["keep_extras"] and a["extras"]
                    else "") + f"; then {what}")
     return (f"{s['block']}: {head}: {what}; {s['files']} files, {human(s['bytes'])}{extra}"
-            + (f"; {len(s['errors'])} not backed up" if s["errors"] else "")
+            + (f"; {s['counts']['errors']} not backed up ("
+               + ", ".join(f"{k} {v}" for k, v in s["causes"].items()) + ")"
+               if s["counts"].get("errors") else "")
+            + _unsent_part(s.get("unsent"))
             + (f"; {'would re-send' if dry_run else 're-sent'} {repaired} damaged"
                if repaired else "")
             + (f"; {len(s['set_aside'])} in the way moved to .btsoot/damaged/"
                if s.get("set_aside") else "")
             + (f"; {len(s['remade'])} remote folders made again" if s.get("remade") else "")
             + (f"; {s['refetched']} gone from the remote sent again" if s.get("refetched") else ""))
+
+
+def _unsent_part(u: dict[str, Any] | None) -> str:
+    """'; 3 files not on the remote as they are, the oldest for 2d' (nothing when none)."""
+    from .cli_log import age
+
+    if not u or not u.get("files"):
+        return ""
+    oldest = u.get("oldest_age_s")
+    return (f"; {u['files']} files not on the remote as they are"
+            + (f", the oldest for {age(oldest)}" if isinstance(oldest, (int, float)) else ""))
 
 
 @main_group.command("doctor")
@@ -541,4 +562,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
-from . import cli_restore  # noqa: E402,F401  (registers restore, verify)
+from . import cli_log, cli_restore  # noqa: E402,F401  (register log; restore, verify)

@@ -231,6 +231,7 @@ class ExecStats:
     lost: set[bytes] = field(default_factory=set)
     placed: set[bytes] = field(default_factory=set)
     refetched: int = 0  # content gone from the remote, sent again from the source
+    resent: list[bytes] = field(default_factory=list)  # the paths of those files
     # What went into the attic: (its path there, the entry it was in the mirror)
     attic: list[tuple[bytes, Entry]] = field(default_factory=list)
     # Of those, the undo records of files patched in place: what each applies to.
@@ -769,6 +770,8 @@ class Executor:
         made again (what belongs below it is lost: see _repair)."""
         with self._lock:
             self.stats.refetched += 1
+            if e.kind == FILE:
+                self.stats.resent.append(path)
         if e.kind == FILE:
             self._transfer(Copy(path, e, None))
         elif e.kind == SYMLINK:
@@ -876,6 +879,7 @@ class Executor:
                         # the source has it.
                         with self._lock:
                             self.stats.refetched += 1
+                            self.stats.resent.append(op.path)
                         op = Copy(op.path, op.entry, None)
                         continue
                     try:

@@ -7,7 +7,9 @@
         base-RUN-N.jsonl      a run's view of the remote when it is not the head snapshot
                               (recovered after a crash, or without verify's damaged files)
         scan.jsonl            the running scan (uncommitted)
-        runs.jsonl            one summary line per run (read by `btsoot list`)
+        runs.jsonl            one record per run: its summary (see runlog.py)
+        items/RUN.jsonl.gz    what each run did, item by item (`btsoot log NAME RUN`)
+        unsent.json           files not on the remote as the source has them, since when
         damaged.jsonl         paths `btsoot verify` found damaged (re-sent next run)
         profile.json          a copy of the remote's profile (see profile.py), with its remote_id
         verify.json           the slice `verify --next K/N` reads next
@@ -216,28 +218,47 @@ class BlockState:
         runs = self.recent_runs(1)
         return runs[0] if runs else None
 
+    def new_run_id(self) -> str:
+        """An id for a run starting now, after the last logged one's (see snapshot.new_id)."""
+        from .snapshot import id_ns, new_id
+
+        last = (self.last_run() or {}).get("run")
+        return new_id(after=last if isinstance(last, str) and id_ns(last) is not None else None)
+
     @_local
     def recent_runs(self, n: int) -> list[dict[str, Any]]:
-        """The last n records of the run log, newest first (damaged lines skipped)."""
-        try:
-            with open(self.runs, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - 256 * max(n, 256)))
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
+        """The last n records of the run log, newest first (damaged lines skipped).
+        Read backwards a block at a time: the log only grows."""
         out: list[dict[str, Any]] = []
-        for line in reversed(lines):
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-                if len(out) == n:
-                    break
+        try:
+            f = open(self.runs, "rb")
+        except FileNotFoundError:
+            return out
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            tail = b""
+            while end > 0 and len(out) < n:
+                start = max(0, end - (1 << 16))
+                f.seek(start)
+                lines = (f.read(end - start) + tail).split(b"\n")
+                # The first piece may be the end of a line that starts further back.
+                tail = lines.pop(0) if start > 0 else b""
+                for line in reversed(lines):
+                    rec = _record(line)
+                    if rec is not None:
+                        out.append(rec)
+                        if len(out) == n:
+                            break
+                end = start
         return out
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 class Lock:
