@@ -590,7 +590,9 @@ def test_unreadable_file_and_folder_are_errors_never_deletions(
     assert s["causes"] == {"permission": 3} and s["counts"]["errors"] == 3
     assert s["unsent"]["files"] == 3 and sorted(s["unsent"]["paths"]) == ["closed", "new-secret", "secret"]
     assert listed["unsent"]["files"] == 3 and listed["unsent"]["since"] == s["started"]
-    assert "3 not backed up (permission 3); 3 files not on the remote" in env.run(
+    # new-secret never reached the remote; the others' last backed-up versions are there.
+    assert s["unsent"]["never_sent_paths"] == listed["unsent"]["never_sent_paths"] == ["new-secret"]
+    assert "3 not backed up (permission 3); 3 files not on the remote as they are (1 never sent)" in env.run(
         "backup", "b", **user).stdout
     items = [json.loads(x) for x in env.run("log", "b", "last", "--json", check=0).stdout.splitlines()]
     assert sorted(i["path"] for i in items if i["op"] == "failed") == ["closed", "new-secret", "secret"]

@@ -150,11 +150,14 @@ def test_run_log_read_backwards(tmp_path: Path) -> None:
 
 def test_unsent_since_the_first_failure(tmp_path: Path) -> None:
     root = str(tmp_path)
-    assert runlog.update_unsent(root, [b"a", b"b"], 100.0) == {"a": 100.0, "b": 100.0}
-    assert runlog.update_unsent(root, [b"b", b"c\xff"], 200.0) == {"b": 100.0, "c\\xff": 200.0}
+    assert runlog.update_unsent(root, [b"a", b"b"], {b"a"}, 100.0) == {"a": (100.0, True),
+                                                                      "b": (100.0, False)}
+    assert runlog.update_unsent(root, [b"b", b"c\xff"], {b"c\xff"}, 200.0) == {
+        "b": (100.0, False), "c\\xff": (200.0, True)}
     s = runlog.unsent_summary(runlog.load_unsent(root), now=400.0)
-    assert s == {"files": 2, "since": 100.0, "oldest_age_s": 300.0, "paths": ["b", "c\\xff"]}
-    assert runlog.update_unsent(root, [], 300.0) == {}
+    assert s == {"files": 2, "since": 100.0, "oldest_age_s": 300.0, "paths": ["b", "c\\xff"],
+                 "never_sent": 1, "never_sent_paths": ["c\\xff"]}
+    assert runlog.update_unsent(root, [], set(), 300.0) == {}
     assert runlog.unsent_summary({}, now=1.0)["files"] == 0
 
 

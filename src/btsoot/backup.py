@@ -274,13 +274,18 @@ def _keep(st: BlockState, res: BackupResult) -> None:
     remote is committed by now: a state folder that cannot take these costs a
     notice, not the run."""
     failed: list[bytes] = []
+    never: set[bytes] = set()  # of those, the paths the remote holds no version of
     for r in (res.earlier, res):
         if r is not None:
-            if r is res:  # (a second pass scans again: its scan says it all)
-                failed += [p for p, _ in (r.scan.errors if r.scan else [])]
-            failed += [p for p, _ in (r.execution.errors if r.execution else [])]
+            if r is res and r.scan:  # (a second pass scans again: its scan says it all)
+                failed += [p for p, _ in r.scan.errors]
+                never |= r.scan.never
+            if r.execution:
+                failed += [p for p, _ in r.execution.errors]
+                never |= {p for p, kept in r.execution.failed.items() if kept is None}
     try:
-        res.unsent = runlog.unsent_summary(runlog.update_unsent(st.root, failed, res.started or 0.0))
+        res.unsent = runlog.unsent_summary(
+            runlog.update_unsent(st.root, failed, never, res.started or 0.0))
         res.items = runlog.write_items(st.root, res.run or "run", _items(res))
     except OSError as e:
         res.notices.append(f"the run's item list could not be kept: {e.strerror}")

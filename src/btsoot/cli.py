@@ -196,8 +196,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                   str(files) if type(files) is int else "-",
                   human(size) if type(size) is int and size >= 0 else "-",
                   human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-",
-                  f"{u['files']} (oldest {age(u['oldest_age_s'])})" if (u := r["unsent"])["files"]
-                  else "-")
+                  f"{u['files']} ({u['never_sent']} never sent; oldest {age(u['oldest_age_s'])})"
+                  if (u := r["unsent"])["files"] else "-")
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
@@ -426,6 +426,7 @@ def _unsent_part(u: dict[str, Any] | None) -> str:
         return ""
     oldest = u.get("oldest_age_s")
     return (f"; {u['files']} files not on the remote as they are"
+            + (f" ({u['never_sent']} never sent)" if u.get("never_sent") else "")
             + (f", the oldest for {age(oldest)}" if isinstance(oldest, (int, float)) else ""))
 
 

@@ -5,7 +5,8 @@
     STATE/blocks/NAME/items/RUN.jsonl.gz   each thing the run did or failed to do,
                                            one JSON object per line (gzip)
     STATE/blocks/NAME/unsent.json          files the source has and the remote does
-                                           not hold as they are, since when
+                                           not hold as they are: since when, and
+                                           whether it holds any version of them
 
 A record's per-path lists (errors, skipped, ...) stop at LIST_CAP entries, their
 full counts beside them: a run that cannot read a million files must not make a
@@ -154,8 +155,9 @@ def item(verb: str, path: bytes, details: dict[str, Any]) -> dict[str, Any]:
 # --- files not on the remote as the source has them ------------------------------------
 
 
-def load_unsent(state_root: str) -> dict[str, float]:
-    """path (as show_path spells it) -> when a run first failed to send it."""
+def load_unsent(state_root: str) -> dict[str, tuple[float, bool]]:
+    """path (as show_path spells it) -> (when a run first failed to send it, whether
+    the remote holds no version of it at all)."""
     try:
         with open(os.path.join(state_root, "unsent.json"), "rb") as f:
             d = orjson.loads(f.read())
@@ -163,28 +165,33 @@ def load_unsent(state_root: str) -> dict[str, float]:
         return {}
     if not isinstance(d, dict):
         return {}
-    return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, (int, float))}
+    return {k: (float(v[0]), bool(v[1])) for k, v in d.items()
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], (int, float))}
 
 
-def update_unsent(state_root: str, failed: Iterable[bytes], started: float) -> dict[str, float]:
+def update_unsent(state_root: str, failed: Iterable[bytes], never: set[bytes],
+                  started: float) -> dict[str, tuple[float, bool]]:
     """After a run that reached the remote: what it failed to send is unsent (since
-    the first run that failed to); everything else is on the remote now."""
+    the first run that failed to; never: the remote holds no version of it);
+    everything else is on the remote now."""
     before = load_unsent(state_root)
     now = {}
     for p in failed:
         s = show_path(p)
-        now[s] = before.get(s, started)
+        now[s] = (before.get(s, (started, False))[0], p in never)
     if now != before:
-        atomic_write(os.path.join(state_root, "unsent.json"), orjson.dumps(now))
+        atomic_write(os.path.join(state_root, "unsent.json"),
+                     orjson.dumps({k: list(v) for k, v in now.items()}))
     return now
 
 
-def unsent_summary(unsent: dict[str, float], now: float | None = None) -> dict[str, Any]:
-    """For summaries and `list`: how many, the oldest's age, the first few paths
-    (the oldest first)."""
+def unsent_summary(unsent: dict[str, tuple[float, bool]], now: float | None = None) -> dict[str, Any]:
+    """For summaries and `list`: how many (never sent at all: how many, which),
+    the oldest's age, the first few paths (the oldest first)."""
     now = time.time() if now is None else now
-    oldest = min(unsent.values(), default=None)
-    paths = sorted(unsent, key=lambda p: (unsent[p], p))[:LIST_CAP]
+    oldest = min((t for t, _ in unsent.values()), default=None)
+    order = sorted(unsent, key=lambda p: (unsent[p][0], p))
+    never = [p for p in order if unsent[p][1]]
     return {"files": len(unsent), "since": oldest,
             "oldest_age_s": round(now - oldest, 1) if oldest is not None else None,
-            "paths": paths}
+            "paths": order[:LIST_CAP], "never_sent": len(never), "never_sent_paths": never[:LIST_CAP]}

@@ -67,6 +67,8 @@ class ScanStats:
     hashed_bytes: int = 0
     errors: list[tuple[RelPath, str]] = field(default_factory=list)
     skipped: list[RelPath] = field(default_factory=list)  # fifos, sockets, devices
+    # Of the errors, the paths no earlier snapshot has: never backed up at all.
+    never: set[RelPath] = field(default_factory=set)
     # Folders gone while the walk ran (deleted, or moved by someone during the walk,
     # perhaps into the part already walked): kept as last backed up for this run,
     # decided by the next (a moved folder then becomes a move, not a deletion now
@@ -326,6 +328,8 @@ class _Merge:
             else:
                 why = "changed while being read" if err == scanner.CHANGED else os.strerror(err)
                 self.stats.errors.append((w[0], why))
+                if it.old is None:
+                    self.stats.never.add(w[0])
                 if it.old is not None and it.old.d.get("type") == FILE:
                     it.raw = it.old.line
                     self.emit(it)
@@ -414,6 +418,8 @@ class _Merge:
         self.stats.errors.append((path, os.strerror(err)))
         if old is not None:
             self.carry(path, old)
+        else:
+            self.stats.never.add(path)
         if old is None or old.d.get("type") == DIR:
             self.error_prefix = path + b"/" if path else b""
 
