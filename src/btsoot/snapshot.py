@@ -625,6 +625,9 @@ class SnapshotReader:
             yield e
 
 
+FLUSH_BYTES = 1 << 20  # a writer's buffer (about 4,000 entries)
+
+
 class SnapshotWriter:
     """Writes a snapshot atomically: temp name, fsync, rename on commit().
 
@@ -641,7 +644,9 @@ class SnapshotWriter:
         self.local = local
         self.count = 0
         self._prev: bytes | None = None
-        self._buf: list[bytes] = []
+        # Lines gather in one buffer, never as a list of orjson's results: each of
+        # those keeps a 4 KiB allocation, whatever its length.
+        self._buf = bytearray()
         # The user and group names of the ids in the entries (see owner_names).
         self.names: Names = ({}, {})
         try:
@@ -675,16 +680,16 @@ class SnapshotWriter:
         it again on every read.
         """
         self._prev = None
-        self._buf.append(line)
+        self._buf += line
         self.count += 1
-        if len(self._buf) >= 4096:
+        if len(self._buf) >= FLUSH_BYTES:
             self._flush()
 
     def write_record(self, obj: dict[str, Any]) -> bytes:
         line = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-        self._buf.append(line)
+        self._buf += line
         self.count += 1
-        if len(self._buf) >= 4096:
+        if len(self._buf) >= FLUSH_BYTES:
             self._flush()
         return line
 
@@ -692,10 +697,10 @@ class SnapshotWriter:
         events.point("flush")
         if self._buf:
             try:
-                self._f.write(b"".join(self._buf))
+                self._f.write(self._buf)
             except OSError as e:
                 raise self._error(e) from None
-            self._buf = []
+            self._buf = bytearray()
 
     def write_all(self, entries: Iterable[Entry]) -> None:
         for e in entries:
