@@ -282,8 +282,10 @@ def torture_run(env: Env, kill_at: int = 0, trace: Path | None = None, slow: flo
     kill_at: SIGKILL at that event (from inside); kill_after: SIGKILL from outside
     that many seconds after the backup started.
     """
-    p, r = torture.start(env.vars(), ("backup", "b", *args), kill_at, slow,
-                         str(trace) if trace is not None else None)
+    # A first backup streams in chunks (first.py): small ones here, so kills land
+    # between them too.
+    p, r = torture.start(dict(env.vars(), TORTURE_FIRST_CHUNK="7"), ("backup", "b", *args), kill_at,
+                         slow, str(trace) if trace is not None else None)
     try:
         if kill_after is not None:
             if os.read(r, 1) == b"R":

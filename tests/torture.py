@@ -169,6 +169,12 @@ def main() -> None:
     install()
     from btsoot.cli import main as cli_main
 
+    if os.environ.get("TORTURE_FIRST_CHUNK"):
+        # Small chunks: a first backup's chunk boundaries (first.py) among the kill points.
+        from btsoot import first
+
+        first.CHUNK = int(os.environ["TORTURE_FIRST_CHUNK"])
+
     cli_main(sys.argv[1:])
 
 

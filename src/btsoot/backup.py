@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import adopt as adopting
-from . import events, meta, mounts, runlog
+from . import events, first, meta, mounts, runlog
 from . import profile as profiles
 from . import remote as rmt
 from .adopt import Adoption
@@ -483,6 +483,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     res.repaired, res.damaged = len(damaged), damaged
     res.durations["prepare"] = time.monotonic() - t0
 
+    # A first backup into an empty remote needs no plan in memory: it streams.
+    streaming = base is None and not dry_run and adopt is None
     t = time.monotonic()
     if progress:
         progress("phase", "scan")
@@ -504,6 +506,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             keep=block.keep(),
             stable_inodes=mounts.inodes_stable(block.source),
             read_from=view if view != block.source else None,
+            collect_diff=not streaming,
         )
     finally:
         if prev_reader:
@@ -545,11 +548,15 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     # removes was in no snapshot, and retention would let it go at the run's end.
     history = Policy.of(block).history and not adopt
     how = remote_meta(block, prof)
-    plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
-                     patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
-                     attic=history,
-                     stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9,
-                     links=block.hard_links, held=(how.owners, how.xattrs))
+    if streaming:
+        # Planned as it runs (first.py): nothing to delete or modify, nothing to guard.
+        plan = Plan(copy_bytes=sres.stats.bytes)
+    else:
+        plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
+                         patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
+                         attic=history,
+                         stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9,
+                         links=block.hard_links, held=(how.owners, how.xattrs))
     res.plan = plan
     if progress:
         progress("plan_bytes", plan.copy_bytes)
@@ -571,7 +578,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
 
     ex = ExecStats()
     _check_space(block.remote, plan.copy_bytes)
-    if not plan.empty or res.resumed:
+    if streaming or not plan.empty or res.resumed:
         t = time.monotonic()
         if progress:
             progress("phase", "transfer")
@@ -580,13 +587,25 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         try:
             network = rmt.is_network(block.remote)
             with limited(bwlimit if bwlimit is not None else parse_rate(block.bwlimit)):
-                ex = Executor(view, remote, journal, run_id,
-                              jobs or block.jobs or rmt.default_jobs(network),
-                              (lambda s: progress("transfer", s)) if progress else None,
-                              small_inline=not network, spread=network,
-                              sync_files=not prof.sync_reaches_disk,
-                              history=history, clones=prof.clones, how=how,
-                              hard_links=prof.hard_links, keep=block.keep()).run(plan)
+                executor = Executor(view, remote, journal, run_id,
+                                    jobs or block.jobs or rmt.default_jobs(network),
+                                    (lambda s: progress("transfer", s)) if progress else None,
+                                    small_inline=not network, spread=network,
+                                    sync_files=not prof.sync_reaches_disk,
+                                    history=history, clones=prof.clones, how=how,
+                                    hard_links=prof.hard_links, keep=block.keep())
+                if streaming:
+                    # The scan's snapshot becomes what the remote holds, chunk by chunk.
+                    w = SnapshotWriter(st.scan, sres.header)
+                    try:
+                        ex, stream = first.send(st.scan, executor, w, block.hard_links)
+                    except BaseException:
+                        w.abort()
+                        raise
+                    w.commit()
+                    plan = res.plan = first.plan_of(stream, st.snapshot_path(run_id), block.hard_links)
+                else:
+                    ex = executor.run(plan)
             res.notices.extend(f"remote: {line}" for line in ex.misses.lines())
             if ex.unheld:
                 kinds = ", ".join(f"{k} ({n})" for k, n in sorted(ex.unheld.items()))
@@ -616,7 +635,8 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
             res.attic_bytes = _tidy(block, remote, st, head, True)
     else:
         res.snapshot, res.remote_meta_bytes, res.attic_bytes = _commit(
-            block, remote, st, sres.header, committed, head, ex, unchanged, ident, interrupted)
+            block, remote, st, sres.header, committed, head, ex, unchanged, ident, interrupted,
+            applied=streaming)
     res.durations["commit"] = time.monotonic() - t
     if sres.stats.errors or ex.errors:
         res.result, res.exit_code = "partial", EXIT_PARTIAL
@@ -831,15 +851,16 @@ def _cleanup_meta(remote: Remote) -> None:
 @events.in_phase("commit")
 def _commit(block: Block, remote: Remote, st: BlockState, header: Header, committed: str | None,
             head: Head, ex: ExecStats, unchanged: bool,
-            ident: dict[str, Any], tidy: bool) -> tuple[str, int, int | None]:
+            ident: dict[str, Any], tidy: bool, applied: bool = False) -> tuple[str, int, int | None]:
     """Write the snapshot of what the remote now holds; then point head at it.
 
     Usually that is the scan itself, renamed into place; entries whose transfer
-    failed (or whose file changed and was re-hashed) are patched first.
+    failed (or whose file changed and was re-hashed) are patched first, unless
+    that was done as they were sent (applied: a streamed first backup).
     """
     snap_id = header.id
     out = st.snapshot_path(snap_id)
-    if ex.failed or ex.updated or ex.lost:
+    if ex.lost or ((ex.failed or ex.updated) and not applied):
         w = SnapshotWriter(out, header)
         try:
             with SnapshotReader(st.scan) as r:
@@ -858,6 +879,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
                         if not _within(e.path, ex.placed):
                             continue  # not on the remote any more: the next pass sends it
                     w.write(ex.updated.get(e.path, e))
+                w.names = r.names
         except BaseException:
             w.abort()
             raise

@@ -21,6 +21,8 @@ class Diff:
     new_files: int = 0
     unchanged_files: int = 0
     dirs: dict[bytes, Entry] | None = None  # every folder of the new tree, when known
+    # False: only counted (a first backup streams its plan: first.py), nothing kept.
+    keep: bool = True
 
     @property
     def empty(self) -> bool:
@@ -28,6 +30,8 @@ class Diff:
 
     def pair(self, o: Entry | None, n: Entry) -> None:
         """Record new entry n against the old entry at its path (None: none there)."""
+        if not self.keep:
+            return
         if o is None:
             self.added[n.path] = n
         elif o.kind != n.kind:

@@ -27,7 +27,7 @@ def items(plan: Plan) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
                 return o + p[len(stash):]
         return p
 
-    for op in plan.ops:
+    for op in plan.all_ops():
         if isinstance(op, Move):
             if op.dst.startswith(STASH + b"/"):
                 origin[op.dst] = orig(op.src)

@@ -29,7 +29,7 @@ deepest first, after everything inside them changed).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import events
@@ -72,16 +72,25 @@ class Plan:
     copy_bytes: int = 0
     folder_moves: int = 0
     file_moves: int = 0
+    # A plan run a chunk at a time (first.py) holds no ops: its counts, and its
+    # operations read again on demand.
+    tally: Counter[str] | None = None
+    replay: Callable[[], Iterator[Op]] | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.ops
+        return not self.ops and not self.tally
 
     def count(self) -> Counter[str]:
+        if self.tally is not None:
+            return Counter(self.tally)
         c: Counter[str] = Counter()
         for op in self.ops:
             c[op_name(op)] += 1
         return c
+
+    def all_ops(self) -> Iterable[Op]:
+        return self.replay() if self.replay is not None else self.ops
 
 
 # --- helpers ----------------------------------------------------------------

@@ -251,7 +251,8 @@ class _Merge:
         if kind == FILE:
             self.diff.unchanged_files += 1
         elif kind == DIR:
-            self.diff.dirs[path] = folder  # type: ignore[index,assignment]
+            if self.diff.keep:
+                self.diff.dirs[path] = folder  # type: ignore[index,assignment]
 
     def count(self, kind: str, size: int) -> None:
         if kind == FILE:
@@ -344,7 +345,8 @@ class _Merge:
         self.writer.write(entry)
         self.count(entry.kind, entry.size)
         if entry.kind == DIR:
-            self.diff.dirs[entry.path] = entry  # type: ignore[index]
+            if self.diff.keep:
+                self.diff.dirs[entry.path] = entry  # type: ignore[index]
         if old != entry:
             self.rewritten = True
         self.diff.pair(old, entry)
@@ -487,10 +489,12 @@ def scan(
     keep: meta.Keep = meta.KEEP_ALL,
     stable_inodes: bool = True,
     read_from: str | None = None,
+    collect_diff: bool = True,
 ) -> ScanResult:
     """read_from: a snapshot of source to walk instead (frozen.py): the header
     still names the source, and no device number is recorded (each snapshot is
-    another device; its inode numbers are the source's)."""
+    another device; its inode numbers are the source's). collect_diff=False:
+    the result's diff only counts (a first backup that streams: first.py)."""
     started = time.time_ns()
     root = os.fsencode(read_from or source)
     st = os.stat(root)
@@ -533,6 +537,7 @@ def scan(
     pool = ThreadPoolExecutor(max_workers=threads or scanner.default_threads(),
                               thread_name_prefix="btsoot-scan")
     m = _Merge(root, out_path, previous, writer, started, pool, on_progress, keep)
+    m.diff.keep = collect_diff
     diff, pending, same, write_raw = m.diff, m.pending, m.same, writer.write_raw
     links = keep.hard_links
     # The owner ids met, for their names (consecutive entries mostly share them).
