@@ -149,8 +149,9 @@ def test_folder_rename_is_one_rename_and_no_data(block: tuple[Env, Path, Path]) 
 def test_renamed_folder_is_not_read_again(block: tuple[Env, Path, Path], new_name: str) -> None:
     """Files at new paths with the inode, size and mtime of files the last scan saw
     keep those digests: a renamed folder costs no hashing, whether its new name
-    sorts before the old one (its files are met first) or after. Small files are
-    cheaper to read again than to look up; an edited file is read."""
+    sorts before the old one (its files are met first) or after, and whatever
+    their size (the folder keeps its inode: its files are looked up where it
+    was). An edited file is read."""
     env, src, dst = block
     for i in range(30):
         put(src / f"photos/img{i:02d}.jpg", rand(20_000 + i, i), mtime_ns=OLD_NS)
@@ -163,8 +164,32 @@ def test_renamed_folder_is_not_read_again(block: tuple[Env, Path, Path], new_nam
     with open(src / new_name / "edited.jpg", "r+b") as f:
         f.write(b"edit")
     s = backup(env)
-    assert s["hashed_files"] == 3  # tiny.txt, edited.jpg and racy.jpg (once for its two names)
+    assert s["hashed_files"] == 2  # edited.jpg and racy.jpg (once for its two names)
     assert ops(s)["move-dir"] == 1 and s["bytes_sent"] == 30_000
+    assert_mirror(src, dst)
+
+
+def test_renamed_tree_of_small_files_is_not_read_again(block: tuple[Env, Path, Path]) -> None:
+    """A renamed folder of small files in nested folders (files beside subfolders,
+    so the walk comes back to a folder after each one): nothing is read but a
+    file replaced by another of the same name, size and mtime (another inode),
+    and a small file moved on its own into a folder that stayed."""
+    env, src, dst = block
+    for a in range(3):
+        for b in range(4):
+            put(src / f"mail/a{a}/f{b}.eml", b"m%d%d" % (a, b), mtime_ns=OLD_NS)
+            put(src / f"mail/a{a}/s{b}/g.eml", b"g%d%d" % (a, b), mtime_ns=OLD_NS)
+        put(src / f"mail/a{a}/z.eml", b"z%d" % a, mtime_ns=OLD_NS)
+    put(src / "inbox/loose.eml", b"loose", mtime_ns=OLD_NS)
+    (src / "kept").mkdir()
+    backup(env)
+    os.rename(src / "mail", src / "mail-2025")
+    os.unlink(src / "mail-2025/a1/f2.eml")
+    put(src / "mail-2025/a1/f2.eml", b"X12", mtime_ns=OLD_NS)  # another file, same name/size/mtime
+    os.rename(src / "inbox/loose.eml", src / "kept/loose.eml")
+    s = backup(env)
+    assert s["hashed_files"] == 2, s  # the replaced file, and the file moved on its own
+    assert ops(s)["move-dir"] == 1 and s["bytes_sent"] == 3
     assert_mirror(src, dst)
 
 

@@ -527,8 +527,10 @@ def scan(
     moved = (_InodeIndex(previous.path, by_name=not stable_inodes)
              if previous is not None and not checksum and (trust_inode or not stable_inodes)
              else None)
-    policy = Policy(racy_before, checksum, trust_inode, hash_new, keep.hard_links,
-                    0 if not stable_inodes else MOVED_MIN_SIZE,
+    # Every new file is asked about: a small one is looked up only inside a folder
+    # that is new to this scan (renamed or moved: see _InodeIndex), which costs a
+    # dict lookup for the others.
+    policy = Policy(racy_before, checksum, trust_inode, hash_new, keep.hard_links, 0,
                     (lambda w: moved.find(w, racy_before)) if moved is not None else None)
     # Files modified since then are re-read; --checksum re-reads every file.
     file_bound = -(1 << 63) if checksum else racy_before
@@ -601,6 +603,8 @@ def scan(
                     if old is not None:
                         m.gone(old, path)
                 else:
+                    if kind == scanner.DIR and old is None and moved is not None:
+                        moved.new_folder(path, w[5], w[6])
                     m.place(path, w, old, policy)
                     m.drain(False)
             while prev is not None:
@@ -633,25 +637,41 @@ MOVED_MIN_SIZE = 16 << 10
 
 
 class _InodeIndex:
-    """The previous snapshot's files by (inode, device, size, mtime), built on the
-    first lookup by reading that snapshot again: a day run meets new paths (a
-    renamed folder holds thousands) and would otherwise hash every file in them.
+    """Where a file at a new path was before, so its content is not read again: a
+    day run meets new paths (a renamed folder holds thousands) and would otherwise
+    hash every file in them. Built on the first lookup by reading the previous
+    snapshot again; only byte offsets are kept (canonical lines), and a hit reads
+    and decodes its one line.
 
-    Where the source's inode numbers do not last (`by_name`: a FUSE or SMB mount
-    remounted gives every file another), by (name, size, mtime) instead: a file
-    in a renamed folder keeps its name; a key two files share finds neither.
-    There every file is indexed (a read crosses the network); else only files
-    of MOVED_MIN_SIZE or more.
-
-    Only byte offsets are kept (canonical lines), so memory stays small; a hit
-    reads and decodes its one line.
+    - Inside a folder new to this scan (new_folder): a renamed or moved folder
+      keeps its inode, so the previous snapshot's folder of that inode and device
+      is where its files were; its entries (contiguous in snapshot order) are
+      read once, and a file with the same name, inode, size and mtime is found,
+      whatever its size. Memory: the previous snapshot's folders, and one
+      folder's files at a time.
+    - Elsewhere, by (inode, device, size, mtime) over the files of MOVED_MIN_SIZE
+      or more (a file moved on its own; smaller ones cost less to read again).
+    - Where the source's inode numbers do not last (`by_name`: a FUSE or SMB
+      mount remounted gives every file another), by (name, size, mtime) over
+      every file (a read crosses the network); a key two files share finds
+      neither.
     """
 
     def __init__(self, path: str, by_name: bool = False) -> None:
         self.path = path
         self.by_name = by_name
         self.index: dict[tuple, int] | None = None
+        self.folders: dict[tuple[int, int], tuple[bytes, int]] = {}  # (ino, dev) -> (path, offset)
+        self.new: dict[bytes, tuple[int, int]] = {}  # this scan's new folders: path -> (ino, dev)
+        # The files of the moved folders on the walk's current path, by their new
+        # path (the walk comes back to a folder after each of its subfolders).
+        self.open: dict[bytes, dict[bytes, tuple[int, int, int, int, int]]] = {}
         self.f: Any = None
+
+    def new_folder(self, path: bytes, ino: int, dev: int) -> None:
+        """The walk met a folder at a path the previous snapshot does not have."""
+        if not self.by_name and ino:
+            self.new[path] = (ino, dev)
 
     def _build(self) -> dict[tuple, int]:
         index: dict[tuple, int] = {}
@@ -662,30 +682,73 @@ class _InodeIndex:
         f.seek(0)
         self.f = f
         off = len(f.readline())
-        match = _FILE_FIELDS.match
+        match, folder = _FILE_FIELDS.match, _DIR_FIELDS.match
         by_name, least = self.by_name, 0 if self.by_name else MOVED_MIN_SIZE
+        folders = self.folders
         for line in f:
             m = match(line)
-            if m is not None and int(m["size"]) >= least:
-                size, mtime = int(m["size"]), int(m["mtime"])
-                if by_name:
-                    # A name, size and mtime that two files share tells neither.
-                    key = (m["path"].rpartition(b"/")[2], size, mtime)
-                    index[key] = -1 if key in index else off
-                else:
-                    index[(int(m["ino"]), int(m["dev"]), size, mtime)] = off
+            if m is not None:
+                size = int(m["size"])
+                if size >= least:
+                    mtime = int(m["mtime"])
+                    if by_name:
+                        # A name, size and mtime that two files share tells neither.
+                        key = (m["path"].rpartition(b"/")[2], size, mtime)
+                        index[key] = -1 if key in index else off
+                    else:
+                        index[(int(m["ino"]), int(m["dev"]), size, mtime)] = off
+            elif not by_name and (d := folder(line)) is not None:
+                folders[(int(d["ino"]), int(d["dev"]))] = (d["path"], off)
             off += len(line)
         return index
+
+    def _folder(self, new: bytes, old: bytes, off: int) -> dict[bytes, tuple[int, int, int, int, int]]:
+        """The files directly in previous folder old (its line at off), now at new:
+        name -> (inode, device, size, mtime, offset of the line)."""
+        files = self.open.get(new)
+        if files is not None:
+            return files
+        for p in [p for p in self.open if not new.startswith(p + b"/")]:
+            del self.open[p]  # left behind by the walk
+        files = {}
+        prefix = b'{"path":"' + old + b"/"
+        f, match = self.f, _FILE_FIELDS.match
+        f.seek(off)
+        pos = off + len(f.readline())
+        for line in f:
+            if not line.startswith(prefix):
+                break  # past the folder's entries (they sort together, right after it)
+            rest = line[len(prefix):]
+            if rest.find(b"/") < 0 or rest.find(b"/") > rest.find(b'"'):  # directly in it
+                m = match(line)
+                if m is not None:
+                    name = m["path"].rpartition(b"/")[2]
+                    files[name] = (int(m["ino"]), int(m["dev"]), int(m["size"]), int(m["mtime"]), pos)
+            pos += len(line)
+        self.open[new] = files
+        return files
 
     def find(self, w: tuple, racy_before: int) -> tuple[str, tuple[str, ...] | None] | None:
         """(digest, chunks) of a previous file with w's inode, device (or name), size
         and mtime."""
+        if w[3] >= racy_before:
+            return None
+        parent, _, name = w[0].rpartition(b"/")
+        moved_folder = self.new.get(parent)
+        if moved_folder is None and w[2] < MOVED_MIN_SIZE and not self.by_name:
+            return None  # a small file on its own: reading it costs less
         if self.index is None:
             self.index = self._build()
-        key = ((w[0].rpartition(b"/")[2], w[2], w[3]) if self.by_name
-               else (w[5], w[6], w[2], w[3]))
-        off = self.index.get(key)
-        if off is None or off < 0 or w[3] >= racy_before:
+        off = None
+        was = self.folders.get(moved_folder) if moved_folder is not None else None
+        if was is not None and self.f is not None:
+            hit = self._folder(parent, *was).get(name)
+            if hit is not None and hit[:4] == (w[5], w[6], w[2], w[3]):
+                off = hit[4]
+        if off is None:
+            key = ((name, w[2], w[3]) if self.by_name else (w[5], w[6], w[2], w[3]))
+            off = self.index.get(key)
+        if off is None or off < 0:
             return None
         self.f.seek(off)
         try:
@@ -705,6 +768,9 @@ class _InodeIndex:
 
 # The fixed fields of a file's canonical line (version 1 lines have no ctime,
 # owner and link count).
+_DIR_FIELDS = re.compile(
+    rb'{"path":"(?P<path>[^"\\]*)","type":"dir","mtime":-?\d+,(?:"ctime":-?\d+,)?"mode":\d+,'
+    rb'(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),"dev":(?P<dev>\d+)[,}]')
 _FILE_FIELDS = re.compile(
     rb'{"path":"(?P<path>[^"\\]*)","type":"file","size":(?P<size>\d+),"mtime":(?P<mtime>-?\d+),'
     rb'(?:"ctime":-?\d+,)?"mode":\d+,(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),'
