@@ -69,6 +69,11 @@ def test_each_run_keeps_what_it_did(block: tuple[Env, Path, Path]) -> None:
     text = env.run("log", "b", first["run"][:-3], check=0).stdout
     assert text.splitlines()[0].startswith(f"run {first['run']};")
     assert "copy      album/t1.flac  (1001 bytes)" in text
+    # `list` says how much the local state takes.
+    listed = json.loads(env.run("list", "--json", check=0).stdout)[0]
+    on_disk = sum(f.stat().st_size for f in (env.state / "blocks" / "b").rglob("*") if f.is_file())
+    assert listed["state_bytes"] == on_disk > 0
+    assert "B/file)" in env.run("list", check=0).stdout
     p = env.run("log", "b", "19990101", check=2)
     assert "no run '19990101'" in p.stderr and "Traceback" not in p.stderr
     p = env.run("log", "b", first["run"][:4], check=2)

@@ -171,6 +171,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         rows.append({"name": b.name, "source": b.source, "remote": b.remote, "last_run": last,
                      # files the remote does not hold as the source has them, since when
                      "unsent": runlog.unsent_summary(runlog.load_unsent(bst.root)),
+                     "state_bytes": bst.size(),  # the local state folder's size
                      "attic_bytes": attic,  # as the last run that pruned it left it
                      # each remote (disk) the block went to: generation, snapshot, when
                      "remotes": [dict(v, id=k) for k, v in sorted(remotes.items())]})
@@ -185,7 +186,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
     t = Table(box=None)
     for col in ("name", "source", "remote", "last run", "result", "files", "bytes", "attic",
-                "unsent"):
+                "unsent", "state"):
         t.add_column(col)
     for r in rows:
         last = r["last_run"]
@@ -197,13 +198,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                   human(size) if type(size) is int and size >= 0 else "-",
                   human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-",
                   f"{u['files']} ({u['never_sent']} never sent; oldest {age(u['oldest_age_s'])})"
-                  if (u := r["unsent"])["files"] else "-")
+                  if (u := r["unsent"])["files"] else "-",
+                  human(r["state_bytes"]) + (f" ({r['state_bytes'] / files:.0f} B/file)"
+                                             if type(files) is int and files > 0 else ""))
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
                 upd = _when(ns / 1e9 if type(ns) is int else None)
                 t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
-                          f"generation {rem.get('generation')}", "", "", "", "")
+                          f"generation {rem.get('generation')}", "", "", "", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
 
 

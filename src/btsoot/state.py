@@ -96,6 +96,17 @@ class BlockState:
                 except FileNotFoundError:
                     pass
 
+    def size(self) -> int:
+        """Bytes the block's state folder holds (snapshots, logs, item lists)."""
+        total = 0
+        for d, _, files in os.walk(self.root):
+            for n in files:
+                try:
+                    total += os.lstat(os.path.join(d, n)).st_size
+                except OSError:
+                    pass
+        return total
+
     def base_path(self, run_id: str, n: int) -> str:
         return f"{self.base_prefix}{run_id}-{n}.jsonl"
 
