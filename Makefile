@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-pure bench compare compare-wan stress wheel clean lint demo
+.PHONY: install dev test test-pure bench compare compare-wan compare-scale stress wheel clean lint demo
 
 install:
 	$(PIP) install .
@@ -27,6 +27,11 @@ compare:
 compare-wan:
 	$(PYTHON) benchmarks/wan.py --rtt-ms 20
 	$(PYTHON) benchmarks/wan.py --rtt-ms 80 --files 400
+
+# Many small files (250k, 1M, 3M): btsoot's peak RSS per file and its time against
+# rsync and find (benchmarks/README.md, "scale.py"). Root; ~41 GiB of disk at 3M.
+compare-scale:
+	$(PYTHON) benchmarks/scale.py
 
 stress:
 	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py

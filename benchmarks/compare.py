@@ -1,7 +1,8 @@
 """btsoot against rsync (and rclone, restic, borg where installed) on the same trees.
 
 Run as `python benchmarks/compare.py` (`make compare`); `--help` lists the options.
-Needs root (a loop-mounted ext4 image, sshd, a FUSE mount).
+Needs root (a loop-mounted ext4 image, sshd, a FUSE mount). `--scale ARGS` runs
+benchmarks/scale.py instead (millions of small files; `make compare-scale`).
 
 Trees (deterministic, generated once and cached under $BTSOOT_BENCH_DIR or
 /tmp/btsoot-bench, in `compare/`):
@@ -1147,7 +1148,14 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write every run as JSON here")
     ap.add_argument("--no-freeze", action="store_true",
                     help="run the installed btsoot as is (default: a copy taken at the start)")
+    ap.add_argument("--scale", nargs=argparse.REMAINDER, metavar="ARG",
+                    help="run benchmarks/scale.py instead (many small files: memory per file, time); "
+                    "the arguments after it are scale.py's (--scale --help)")
     args = ap.parse_args()
+    if args.scale is not None:
+        import scale  # (imports this module: no side effects at import)
+
+        return scale.main(args.scale)
     if os.geteuid() != 0:
         sys.exit("compare.py needs root (loop mounts, sshd, FUSE)")
 
