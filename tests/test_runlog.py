@@ -153,6 +153,20 @@ def test_run_log_read_backwards(tmp_path: Path) -> None:
     assert st.recent_runs(1) == [{"i": 3000}]
 
 
+def test_run_log_keeps_its_newest_half_past_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from btsoot import state
+
+    monkeypatch.setattr(state, "RUNS_CAP", 100_000)
+    st = BlockState(str(tmp_path))
+    for i in range(2000):
+        st.log_run({"i": i, "pad": "x" * 100})
+        assert os.path.getsize(st.runs) <= 100_000 + 200
+    kept = [r["i"] for r in st.recent_runs(10**6)]
+    assert kept[0] == 1999 and kept == list(range(1999, 1999 - len(kept), -1)) and len(kept) > 300
+    with open(st.runs, "rb") as f:
+        assert all(orjson.loads(line)["pad"] for line in f)  # whole records only
+
+
 def test_unsent_since_the_first_failure(tmp_path: Path) -> None:
     root = str(tmp_path)
     assert runlog.update_unsent(root, [b"a", b"b"], {b"a"}, 100.0) == {"a": (100.0, True),

@@ -25,8 +25,16 @@ def snapshot_table(block: Block) -> list[dict[str, Any]]:
     in the attic), i.e. whether it restores exactly."""
     st = BlockState(block.state)
     ids = st.committed_ids()
-    runs = {r.get("snapshot"): r for r in reversed(st.recent_runs(100_000))
-            if isinstance(r.get("snapshot"), str)}
+    # The run that committed each kept snapshot (the newest record of it), read
+    # back from the newest until every kept id is found or the log ends.
+    runs: dict[str, dict[str, Any]] = {}
+    want = set(ids)
+    for r in st.runs_backwards():
+        sid = r.get("snapshot")
+        if isinstance(sid, str) and sid in want and sid not in runs:
+            runs[sid] = r
+            if len(runs) == len(want):
+                break
     attic = _attic(block.remote)
     reasons = select(ids, Policy.of(block))
     held: set[tuple[Any, ...] | None] = set()

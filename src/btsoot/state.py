@@ -22,7 +22,7 @@ import fcntl
 import functools
 import glob
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -63,6 +63,9 @@ class Head:
     # Every remote this block was backed up to: id -> {"generation", "snapshot",
     # "updated_ns", "path"} (for `btsoot list`).
     remotes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+RUNS_CAP = 16 << 20  # bytes of run log kept (about 10,000 runs)
 
 
 class BlockState:
@@ -223,6 +226,14 @@ class BlockState:
         clean = {k: printable(v) if isinstance(v, str) else v for k, v in record.items()}
         with open(self.runs, "ab") as f:
             f.write(orjson.dumps(clean) + b"\n")
+            size = f.tell()
+        if size > RUNS_CAP:
+            # Keep the newest half (whole records): a block backed up every hour for
+            # years must not carry every record it ever wrote.
+            with open(self.runs, "rb") as f:
+                f.seek(size - RUNS_CAP // 2)
+                f.readline()
+                atomic_write(self.runs, f.read(), mode=0o644)
 
     @_local
     def last_run(self) -> dict[str, Any] | None:
@@ -238,17 +249,27 @@ class BlockState:
 
     @_local
     def recent_runs(self, n: int) -> list[dict[str, Any]]:
-        """The last n records of the run log, newest first (damaged lines skipped).
-        Read backwards a block at a time: the log only grows."""
+        """The last n records of the run log, newest first (damaged lines skipped)."""
         out: list[dict[str, Any]] = []
+        for rec in self.runs_backwards():
+            out.append(rec)
+            if len(out) == n:
+                break
+        return out
+
+    def runs_backwards(self) -> Iterator[dict[str, Any]]:
+        """The run log's records, newest first, read backwards a block at a time
+        (a caller that stops early reads no more than it needs)."""
         try:
             f = open(self.runs, "rb")
         except FileNotFoundError:
-            return out
+            return
+        except OSError as e:
+            raise LocalStateError.of(e) from None
         with f:
             end = f.seek(0, os.SEEK_END)
             tail = b""
-            while end > 0 and len(out) < n:
+            while end > 0:
                 start = max(0, end - (1 << 16))
                 f.seek(start)
                 lines = (f.read(end - start) + tail).split(b"\n")
@@ -257,11 +278,8 @@ class BlockState:
                 for line in reversed(lines):
                     rec = _record(line)
                     if rec is not None:
-                        out.append(rec)
-                        if len(out) == n:
-                            break
+                        yield rec
                 end = start
-        return out
 
 
 def _record(line: bytes) -> dict[str, Any] | None:
