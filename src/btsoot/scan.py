@@ -665,7 +665,7 @@ class _InodeIndex:
         self.new: dict[bytes, tuple[int, int]] = {}  # this scan's new folders: path -> (ino, dev)
         # The files of the moved folders on the walk's current path, by their new
         # path (the walk comes back to a folder after each of its subfolders).
-        self.open: dict[bytes, dict[bytes, tuple[int, int, int, int, int]]] = {}
+        self.open: dict[bytes, dict[bytes, tuple[int, int, int, int, int | None, int]]] = {}
         self.f: Any = None
 
     def new_folder(self, path: bytes, ino: int, dev: int) -> None:
@@ -702,9 +702,10 @@ class _InodeIndex:
             off += len(line)
         return index
 
-    def _folder(self, new: bytes, old: bytes, off: int) -> dict[bytes, tuple[int, int, int, int, int]]:
+    def _folder(self, new: bytes, old: bytes, off: int
+                ) -> dict[bytes, tuple[int, int, int, int, int | None, int]]:
         """The files directly in previous folder old (its line at off), now at new:
-        name -> (inode, device, size, mtime, offset of the line)."""
+        name -> (inode, device, size, mtime, ctime, offset of the line)."""
         files = self.open.get(new)
         if files is not None:
             return files
@@ -723,7 +724,8 @@ class _InodeIndex:
                 m = match(line)
                 if m is not None:
                     name = m["path"].rpartition(b"/")[2]
-                    files[name] = (int(m["ino"]), int(m["dev"]), int(m["size"]), int(m["mtime"]), pos)
+                    files[name] = (int(m["ino"]), int(m["dev"]), int(m["size"]), int(m["mtime"]),
+                                   int(m["ctime"]) if m["ctime"] is not None else None, pos)
             pos += len(line)
         self.open[new] = files
         return files
@@ -743,8 +745,11 @@ class _InodeIndex:
         was = self.folders.get(moved_folder) if moved_folder is not None else None
         if was is not None and self.f is not None:
             hit = self._folder(parent, *was).get(name)
-            if hit is not None and hit[:4] == (w[5], w[6], w[2], w[3]):
-                off = hit[4]
+            # Its status-change time too: a folder's rename leaves its files' alone,
+            # while a file put in place of another (the inode number reused, size and
+            # mtime set alike) has a new one.
+            if hit is not None and hit[:4] == (w[5], w[6], w[2], w[3]) and hit[4] in (None, w[10]):
+                off = hit[5]
         if off is None:
             key = ((name, w[2], w[3]) if self.by_name else (w[5], w[6], w[2], w[3]))
             off = self.index.get(key)
@@ -773,7 +778,7 @@ _DIR_FIELDS = re.compile(
     rb'(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),"dev":(?P<dev>\d+)[,}]')
 _FILE_FIELDS = re.compile(
     rb'{"path":"(?P<path>[^"\\]*)","type":"file","size":(?P<size>\d+),"mtime":(?P<mtime>-?\d+),'
-    rb'(?:"ctime":-?\d+,)?"mode":\d+,(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),'
+    rb'(?:"ctime":(?P<ctime>-?\d+),)?"mode":\d+,(?:"uid":\d+,"gid":\d+,)?"ino":(?P<ino>\d+),'
     rb'"dev":(?P<dev>\d+),(?:"nlink":\d+,)?"digest":"')
 
 
