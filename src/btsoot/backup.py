@@ -467,7 +467,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         # No snapshot at all: it holds nothing of ours (a new disk of the rotation).
         newest = rmt.newest(block.remote)
         if newest is not None:
-            _, entries = rmt.load(block.remote, newest)
+            _, entries = rmt.stream(block.remote, newest)
             base = _write_base(st, entries, run_id)
         else:
             base = None
@@ -822,7 +822,11 @@ def _write_base(st: BlockState, entries: Iterable[Entry], run_id: str) -> str:
     out = st.base_path(run_id, n)
     w = SnapshotWriter(out, Header(block="", source="", id="base", created_ns=time.time_ns(),
                                    scan_started_ns=0))
-    w.write_all(entries)
+    try:
+        w.write_all(entries)
+    except BaseException:
+        w.abort()
+        raise
     w.commit()
     return out
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,18 @@ from . import scanner
 from .errors import FatalIOError, StateError, UsageError, show_path
 from .names import decode
 from .paths import is_under, merge, parent
-from .snapshot import DIR, FILE, SYMLINK, Entry, Header, Names, SnapshotReader, bad_path, read_names
+from .snapshot import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Entry,
+    Header,
+    Names,
+    SnapshotReader,
+    SnapshotWriter,
+    bad_path,
+    read_names,
+)
 from .state import BlockState
 
 # A folder opened below its parent's descriptor: never through a symlink.
@@ -113,22 +127,43 @@ def open_snapshot(remote: str, snap_id: str | None = None,
             names = lambda: read_names(spath)  # noqa: E731
         else:
             sid = _pick(snap_id, rmt.list_snapshots(remote), remote)
-            header, listed = rmt.load(remote, sid)
-            entries = _lister(listed)
+            header, entries = _resolved(remote, sid)
             names = lambda: rmt.names(remote, sid)  # noqa: E731
         return SnapshotSource(remote, header, entries, None if sid == head else now, names)
     want = _pick(snap_id, rmt.list_snapshots(remote), remote) if snap_id else None
-    header, listed = rmt.load(remote, want)
+    header, entries = _resolved(remote, want)
     if want is None:
-        return SnapshotSource(remote, header, _lister(listed), names=lambda: rmt.names(remote))
-    newest, now_listed = rmt.load(remote)
-    return SnapshotSource(remote, header, _lister(listed),
-                          None if newest.id == header.id else _lister(now_listed),
+        return SnapshotSource(remote, header, entries, names=lambda: rmt.names(remote))
+    newest = rmt.newest_resolvable(remote)
+    return SnapshotSource(remote, header, entries,
+                          None if newest == header.id else _resolved(remote, newest)[1],
                           lambda: rmt.names(remote, want))
 
 
-def _lister(entries: list[Entry]) -> Callable[[], Iterator[Entry]]:
-    return lambda: iter(entries)
+def _resolved(remote: str, snap_id: str | None) -> tuple[Header, Callable[[], Iterator[Entry]]]:
+    """A snapshot the remote keeps (full plus deltas), resolved once into a local
+    temp file and read from there as often as the caller needs: the remote's
+    files cross the link once, and memory holds only what the deltas change. The
+    file goes when the returned reader is dropped (or the process ends)."""
+    header, stream = rmt.stream(remote, snap_id)
+    tmp = tempfile.mkdtemp(prefix="btsoot-snapshot-")
+    path = os.path.join(tmp, "resolved.jsonl")
+    w = SnapshotWriter(path, header, local=False)
+    try:
+        for e in stream:
+            w.write(e)
+    except BaseException:
+        w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    w.commit(sync=False)
+
+    def entries() -> Iterator[Entry]:
+        with SnapshotReader(path) as r:
+            yield from r
+
+    weakref.finalize(entries, shutil.rmtree, tmp, True)
+    return header, entries
 
 
 # --- path safety ------------------------------------------------------------

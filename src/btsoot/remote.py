@@ -434,22 +434,6 @@ def chain(remote: str, snap_id: str | None = None,
     raise last_err
 
 
-def _read_full(path: str) -> tuple[Header, dict[bytes, Entry]]:
-    """A full snapshot, from its copy where the first is damaged or missing."""
-    copy = path[: -len(".full.jsonl.gz")] + COPY_SUFFIX
-    try:
-        with SnapshotReader(path) as r:
-            return r.header, {e.path: e for e in r}
-    except StateError as first:
-        if not os.path.exists(copy):
-            raise
-        try:
-            with SnapshotReader(copy) as r:
-                return r.header, {e.path: e for e in r}
-        except StateError:
-            raise first from None
-
-
 def _named_snapshot(remote: str) -> str | None:
     try:
         ident = read_block_id(remote)
@@ -468,32 +452,110 @@ def newest(remote: str) -> str | None:
 
 
 def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
-    """Resolve a snapshot from the remote's chain into a sorted entry list."""
+    """Resolve a snapshot from the remote's chain into a sorted entry list (every
+    entry in memory: for small records and tests; see stream for the rest)."""
+    header, entries = stream(remote, snap_id)
+    return header, list(entries)
+
+
+def stream(remote: str, snap_id: str | None = None) -> tuple[Header, Iterator[Entry]]:
+    """Resolve a snapshot from the remote's chain: its header, and its entries in
+    snapshot order, read as they are needed. In memory: what the chain's deltas
+    change (later deltas over earlier ones), never the whole snapshot."""
     files = chain(remote, snap_id)
-    table: dict[bytes, Entry] = {}
+    start = max(i for i, p in enumerate(files) if _is_full(p))
+    changes: dict[bytes, Entry | None] = {}  # path -> its entry now (None: deleted)
     header: Header | None = None
-    for path in files:
-        if path.endswith(".full.jsonl.gz"):
-            header, table = _read_full(path)
-            continue
+    for path in files[start + 1:]:
         with SnapshotReader(path) as r:
             header = r.header
-            if r.header.kind == "full":
-                table = {e.path: e for e in r}
-            else:
-                for rec in r.records():
-                    if rec.get("op") == "del":
-                        p = get_bytes(rec, "path")
-                        if p is None:
-                            raise StateError(f"{path}: bad delta record")
-                        table.pop(p, None)
-                    elif rec.get("op") == "put":
-                        e = entry_from_dict(rec.get("entry"), path)
-                        table[e.path] = e
-                    else:
+            for rec in r.records():
+                if rec.get("op") == "del":
+                    p = get_bytes(rec, "path")
+                    if p is None:
                         raise StateError(f"{path}: bad delta record")
-    assert header is not None
-    return header, [table[k] for k in sorted(table, key=sort_key)]
+                    changes[p] = None
+                elif rec.get("op") == "put":
+                    e = entry_from_dict(rec.get("entry"), path)
+                    changes[e.path] = e
+                else:
+                    raise StateError(f"{path}: bad delta record")
+    full = files[start]
+    first = _full_header(full)
+    order = sorted(changes, key=sort_key)
+    return header or first, _apply(full, order, changes)
+
+
+def newest_resolvable(remote: str) -> str:
+    """The id of the snapshot stream(remote) resolves (the newest whose chain reads)."""
+    with SnapshotReader(chain(remote)[-1]) as r:
+        return r.header.id
+
+
+def _is_full(path: str) -> bool:
+    if path.endswith(".full.jsonl.gz"):
+        return True
+    with SnapshotReader(path) as r:
+        return r.header.kind == "full"
+
+
+def _full_header(path: str) -> Header:
+    """A full snapshot's header, from its copy where the first is damaged or missing."""
+    try:
+        with SnapshotReader(path) as r:
+            return r.header
+    except StateError:
+        copy = path[: -len(".full.jsonl.gz")] + COPY_SUFFIX
+        if not os.path.exists(copy):
+            raise
+        with SnapshotReader(copy) as r:
+            return r.header
+
+
+def _full_entries(path: str) -> Iterator[Entry]:
+    """A full snapshot's entries, read through; where the first file is damaged
+    (found before anything is yielded: it is read to its end first), its copy.
+    A file read twice, never held."""
+    copy = path[: -len(".full.jsonl.gz")] + COPY_SUFFIX
+    use = path
+    try:
+        with SnapshotReader(path) as r:
+            for _ in r.raw():
+                pass
+    except StateError:
+        if not path.endswith(".full.jsonl.gz") or not os.path.exists(copy):
+            raise
+        use = copy
+    with SnapshotReader(use) as r:
+        yield from r
+
+
+def _apply(full: str, order: list[bytes], changes: dict[bytes, Entry | None]) -> Iterator[Entry]:
+    """The full snapshot's entries with the changes merged in, in order."""
+    keys = iter(order)
+    k = next(keys, None)
+    kk = sort_key(k) if k is not None else None
+    for e in _full_entries(full):
+        ek = sort_key(e.path)
+        while k is not None and kk is not None and kk < ek:
+            new = changes[k]
+            if new is not None:
+                yield new
+            k = next(keys, None)
+            kk = sort_key(k) if k is not None else None
+        if k is not None and k == e.path:
+            new = changes[k]
+            if new is not None:
+                yield new
+            k = next(keys, None)
+            kk = sort_key(k) if k is not None else None
+            continue
+        yield e
+    while k is not None:
+        new = changes[k]
+        if new is not None:
+            yield new
+        k = next(keys, None)
 
 
 def names(remote: str, snap_id: str | None = None) -> Names:

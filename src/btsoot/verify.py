@@ -162,16 +162,15 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
              if not is_under(f.path, rmt.META.encode()))
     if progress is not None:
         progress("phase", "list")
-    to_hash = _compare(source, res, remote, found, unlistable, select)
-    res.durations["list"] = time.monotonic() - t0
-
-    t = time.monotonic()
-    if progress is not None:
-        progress("total", sum(e.size for e in to_hash))
+        progress("total", sum(e.size for e in source.entries()
+                              if e.kind == FILE and (select is None or select(e.path))))
         progress("phase", "verify")
     with remote:
-        _hash_all(res, remote, to_hash, jobs, progress)
-        res.durations["hash"] = time.monotonic() - t
+        # Listed and read in one pass, a batch of files at a time: memory does not
+        # grow with the tree.
+        _compare(source, res, remote, found, unlistable, select,
+                 lambda batch: _hash_all(res, remote, batch, jobs, progress))
+        res.durations["read"] = time.monotonic() - t0
         if attic:
             t = time.monotonic()
             held: list[Entry] = []
@@ -194,10 +193,14 @@ def verify_remote(source: SnapshotSource, select: Select | None = None, *,
     return res
 
 
+HASH_BATCH = 4096  # files handed to the reading pass at a time
+
+
 def _compare(source: SnapshotSource, res: VerifyResult, remote: Remote, found: Iterator[Found],
-             unlistable: set[bytes], select: Select | None) -> list[Entry]:
+             unlistable: set[bytes], select: Select | None,
+             read: Callable[[list[Entry]], None]) -> None:
     """The listing pass: every entry's presence, kind, size and link target checked
-    against what was found; returns the files to hash."""
+    against what was found; the files to hash go to read, HASH_BATCH at a time."""
     checker = EntryChecker(f"snapshot {source.header.id}")
     to_hash: list[Entry] = []
     skip: bytes | None = None
@@ -232,9 +235,13 @@ def _compare(source: SnapshotSource, res: VerifyResult, remote: Remote, found: I
                 corrupt(path, f"has {d.size} bytes on the remote, the snapshot says {s.size}")
             elif select is None or select(path):
                 to_hash.append(s)
+                if len(to_hash) >= HASH_BATCH:
+                    read(to_hash)
+                    to_hash = []
         elif s.kind == SYMLINK and d.target != s.target:
             corrupt(path, "points elsewhere on the remote than in the snapshot")
-    return to_hash
+    if to_hash:
+        read(to_hash)
 
 
 def hash_on_remote(remote: Remote, entries: list[Entry], jobs: int | None,
