@@ -19,11 +19,18 @@ SIZES = (2000, 8000)
 
 
 def _tree(root: Path, n: int) -> tuple[Path, Path]:
+    """A tree of n files backed up twice: the first snapshot's files, the second's
+    (one file in 50 edited, one folder renamed)."""
     env, src, dst = make_env(root)
     for i in range(n):
         p = src / f"d{i // 100:03d}" / f"file-{i:06d}.txt"
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x" * (i % 7))
+    assert lib_backup(env).exit_code == 0
+    for i in range(0, n, 50):
+        with open(src / f"d{i // 100:03d}" / f"file-{i:06d}.txt", "ab") as f:
+            f.write(b"edited")
+    (src / "d000").rename(src / "d000-renamed")
     assert lib_backup(env).exit_code == 0
     return src, dst
 
@@ -61,4 +68,15 @@ def test_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_restore_from_the_remote_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     per_file = _slope(tmp_path, monkeypatch, lambda root, dst: [
         "restore", "--from", str(dst), "--to", str(root / "back"), "-q"])
+    assert per_file < 50, f"{per_file:.0f} bytes per file"
+
+
+def test_restore_an_older_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The content of an older snapshot is found where it is now: only the files
+    not at their own path are looked up (NowIndex), not every file of the remote."""
+    def oldest(root: Path) -> str:
+        return min(p.name for p in (root / "state" / "blocks" / "b" / "snapshots").iterdir())[:-6]
+
+    per_file = _slope(tmp_path, monkeypatch, lambda root, dst: [
+        "restore", "b", "--snapshot", oldest(root), "--to", str(root / "back"), "-q"])
     assert per_file < 50, f"{per_file:.0f} bytes per file"

@@ -116,7 +116,7 @@ def _run(source: SnapshotSource, dest: str, res: RestoreResult, roots: list[byte
         now = None
         if source.current is not None:
             now = NowIndex(source.current, applier.rem.escaped,
-                           lambda: rmt.attic_contents(applier.rem))
+                           lambda: rmt.attic_contents(applier.rem), source.entries)
             applier.now = now
             applier.relocating(root)
         walker = PairWalker(delete, checksum, exclude, now, how)

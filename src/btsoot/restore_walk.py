@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import meta
-from .paths import is_under, parent
+from .paths import is_under, merge, parent
 from .reading import DIR_FLAGS, EntryChecker, Found, SnapshotSource, lstat_found, walk_found
 from .snapshot import DIR, FILE, SYMLINK, Entry
 from .transfer import temp_name
@@ -182,25 +182,35 @@ class NowIndex:
     The mirror holds only the newest state, so an older snapshot's file is
     found by its digest, at its own path or wherever the same content lives
     now, in the mirror or in the attic. Reading the current snapshot also tells which paths the remote stores
-    under their escaped names (added to `escaped`)."""
+    under their escaped names (added to `escaped`).
+
+    Held in memory: only what differs. The snapshot to restore (`wanted`) and the
+    current one are merged once (both are in path order): a file whose content
+    is at its own path now needs nothing; the others' digests, and the bases of
+    the attic's undo records, are then looked up in a second read of the current
+    snapshot and in the attic's lists."""
 
     def __init__(self, current: Callable[[], Iterator[Entry]], escaped: set[bytes],
                  attic: Callable[[], Iterable[tuple[bytes, Entry, dict[str, Any] | None]]]
-                 | None = None) -> None:
+                 | None = None, wanted: Callable[[], Iterator[Entry]] | None = None) -> None:
         checker = EntryChecker("the remote's current snapshot")
-        self._path: dict[bytes, str | None] = {}
+        self._elsewhere: set[bytes] = set()  # wanted files not at their own path now
+        want: set[str] = set()  # their digests
         self._digest: dict[str, bytes] = {}
         # Undo records (old content = the record applied to its base): by the
         # digest they rebuild, their path; by their path, (base digest, base size).
         self._undo_of: dict[str, bytes] = {}
         self.undo: dict[bytes, tuple[str, int]] = {}
-        for e in current():
-            checker.check(e)
-            if e.escaped:
-                escaped.add(e.path)
-            if e.kind == FILE and e.digest:
-                self._path[e.path] = e.digest
-                self._digest.setdefault(e.digest, e.path)
+        for w, c in merge(wanted() if wanted is not None else iter(()), current()):
+            if c is not None:
+                checker.check(c)
+                if c.escaped:
+                    escaped.add(c.path)
+            if w is not None and w.kind == FILE and w.digest and not (
+                    c is not None and c.kind == FILE and c.digest == w.digest):
+                self._elsewhere.add(w.path)
+                want.add(w.digest)
+        plain: list[tuple[str, bytes]] = []
         if attic is not None:
             # Content that left the mirror, kept in the attic (remote.attic_contents):
             # found there when the mirror holds it nowhere.
@@ -208,15 +218,23 @@ class NowIndex:
                 if e.kind != FILE or not e.digest:
                     continue
                 if undo is None:
-                    self._digest.setdefault(e.digest, where)
+                    plain.append((e.digest, where))
                 else:
                     self._undo_of.setdefault(e.digest, where)
                     self.undo[where] = (undo["base"], undo["base_size"])
+                    want.add(undo["base"])
+        plain = [(d, where) for d, where in plain if d in want]
+        if want:
+            for e in current():
+                if e.kind == FILE and e.digest in want:
+                    self._digest.setdefault(e.digest, e.path)
+        for d, where in plain:
+            self._digest.setdefault(d, where)
 
     def source_of(self, e: Entry) -> bytes | None:
         """None: the remote holds e's content at e's own path; else where it does (or
         NOWHERE)."""
-        if self._path.get(e.path) == e.digest:
+        if e.path not in self._elsewhere:
             return None
         assert e.digest is not None
         return self._digest.get(e.digest) or self._undo_of.get(e.digest, NOWHERE)
