@@ -870,7 +870,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
             with SnapshotReader(st.scan) as r:
                 for e in r:
                     if e.path in ex.failed:
-                        keep = ex.failed[e.path]
+                        keep = ex.held(e)
                         if keep is not None:
                             w.write(keep)
                         continue

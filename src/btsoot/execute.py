@@ -242,6 +242,14 @@ class ExecStats:
     # snapshot only.
     unheld: Counter[str] = field(default_factory=Counter)
 
+    def held(self, e: Entry) -> Entry | None:
+        """What the remote holds at planned entry e's path after the run: e, e as its
+        copy learnt it (digest, or a file that changed while sent), what stayed
+        there when its transfer failed, or nothing (None)."""
+        if e.path in self.failed:
+            return self.failed[e.path]
+        return self.updated.get(e.path, e)
+
 
 class Executor:
     def __init__(

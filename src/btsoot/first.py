@@ -128,12 +128,9 @@ def send(scan_path: str, executor: Executor, header_writer: SnapshotWriter,
             if chunk:
                 executor.run(Plan(ops=s.ops(chunk)))
                 for x in chunk:
-                    if x.path in stats.failed:
-                        kept = stats.failed[x.path]
-                        if kept is not None:
-                            header_writer.write(kept)
-                        continue
-                    header_writer.write(stats.updated.get(x.path, x))
+                    held = stats.held(x)
+                    if held is not None:
+                        header_writer.write(held)
                 # Learnt digests are written: only a link group's first name is
                 # looked up again (by the group's names in later chunks).
                 stats.updated = {p: u for p, u in stats.updated.items() if p in s.first_names}
