@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-pure bench compare compare-wan compare-scale stress wheel clean lint demo
+.PHONY: install dev test test-pure bench compare compare-wan compare-scale memory stress wheel clean lint demo
 
 install:
 	$(PIP) install .
@@ -32,6 +32,11 @@ compare-wan:
 # rsync and find (benchmarks/README.md, "scale.py"). Root; ~41 GiB of disk at 3M.
 compare-scale:
 	$(PYTHON) benchmarks/scale.py
+
+# Peak RSS of every command at two tree sizes, and the growth per file
+# (benchmarks/README.md, "memory.py").
+memory:
+	$(PYTHON) benchmarks/memory.py
 
 stress:
 	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py
