@@ -35,6 +35,7 @@ mv "$demo/source/photos/2024" "$demo/source/photos/2024-holidays"
 run diff demo
 run backup demo
 run list
+run log demo last
 run verify demo
 echo "--- the disaster case: restore from the remote alone into a new folder"
 run restore --from "$demo/offsite" --to "$demo/restored"
