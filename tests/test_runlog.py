@@ -190,3 +190,15 @@ def test_log_lists_the_last_runs(block: tuple[Env, Path, Path], count: int) -> N
     assert runs == sorted(runs) and len(set(runs)) == 4
     recs = [json.loads(x) for x in env.run("log", "b", "--json", "-n", str(count)).stdout.splitlines()]
     assert [r["run"] for r in recs] == runs[-count:]
+
+
+def test_an_item_list_a_killed_run_was_writing_is_removed(block: tuple[Env, Path, Path]) -> None:
+    env, src, _ = block
+    put(src / "a", b"1")
+    backup(env)
+    items_dir = env.state / "blocks" / "b" / "items"
+    torn = items_dir / "20260101T000000.000000Z.jsonl.gz.tmp"
+    torn.write_bytes(b"\x1f\x8b")  # (killed while writing it, after its run committed)
+    put(src / "b", b"2")
+    s = backup(env)
+    assert not torn.exists() and s["items"] == 1  # (copy b)

@@ -89,9 +89,9 @@ class BlockState:
     @_local
     def remove_temps(self) -> None:
         """Remove temp files a killed run left (snapshots, the scan, the recovered
-        view, state.json being written). Only under the block's lock: no other
-        run can be writing them."""
-        for d in (self.root, self.snapshots):
+        view, state.json and a run's item list being written). Only under the
+        block's lock: no other run can be writing them."""
+        for d in (self.root, self.snapshots, os.path.join(self.root, "items")):
             for p in glob.glob(os.path.join(glob.escape(d), "*.tmp")) + glob.glob(
                     os.path.join(glob.escape(d), "*.tmp.*")):
                 try:
