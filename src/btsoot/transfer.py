@@ -211,11 +211,14 @@ def _copy_all(src: int, dst: int, size: int) -> int:
             _no_sendfile = True
     os.lseek(src, done, os.SEEK_SET)
     os.lseek(dst, done, os.SEEK_SET)
+    # One buffer, sized to what is left: os.read(src, 1 MiB) allocates the whole
+    # MiB on every call, an empty file's included.
+    buf = bytearray(min(_BUF, max(size - done, 1 << 16)))
     while True:
-        buf = os.read(src, _BUF)
-        if not buf:
+        got = os.readv(src, [buf])
+        if not got:
             return done
-        view = memoryview(buf)
+        view = memoryview(buf)[:got]
         while view:
             n = os.write(dst, view)
             view = view[n:]
