@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import click
 import orjson
 
-from .cli_base import human, load_config, main_group
+from .cli_base import human, load_config, main_group, when
 from .config import (
     MAX_ATTIC_DAYS,
     MAX_KEEP,
@@ -191,9 +190,9 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         last = r["last_run"]
         # (The run log is read as written, by whatever wrote it: every field checked.)
-        when = _when(last.get("started")) if last else "never"
+        started = when(last.get("started")) if last else "never"
         files, size = last.get("files"), last.get("bytes")
-        t.add_row(r["name"], r["source"], r["remote"], when, str(last.get("result", "-")),
+        t.add_row(r["name"], r["source"], r["remote"], started, str(last.get("result", "-")),
                   str(files) if type(files) is int else "-",
                   human(size) if type(size) is int and size >= 0 else "-",
                   human(r["attic_bytes"]) if r["attic_bytes"] is not None else "-",
@@ -204,7 +203,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         if len(r["remotes"]) > 1:  # a rotation: when each disk was last brought up to date
             for rem in sorted(r["remotes"], key=lambda x: str(x.get("updated_ns"))):
                 ns = rem.get("updated_ns")
-                upd = _when(ns / 1e9 if type(ns) is int else None)
+                upd = when(ns / 1e9 if type(ns) is int else None)
                 t.add_row("", f"  remote {rem['id']}", str(rem.get("path", "")), upd,
                           f"generation {rem.get('generation')}", "", "", "", "", "")
     Console(width=200 if not sys.stdout.isatty() else None).print(t)
@@ -266,13 +265,6 @@ def prune_cmd(ctx: click.Context, name: str, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{name}: attic: {verb} {len(d.doomed)} file(s), {human(d.doomed_bytes)}; "
                f"keeps {len(d.held)}, {human(d.attic_bytes)}")
-
-
-def _when(t: object) -> str:
-    try:
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
 
 
 def _blocks(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[Block]:

@@ -6,6 +6,8 @@ cli_restore.py (restore, verify); both import this module, neither the other.
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from . import __version__
@@ -18,6 +20,15 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def when(t: object, seconds: bool = False) -> str:
+    """A time from a record (seconds since the epoch) as local time; "?" if it is none."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else ""),
+                             time.localtime(t))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

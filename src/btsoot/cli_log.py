@@ -6,21 +6,13 @@ Imported at the bottom of cli.py, which registers it onto `main_group`.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import click
 import orjson
 
-from .cli_base import human, load_config, main_group
+from .cli_base import human, load_config, main_group, when
 from .errors import UsageError, printable
-
-
-def _when(t: object) -> str:
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
 
 
 def age(seconds: float) -> str:
@@ -115,7 +107,7 @@ def _item_line(it: dict[str, Any], line: Any) -> str:
 
 
 def _headline(r: dict[str, Any]) -> str:
-    parts = [f"run {r.get('run', '?')}", _when(r.get("started")), str(r.get("result", "?")),
+    parts = [f"run {r.get('run', '?')}", when(r.get("started"), seconds=True), str(r.get("result", "?")),
              f"exit {r.get('exit_code', '?')}"]
     ops = r.get("operations")
     if isinstance(ops, dict) and ops:
@@ -145,7 +137,7 @@ def _table(runs: list[dict[str, Any]]) -> None:
         why = ", ".join(f"{k} {v}" for k, v in causes.items()) if isinstance(causes, dict) else ""
         secs = (r.get("durations") or {}).get("total") if isinstance(r.get("durations"), dict) else None
         secs = secs if secs is not None else r.get("seconds")
-        t.add_row(str(r.get("run", "-")), _when(r.get("started")), str(r.get("result", "-")),
+        t.add_row(str(r.get("run", "-")), when(r.get("started"), seconds=True), str(r.get("result", "-")),
                   str(r.get("exit_code", "-")),
                   str(r["files"]) if type(r.get("files")) is int else "-",
                   human(r["bytes_sent"]) if type(r.get("bytes_sent")) is int else "-",
