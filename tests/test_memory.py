@@ -80,7 +80,8 @@ def test_restore_an_older_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """The content of an older snapshot is found where it is now: only the files
     not at their own path are looked up (NowIndex), not every file of the remote."""
     def oldest(root: Path) -> str:
-        return min(p.name for p in (root / "state" / "blocks" / "b" / "snapshots").iterdir())[:-6]
+        return min(".".join(p.name.split(".")[:2])  # ID.jsonl, ID.back.jsonl.gz
+                   for p in (root / "state" / "blocks" / "b" / "snapshots").iterdir())
 
     per_file = _slope(tmp_path, monkeypatch, lambda root, dst: [
         "restore", "b", "--snapshot", oldest(root), "--to", str(root / "back"), "-q"])

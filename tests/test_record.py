@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from btsoot.state import BlockState
 from conftest import Env, assert_mirror
 
 
@@ -177,7 +178,7 @@ def test_clock_steps_never_make_an_old_snapshot_the_newest(tree) -> None:
     a_day(src, 2)
     # ... then a year behind.
     env.run("backup", "b", check=0, extra_env=faketime("2020-06-01 00:00:00"))
-    ids = sorted(p.name[: -len(".jsonl")] for p in (env.state / "blocks" / "b" / "snapshots").iterdir())
+    ids = BlockState(str(env.state / "blocks" / "b")).committed_ids()
     head = json.loads((env.state / "blocks" / "b" / "state.json").read_bytes())["head"]
     assert head == ids[-1]  # the last run's id sorts last, whatever the clock said
     # A restore from the remote alone takes the last backup, not the 2030 one.
@@ -368,20 +369,18 @@ def test_every_snapshot_resolves_from_the_remotes_chain_as_recorded(tree) -> Non
     one the local state recorded, entry for entry (less what the remote leaves out)."""
     from btsoot import remote as rmt
     from btsoot.remote import _strip
-    from btsoot.snapshot import SnapshotReader
 
     env, src, dst = tree
     for k in range(6):
         summary(env)
         a_day(src, k)
-    st = env.state / "blocks" / "b" / "snapshots"
-    ids = sorted(p.name[: -len(".jsonl")] for p in st.iterdir())
+    st = BlockState(str(env.state / "blocks" / "b"))
+    ids = st.committed_ids()
     assert len(ids) == 6
     kinds = {kind for kind, _ in rmt.list_snapshots(str(dst)).values()}
     assert kinds == {"full", "delta"}
     for sid in ids:
-        with SnapshotReader(str(st / f"{sid}.jsonl")) as r:
-            local = [_strip(e) for e in r]
+        local = [_strip(e) for e in st.entries(sid)]
         header, entries = rmt.stream(str(dst), sid)
         assert header.id == sid and list(entries) == local, sid
 

@@ -29,6 +29,7 @@ import pytest
 import xxhash
 
 import torture
+from btsoot.state import BlockState
 from conftest import Env, assert_mirror, tree_state
 
 STRESS = os.environ.get("BTSOOT_STRESS") == "1"
@@ -261,7 +262,8 @@ def step_mixed(src: Path, rng: random.Random) -> None:
 
 
 STEPS = [step_initial, step_edits, step_rename, step_swaps, step_kinds, step_mixed]
-PHASES = ("scan", "mkdir", "copy", "move", "stash", "delete", "attr", "commit", "snapshot-write")
+PHASES = ("scan", "mkdir", "copy", "move", "stash", "delete", "attr", "commit", "snapshot-write",
+          "compact")
 
 
 def build(root: Path, seed: int, upto: int) -> tuple[Env, Path, Path]:
@@ -312,9 +314,13 @@ class History:
 
     def __init__(self) -> None:
         self.runs: dict[str, list[dict]] = {}
+        self.snaps: dict[str, list[bytes]] = {}  # each committed snapshot's lines, as first seen
 
     def observe(self, env: Env) -> None:
         head = head_id(env)
+        plain = state_dir(env) / "snapshots" / f"{head}.jsonl"
+        if head is not None and head not in self.snaps and plain.exists():
+            self.snaps[head] = plain.read_bytes().splitlines(keepends=True)[1:-1]
         j = state_dir(env) / "journal.jsonl"
         if j.exists():
             try:
@@ -345,6 +351,13 @@ def assert_interrupted_ok(env: Env, dst: Path, hist: History) -> None:
     """
     hist.observe(env)
     root = os.fsencode(dst)
+    # Every committed snapshot still reads, whichever way it is kept (backsnap.py),
+    # as the very lines it had when it was the head.
+    bs = BlockState(str(state_dir(env)))
+    for sid in bs.committed_ids():
+        if sid in hist.snaps:
+            got = [line for _, line in bs.resolved(sid).lines()]
+            assert got == hist.snaps[sid], f"snapshot {sid} reads otherwise than committed"
 
     def check(entries: list, records: list[dict], what: str) -> None:
         lost = []

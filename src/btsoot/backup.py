@@ -938,7 +938,20 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         except FileNotFoundError:
             pass
     st.remove_bases()
+    _compact(st, snap_id)
     return snap_id, meta_bytes, attic
+
+
+@events.in_phase("compact")
+def _compact(st: BlockState, head: str) -> None:
+    """The snapshot the head replaced becomes a back-delta of it (backsnap.py).
+    The backup is committed by now: where that cannot be done (a full state
+    disk, a damaged older snapshot), the plain file stays and the next run tries
+    again."""
+    try:
+        st.compact(head)
+    except (LocalStateError, StateError, OSError):
+        pass
 
 
 def _tidy(block: Block, remote: Remote, st: BlockState, head: Head, on_remote: bool) -> int | None:

@@ -12,7 +12,7 @@ from . import remote as rmt
 from .config import Block
 from .remotefs import Remote
 from .retention import Decision, Item, Policy, content_key, decide, select
-from .snapshot import FILE, Entry, SnapshotReader, id_ns
+from .snapshot import FILE, Entry, id_ns
 from .state import BlockState
 
 
@@ -121,11 +121,9 @@ def retain(block: Block, remote: Remote, st: BlockState, protect: set[str],
 
 
 def _entries(st: BlockState, sid: str) -> Iterator[Entry]:
-    try:
-        with SnapshotReader(st.snapshot_path(sid)) as r:
-            yield from r
-    except FileNotFoundError:
-        return
+    if sid not in st.committed_ids():
+        return iter(())
+    return st.entries(sid)
 
 
 def prune(block: Block, dry_run: bool) -> Decision | None:

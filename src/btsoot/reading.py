@@ -79,6 +79,23 @@ def _read_local(path: str) -> tuple[Header, Callable[[], Iterator[Entry]]]:
     return header, entries
 
 
+def _read_back(state: BlockState, sid: str,
+               ) -> tuple[Header, Callable[[], Iterator[Entry]], Callable[[], Names]]:
+    """An older local snapshot: its back-deltas read over the head, as often as needed."""
+    header = state.resolved(sid).header
+
+    def entries() -> Iterator[Entry]:
+        return state.resolved(sid).entries()
+
+    def names() -> Names:
+        r = state.resolved(sid)
+        for _ in r.lines():
+            pass
+        return r.names
+
+    return header, entries, names
+
+
 def _pick(want: str, ids: Iterable[str], where: str) -> str:
     ids = sorted(set(ids))
     if want in ids:
@@ -122,9 +139,10 @@ def open_snapshot(remote: str, snap_id: str | None = None,
         local = state.committed_ids()
         if snap_id in local or [i for i in local if i.startswith(snap_id)]:
             sid = _pick(snap_id, local, "local snapshots")
-            spath = state.snapshot_path(sid)
-            header, entries = _read_local(spath)
-            names = lambda: read_names(spath)  # noqa: E731
+            if sid == head:
+                entries, names = now, lambda: read_names(path)  # noqa: E731
+            else:
+                header, entries, names = _read_back(state, sid)
         else:
             sid = _pick(snap_id, rmt.list_snapshots(remote), remote)
             header, entries = _resolved(remote, sid)

@@ -2,7 +2,9 @@
 
     STATE/blocks/NAME/
         state.json            head id, the remote's newest snapshot id, delta chain size
-        snapshots/ID.jsonl    committed snapshots (the newest describes the remote)
+        snapshots/ID.jsonl    the head: the newest committed snapshot (it describes the remote)
+        snapshots/ID.back.jsonl.gz  an older committed snapshot, as what differs from
+                              the next newer one (see backsnap.py)
         journal.jsonl         present only while a run is in progress or crashed
         base-RUN-N.jsonl      a run's view of the remote when it is not the head snapshot
                               (recovered after a crash, or without verify's damaged files)
@@ -28,8 +30,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from . import backsnap
 from .durable import atomic_write
 from .errors import LocalStateError, LockedError, StateError, printable
+from .snapshot import Entry
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -175,17 +179,26 @@ class BlockState:
 
     @_local
     def committed_ids(self) -> list[str]:
-        return sorted(os.path.basename(p)[:-6] for p in glob.glob(os.path.join(self.snapshots, "*.jsonl")))
+        return sorted(backsnap.ids(self.snapshots))
 
     @_local
     def keep_only(self, keep: set[str]) -> None:
-        """Remove the committed snapshots not in keep (retention decided)."""
-        for i in self.committed_ids():
-            if i not in keep:
-                try:
-                    os.unlink(self.snapshot_path(i))
-                except FileNotFoundError:
-                    pass
+        """Remove the committed snapshots not in keep (retention decided); one an
+        older kept snapshot leans on is folded into that one first."""
+        backsnap.remove(self.snapshots, set(self.committed_ids()) - keep)
+
+    @_local
+    def compact(self, head: str | None) -> int:
+        """Keep every committed snapshot but the head (and the newest) as a
+        back-delta of the next newer one (see backsnap.py)."""
+        return backsnap.compact(self.snapshots, head)
+
+    def entries(self, snap_id: str) -> Iterator[Entry]:
+        """A committed snapshot's entries, whichever way it is kept."""
+        return backsnap.entries(self.snapshots, snap_id)
+
+    def resolved(self, snap_id: str) -> backsnap.Resolved:
+        return backsnap.Resolved(self.snapshots, snap_id)
 
     def load_damaged(self) -> set[bytes]:
         """Paths `btsoot verify` found missing or corrupt on the remote."""
