@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-pure bench compare compare-wan compare-scale memory stress wheel clean lint demo
+.PHONY: install dev test test-pure bench compare compare-wan compare-scale memory state-size stress wheel clean lint demo
 
 install:
 	$(PIP) install .
@@ -37,6 +37,10 @@ compare-scale:
 # (benchmarks/README.md, "memory.py").
 memory:
 	$(PYTHON) benchmarks/memory.py
+
+# The state folder's size over a month of nightly runs, and what compaction costs
+state-size:
+	$(PYTHON) benchmarks/state_size.py
 
 stress:
 	BTSOOT_STRESS=1 $(PYTHON) -m pytest -q tests/test_reliability.py tests/test_fuzz_state.py

@@ -1045,10 +1045,10 @@ def state_json_rule(kp: tuple[str, ...], old: Any, new: Any, dropped: bool) -> b
 def draw_local(data: st.DataObject, prep: Prepared) -> Damage:
     saved = prep.variants["plain"]
     files = {"state.json": "state", f"snapshots/{prep.head}.jsonl": "snap",
-             f"snapshots/{prep.old}.jsonl": "snap-old", "runs.jsonl": "runs", "damaged.jsonl": "damaged",
-             "lock": "lock"}
+             f"snapshots/{prep.old}.back.jsonl.gz": "snap-old", "runs.jsonl": "runs",
+             "damaged.jsonl": "damaged", "lock": "lock"}
     readers = {"state": NAME_READERS, "snap": NAME_READERS, "damaged": _readers("backup", "diff")}
-    weights = {"state.json": 3, f"snapshots/{prep.head}.jsonl": 4, f"snapshots/{prep.old}.jsonl": 1,
+    weights = {"state.json": 3, f"snapshots/{prep.head}.jsonl": 4, f"snapshots/{prep.old}.back.jsonl.gz": 1,
                "runs.jsonl": 1, "damaged.jsonl": 2, "lock": 1, "special": 2}
     target = data.draw(st.sampled_from([t for t, n in weights.items() for _ in range(n)]), label="target")
     if target != "special":

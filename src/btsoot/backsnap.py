@@ -307,25 +307,52 @@ def remove(folder: str, doomed: set[str]) -> None:
     into it first: that one's changes over the doomed one's, against the doomed
     one's base (written whole before the doomed file goes)."""
     files = ids(folder)
-    for sid in sorted(doomed, reverse=True):
+    # Oldest first: what leans on a doomed snapshot is older, so kept by now.
+    for sid in sorted(doomed):
         if sid not in files:
             continue
-        for dep in _leaning_on(files, sid):
-            _fold(folder, dep, sid, files)
+        for dep in _leaning_on(folder, sid):
+            if files.get(dep) == plain_path(folder, dep):
+                # Kept plain too (the head, or a kill before compact removed it):
+                # the plain file is whole; compact writes its delta again.
+                os.unlink(back_path(folder, dep))
+            else:
+                _fold(folder, dep, sid, files)
         os.unlink(files.pop(sid))
+        if os.path.exists(back_path(folder, sid)):
+            os.unlink(back_path(folder, sid))
 
 
-def _leaning_on(files: dict[str, str], sid: str) -> list[str]:
+def _leaning_on(folder: str, sid: str) -> list[str]:
+    """The snapshots whose back-delta leans on sid (whether or not a plain file
+    stands beside it)."""
     out = []
-    for other, path in files.items():
-        if other != sid and path.endswith(BACK):
+    for n in os.listdir(folder):
+        other = n[: -len(BACK)]
+        if n.endswith(BACK) and other != sid:
             try:
-                with SnapshotReader(path) as r:
+                with SnapshotReader(os.path.join(folder, n)) as r:
                     if r.header.base == sid:
                         out.append(other)
             except StateError:
                 continue
     return out
+
+
+def write_plain(folder: str, sid: str, files: dict[str, str] | None = None) -> str:
+    """Write snapshot sid out as a plain file (its back-delta stays until compact
+    finds it is no longer the head)."""
+    r = Resolved(folder, sid, files)
+    w = SnapshotWriter(plain_path(folder, sid), r.header)
+    try:
+        for p, line in r.lines():
+            w.write_raw(p, line)
+        w.names = r.names
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+    return plain_path(folder, sid)
 
 
 def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> None:
@@ -336,17 +363,7 @@ def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> None:
         d = held.enter_context(SnapshotReader(dep_path))
         if not mid_path.endswith(BACK):
             # mid is plain (it may be the newest): dep becomes plain itself.
-            r = Resolved(folder, dep, files)
-            w = SnapshotWriter(plain_path(folder, dep), r.header)
-            try:
-                for p, line in r.lines():
-                    w.write_raw(p, line)
-                w.names = r.names
-            except BaseException:
-                w.abort()
-                raise
-            w.commit()
-            path = plain_path(folder, dep)
+            path = write_plain(folder, dep, files)
         else:
             m = held.enter_context(SnapshotReader(mid_path))
             base = m.header.base

@@ -376,7 +376,7 @@ def _backup(block: Block, st: BlockState, dry_run: bool, checksum: bool, overrid
     res = BackupResult(block.name)
     t0 = time.monotonic()
     head = st.load_head()
-    committed = st.snapshot_path(head.head) if head.head else None
+    committed = st.head_path(head.head) if head.head else None
     if committed and not os.path.exists(committed):
         raise StateError(f"{committed}: committed snapshot is missing")
     prev_header, prev_empty = None, True

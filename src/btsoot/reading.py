@@ -130,7 +130,7 @@ def open_snapshot(remote: str, snap_id: str | None = None,
             # Another remote of the block (a rotated disk), or this one rolled back:
             # its own record says what it holds, not the local one.
             return open_snapshot(remote)
-        path = state.snapshot_path(head)
+        path = state.head_path(head)
         if not os.path.exists(path):
             raise StateError(f"{path}: committed snapshot is missing")
         header, now = _read_local(path)

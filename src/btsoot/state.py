@@ -193,6 +193,15 @@ class BlockState:
         back-delta of the next newer one (see backsnap.py)."""
         return backsnap.compact(self.snapshots, head)
 
+    @_local
+    def head_path(self, snap_id: str) -> str:
+        """The head's plain file. A head kept only as a back-delta (state.json put
+        back to an older snapshot) is written out plain first, beside it."""
+        path = self.snapshot_path(snap_id)
+        if not os.path.exists(path) and os.path.exists(backsnap.back_path(self.snapshots, snap_id)):
+            backsnap.write_plain(self.snapshots, snap_id)
+        return path
+
     def entries(self, snap_id: str) -> Iterator[Entry]:
         """A committed snapshot's entries, whichever way it is kept."""
         return backsnap.entries(self.snapshots, snap_id)
