@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import orjson
 
+from .durable import fsync_dir
 from .errors import StateError
 from .paths import sort_key
 from .snapshot import (
@@ -287,6 +288,7 @@ def compact(folder: str, head: str | None) -> int:
     the next newer one, oldest first (each then diffs two plain files). Returns
     how many were turned."""
     files = ids(folder)
+    ids_before = dict(files)
     order = sorted(files)
     done = 0
     for i, sid in enumerate(order[:-1]):
@@ -299,6 +301,10 @@ def compact(folder: str, head: str | None) -> int:
             continue
         make_back(folder, sid, order[i + 1], files)
         done += 1
+    if files != ids_before:
+        # The plain files removed, durably: a power cut must not bring back a
+        # name whose inode a later file took over.
+        fsync_dir(folder)
     return done
 
 
@@ -321,6 +327,8 @@ def remove(folder: str, doomed: set[str]) -> None:
         os.unlink(files.pop(sid))
         if os.path.exists(back_path(folder, sid)):
             os.unlink(back_path(folder, sid))
+    if doomed:
+        fsync_dir(folder)
 
 
 def _leaning_on(folder: str, sid: str) -> list[str]:

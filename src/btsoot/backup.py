@@ -937,6 +937,9 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
             os.unlink(p)
         except FileNotFoundError:
             pass
+    # ... durably: a power cut must not bring back the name of a journal whose
+    # inode a later file of this run (a back-delta, an item list) took over.
+    fsync_dir(st.root)
     st.remove_bases()
     _compact(st, snap_id)
     return snap_id, meta_bytes, attic
