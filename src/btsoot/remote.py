@@ -240,30 +240,23 @@ def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[En
     (encoded names, modes, targets): one damaged file there must not cost the
     backup. Deltas are small and each only one step; a damaged one leaves the
     snapshots before it readable. Returns the bytes of one copy.
-    Both are written in one pass over the entries (each read and encoded once);
-    the first is complete before the second is renamed into place."""
+    Both are written in one pass over the entries, each entry read, encoded and
+    compressed once (the same bytes go to both files); both are whole before
+    the first is renamed into place, and the first before the second."""
     rels = [meta_rel("snapshots", name)
             for name in (f"{header.id}.full.jsonl.gz", f"{header.id}{COPY_SUFFIX}")]
     hdr = replace(header, kind="full", base=None)
     with contextlib.ExitStack() as held:
-        paths = [held.enter_context(remote.path(rel)) for rel in rels]
-        first, second = (SnapshotWriter(os.fsdecode(p), hdr, compress=True, local=False)
-                         for p in paths)
+        first, second = (os.fsdecode(held.enter_context(remote.path(rel))) for rel in rels)
+        w = SnapshotWriter(first, hdr, compress=True, local=False, copy=second)
         try:
             for e in entries():
-                second.write_raw(e.path, first.write(_strip(e)))
+                w.write(_strip(e))
         except BaseException:
-            first.abort()
-            second.abort()
+            w.abort()
             raise
-        for w in (first, second):
-            w.names = names
-        try:
-            first.commit()
-        except BaseException:
-            second.abort()
-            raise
-        second.commit()
+        w.names = names
+        w.commit()
     return remote.lstat(rels[1]).st_size
 
 

@@ -636,11 +636,16 @@ class SnapshotWriter:
     """
 
     def __init__(self, path: str, header: Header, compress: bool = False,
-                 local: bool = True) -> None:
+                 local: bool = True, copy: str | None = None) -> None:
         """local: the file is in the state folder, so its I/O errors are
-        LocalStateError (exit 9); else OSError, for the caller to name."""
+        LocalStateError (exit 9); else OSError, for the caller to name. copy: a
+        second path that gets the very same bytes (compressed once), renamed into
+        place after the first."""
         self.path = path
         self.tmp = f"{path}.tmp.{os.getpid()}"
+        self.copy = copy
+        self.copy_tmp = f"{copy}.tmp.{os.getpid()}" if copy is not None else None
+        self._copy_raw: IO[bytes] | None = None
         self.local = local
         self.count = 0
         self._prev: bytes | None = None
@@ -652,10 +657,14 @@ class SnapshotWriter:
         try:
             # Never through a link planted at the temp name (the remote's copy is written here too).
             self._raw = open(self.tmp, "wb", opener=_nofollow)  # noqa: SIM115
+            out: IO[bytes] = self._raw
+            if self.copy_tmp is not None:
+                self._copy_raw = open(self.copy_tmp, "wb", opener=_nofollow)  # noqa: SIM115
+                out = _Tee(self._raw, self._copy_raw)  # type: ignore[assignment]
             self._f: IO[bytes] = (
-                gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
+                gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
                 if compress
-                else self._raw
+                else out
             )
             self._f.write(orjson.dumps(header.to_dict()) + b"\n")
         except OSError as e:
@@ -714,13 +723,18 @@ class SnapshotWriter:
                 trailer["names"] = {"users": {str(k): v for k, v in sorted(self.names[0].items())},
                                     "groups": {str(k): v for k, v in sorted(self.names[1].items())}}
             self._f.write(orjson.dumps(trailer) + b"\n")
-            if self._f is not self._raw:
+            if isinstance(self._f, gzip.GzipFile):
                 self._f.close()
-            self._raw.flush()
-            if sync:
-                os.fsync(self._raw.fileno())
-            self._raw.close()
+            for raw in (self._raw, self._copy_raw):
+                if raw is not None:
+                    raw.flush()
+                    if sync:
+                        os.fsync(raw.fileno())
+                    raw.close()
+            # The first is whole before its copy takes its place.
             os.replace(self.tmp, self.path)
+            if self.copy is not None and self.copy_tmp is not None:
+                os.replace(self.copy_tmp, self.copy)
             if sync:
                 fsync_dir(os.path.dirname(self.path) or ".")
         except OSError as e:
@@ -729,14 +743,35 @@ class SnapshotWriter:
 
     def abort(self) -> None:
         try:
-            if self._f is not self._raw:
+            if isinstance(self._f, gzip.GzipFile):
                 self._f.close()
             self._raw.close()
+            if self._copy_raw is not None:
+                self._copy_raw.close()
         finally:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
+            for tmp in (self.tmp, self.copy_tmp):
+                if tmp is None:
+                    continue
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
+
+class _Tee:
+    """Two files written as one (a compressed stream written once, kept twice)."""
+
+    def __init__(self, a: IO[bytes], b: IO[bytes]) -> None:
+        self.a, self.b = a, b
+
+    def write(self, data: bytes) -> int:
+        self.a.write(data)
+        self.b.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.a.flush()
+        self.b.flush()
 
 
 def _nofollow(path: str, flags: int) -> int:
