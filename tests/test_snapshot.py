@@ -280,3 +280,23 @@ def test_a_status_change_recheck_that_finds_nothing_writes_nothing(
     s = json.loads(env.run("backup", "b", "--json", check=0).stdout)
     assert s["hashed_files"] == 0 and s["result"] == "nothing", s
     assert sorted((env.state / "blocks/b/snapshots").iterdir()) == snaps
+
+
+def test_reading_only_the_entries_of_wanted_digests(tmp_path) -> None:
+    """backup._Read.with_digests decodes only lines naming a wanted digest: the
+    same entries, in the same order, as a full read filtered; a name that spells
+    the key itself is no match."""
+    from btsoot.backup import _Read
+    from btsoot.snapshot import Entry, Header, SnapshotWriter
+
+    path = str(tmp_path / "s.jsonl")
+    w = SnapshotWriter(path, Header(block="b", source="/s", id="x", created_ns=1, scan_started_ns=1))
+    names = [b'a', b'b"digest":"' + b"0" * 32, b'c', b'd\xff', b'e']
+    for i, n in enumerate(names):
+        w.write(Entry(n, "file", i, 1, 0o100644, digest=("%032x" % (i % 3)) if i != 2 else None))
+    w.commit()
+    want = {"%032x" % 0}  # the second name spells it, its digest is another
+    got = [e.path for e in _Read(path).with_digests(want)]
+    full = [e.path for e in _Read(path)() if e.digest in want]
+    assert got == full == [b'a', b'd\xff']
+    assert [e.path for e in _Read(path).with_digests({"%032x" % 1})] == [names[1], b'e']

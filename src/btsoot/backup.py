@@ -52,6 +52,7 @@ from .snapshot import (
     Header,
     SnapshotReader,
     SnapshotWriter,
+    entry_from_dict,
     new_id,
     read_names,
     sort_key,
@@ -175,13 +176,35 @@ class BackupResult:
 Progress = Callable[[str, Any], None]
 
 
-def _read(path: str | None) -> Callable[[], Iterator[Entry]]:
-    def opener() -> Iterator[Entry]:
-        if path is None:
+class _Read:
+    """A snapshot file's entries, read afresh at each call (None: none)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __call__(self) -> Iterator[Entry]:
+        if self.path is None:
             return
-        with SnapshotReader(path) as r:
+        with SnapshotReader(self.path) as r:
             yield from r
-    return opener
+
+    def with_digests(self, digests: set[str]) -> Iterator[Entry]:
+        """The entries whose digest is one of these, in order; the other lines
+        are not decoded (a JSON string cannot hold the unescaped key)."""
+        if self.path is None:
+            return
+        with SnapshotReader(self.path) as r:
+            for _, line in r.lines():
+                i = line.find(b'"digest":"')
+                if i < 0:
+                    continue
+                j = line.find(b'"', i + 10)
+                if line[i + 10:j].decode("ascii", "replace") in digests:
+                    yield entry_from_dict(r.decode(line), self.path)
+
+
+def _read(path: str | None) -> _Read:
+    return _Read(path)
 
 
 def check_source(block: Block, previous: Header | None, override: bool,

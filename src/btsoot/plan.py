@@ -471,7 +471,11 @@ def _find_staying(
     """
     found: dict[str, bytes] = {}
     linked: dict[tuple[int, int], bytes] = {}
-    for o in open_old():
+    with_digests = getattr(open_old, "with_digests", None)
+    # Without hard links to look for, only the entries naming a wanted digest
+    # need decoding (a snapshot file's opener can pick them from the raw lines).
+    olds = with_digests(digests) if with_digests is not None and not keys else open_old()
+    for o in olds:
         if o.kind != FILE or o.path in leaves:
             continue
         if o.digest in digests and o.digest not in found:

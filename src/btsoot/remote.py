@@ -298,7 +298,8 @@ def _write_delta(path: str, header: Header, base_id: str,
                        local=False)
     try:
         with SnapshotReader(old_path) as ro, SnapshotReader(new_path) as rn:
-            oi, ni = ro.raw(), rn.raw()
+            # Lines are decoded only where they differ: most of a day's are the same.
+            oi, ni = ro.lines(), rn.lines()
             o, n = next(oi, None), next(ni, None)
             while o is not None or n is not None:
                 if n is None or (o is not None and o[0] != n[0]
@@ -308,11 +309,13 @@ def _write_delta(path: str, header: Header, base_id: str,
                     w.write_record(rec)
                     o = next(oi, None)
                 elif o is None or o[0] != n[0]:
-                    w.write_record({"op": "put", "entry": _strip_obj(n[1])})
+                    w.write_record({"op": "put", "entry": _strip_obj(rn.decode(n[1]))})
                     n = next(ni, None)
                 else:
-                    if o[2] != n[2] and _strip_obj(o[1]) != _strip_obj(n[1]):
-                        w.write_record({"op": "put", "entry": _strip_obj(n[1])})
+                    if o[1] != n[1]:
+                        new = _strip_obj(rn.decode(n[1]))
+                        if _strip_obj(ro.decode(o[1])) != new:
+                            w.write_record({"op": "put", "entry": new})
                     o, n = next(oi, None), next(ni, None)
         w.names = rn.names
     except BaseException:
