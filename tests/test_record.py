@@ -573,3 +573,46 @@ def test_power_cuts_lose_nothing_committed(tmp_path: Path) -> None:
                 raise AssertionError(f"step {step}, cut at {idx} ({labels[idx - 1]}): {e}") from None
             cuts += 1
     assert cuts >= 30
+
+
+def test_restore_from_the_remote_reads_its_full_snapshot_once(tree, tmp_path: Path) -> None:
+    """restore --from proves the full snapshot whole before it uses an entry, then
+    reads it: from a local copy of its bytes, so the remote's file crosses the
+    link once (counted from the restore's own read calls, with strace)."""
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace")
+    env, src, dst = tree
+    for i in range(3000):
+        put(src / "many" / f"f{i:04}", b"%d" % i)
+    summary(env)
+    full = next((dst / ".btsoot" / "snapshots").glob("*.full.jsonl.gz"))
+    size = full.stat().st_size
+    assert size > 50_000
+    log = tmp_path / "trace"
+    cmd = ["strace", "-f", "-e", "trace=openat,read,close", "-o", str(log),
+           sys.executable, "-m", "btsoot", "restore", "--from", str(dst), "--to", str(tmp_path / "out")]
+    p = subprocess.run(cmd, env=env.vars(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert_mirror(src, tmp_path / "out")
+    fds: dict[tuple[str, str], bool] = {}  # (pid, fd) -> opened on the full snapshot
+    got = 0
+    per_open: list[int] = []  # bytes read at each opening of it
+    for line in log.read_text().splitlines():
+        pid, _, call = line.partition(" ")
+        call = call.strip()
+        m = re.match(r'openat\(.*"([^"]+)".*\) = (\d+)$', call)
+        if m:
+            fds[(pid, m.group(2))] = m.group(1).endswith(full.name)
+            if fds[(pid, m.group(2))]:
+                per_open.append(0)
+            continue
+        m = re.match(r"read\((\d+), .*\) = (\d+)$", call)
+        if m and fds.get((pid, m.group(1))):
+            got += int(m.group(2))
+            per_open[-1] += int(m.group(2))
+            continue
+        m = re.match(r"close\((\d+)\)", call)
+        if m:
+            fds.pop((pid, m.group(1)), None)
+    # Once through, plus the header reads of the chain (a gzip block or two each).
+    assert size <= got < size * 1.3, (got, size, per_open)

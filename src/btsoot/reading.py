@@ -145,31 +145,35 @@ def open_snapshot(remote: str, snap_id: str | None = None,
                 header, entries, names = _read_back(state, sid)
         else:
             sid = _pick(snap_id, rmt.list_snapshots(remote), remote)
-            header, entries = _resolved(remote, sid)
-            names = lambda: rmt.names(remote, sid)  # noqa: E731
+            header, entries, names = _resolved(remote, sid)
         return SnapshotSource(remote, header, entries, None if sid == head else now, names)
     want = _pick(snap_id, rmt.list_snapshots(remote), remote) if snap_id else None
-    header, entries = _resolved(remote, want)
+    header, entries, names = _resolved(remote, want)
     if want is None:
-        return SnapshotSource(remote, header, entries, names=lambda: rmt.names(remote))
+        return SnapshotSource(remote, header, entries, names=names)
     newest = rmt.newest_resolvable(remote)
     return SnapshotSource(remote, header, entries,
                           None if newest == header.id else _resolved(remote, newest)[1],
-                          lambda: rmt.names(remote, want))
+                          names)
 
 
-def _resolved(remote: str, snap_id: str | None) -> tuple[Header, Callable[[], Iterator[Entry]]]:
+def _resolved(remote: str, snap_id: str | None,
+              ) -> tuple[Header, Callable[[], Iterator[Entry]], Callable[[], Names]]:
     """A snapshot the remote keeps (full plus deltas), resolved once into a local
-    temp file and read from there as often as the caller needs: the remote's
-    files cross the link once, and memory holds only what the deltas change. The
-    file goes when the returned reader is dropped (or the process ends)."""
-    header, stream = rmt.stream(remote, snap_id)
+    temp file and read from there as often as the caller needs, its owner names
+    with it: the remote's files cross the link once, and memory holds only what
+    the deltas change. The file goes when the returned readers are dropped (or
+    the process ends)."""
+    held: list[Names] = []
+    header, stream = rmt.stream(remote, snap_id, held)
     tmp = tempfile.mkdtemp(prefix="btsoot-snapshot-")
     path = os.path.join(tmp, "resolved.jsonl")
     w = SnapshotWriter(path, header, local=False)
     try:
         for e in stream:
             w.write(e)
+        if held:
+            w.names = held[-1]
     except BaseException:
         w.abort()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -180,8 +184,12 @@ def _resolved(remote: str, snap_id: str | None) -> tuple[Header, Callable[[], It
         with SnapshotReader(path) as r:
             yield from r
 
+    def names() -> Names:
+        assert entries is not None  # (keeps the file, which entries' finalizer removes)
+        return read_names(path)
+
     weakref.finalize(entries, shutil.rmtree, tmp, True)
-    return header, entries
+    return header, entries, names
 
 
 # --- path safety ------------------------------------------------------------

@@ -17,7 +17,9 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -454,14 +456,17 @@ def load(remote: str, snap_id: str | None = None) -> tuple[Header, list[Entry]]:
     return header, list(entries)
 
 
-def stream(remote: str, snap_id: str | None = None) -> tuple[Header, Iterator[Entry]]:
+def stream(remote: str, snap_id: str | None = None, names: list[Names] | None = None,
+           ) -> tuple[Header, Iterator[Entry]]:
     """Resolve a snapshot from the remote's chain: its header, and its entries in
     snapshot order, read as they are needed. In memory: what the chain's deltas
-    change (later deltas over earlier ones), never the whole snapshot."""
+    change (later deltas over earlier ones), never the whole snapshot. names:
+    gets the snapshot's owner names once the entries are read through."""
     files = chain(remote, snap_id)
     start = max(i for i, p in enumerate(files) if _is_full(p))
     changes: dict[bytes, Entry | None] = {}  # path -> its entry now (None: deleted)
     header: Header | None = None
+    last: Names | None = None
     for path in files[start + 1:]:
         with SnapshotReader(path) as r:
             header = r.header
@@ -476,10 +481,14 @@ def stream(remote: str, snap_id: str | None = None) -> tuple[Header, Iterator[En
                     changes[e.path] = e
                 else:
                     raise StateError(f"{path}: bad delta record")
+            last = r.names
     full = files[start]
     first = _full_header(full)
     order = sorted(changes, key=sort_key)
-    return header or first, _apply(full, order, changes)
+    if names is not None and last is not None:
+        names.append(last)
+    return header or first, _apply(full, order, changes,
+                                   names if names is not None and last is None else None)
 
 
 def newest_resolvable(remote: str) -> str:
@@ -508,30 +517,64 @@ def _full_header(path: str) -> Header:
             return r.header
 
 
-def _full_entries(path: str) -> Iterator[Entry]:
+def _full_entries(path: str, names: list[Names] | None = None) -> Iterator[Entry]:
     """A full snapshot's entries, read through; where the first file is damaged
     (found before anything is yielded: it is read to its end first), its copy.
-    A file read twice, never held."""
+
+    The remote's file is read once: its bytes go to a local temp file as they
+    arrive, which is checked and then read again (over a slow link, reading the
+    remote's file twice would double what a restore --from pulls across)."""
     copy = path[: -len(".full.jsonl.gz")] + COPY_SUFFIX
-    use = path
+    with tempfile.TemporaryDirectory(prefix="btsoot-full-") as tmp:
+        local = os.path.join(tmp, "full.jsonl.gz")
+        try:
+            _fetch(path, local)
+            _check_whole(local, path)
+            use = path
+        except StateError:
+            if not path.endswith(".full.jsonl.gz") or not os.path.exists(copy):
+                raise
+            _fetch(copy, local)
+            use = copy
+        with SnapshotReader(local, shown=use) as r:
+            yield from r
+            if names is not None:
+                names.append(r.names)
+
+
+def _fetch(path: str, local: str) -> None:
+    """Copy a remote record file to local (never through a link, only a regular
+    file); StateError when it cannot be read."""
     try:
-        with SnapshotReader(path) as r:
-            for _ in r.raw():
-                pass
-    except StateError:
-        if not path.endswith(".full.jsonl.gz") or not os.path.exists(copy):
-            raise
-        use = copy
-    with SnapshotReader(use) as r:
-        yield from r
+        with open(path, "rb", opener=_read_nofollow) as src:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            with open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as e:
+        raise StateError(f"{path}: cannot read snapshot ({e.strerror})") from None
 
 
-def _apply(full: str, order: list[bytes], changes: dict[bytes, Entry | None]) -> Iterator[Entry]:
-    """The full snapshot's entries with the changes merged in, in order."""
+def _read_nofollow(path: str, flags: int) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _check_whole(local: str, shown: str) -> None:
+    with SnapshotReader(local, shown=shown) as r:
+        for _ in r.raw():
+            pass
+
+
+def _apply(full: str, order: list[bytes], changes: dict[bytes, Entry | None],
+           names: list[Names] | None = None) -> Iterator[Entry]:
+    """The full snapshot's entries with the changes merged in, in order (names:
+    gets the full snapshot's owner names at its end)."""
     keys = iter(order)
     k = next(keys, None)
     kk = sort_key(k) if k is not None else None
-    for e in _full_entries(full):
+    for e in _full_entries(full, names):
         ek = sort_key(e.path)
         while k is not None and kk is not None and kk < ek:
             new = changes[k]

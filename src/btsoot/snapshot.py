@@ -473,21 +473,22 @@ class SnapshotReader:
     smaller tree.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, shown: str | None = None) -> None:
+        """shown: the path to name in errors (a local copy's original)."""
+        self.path = shown or path
         try:
             self._f = _open_read(path)
         except OSError as e:
-            raise StateError(f"{path}: cannot read snapshot ({e.strerror})") from None
+            raise StateError(f"{self.path}: cannot read snapshot ({e.strerror})") from None
         try:
             try:
                 first = self._f.readline()
             except (OSError, EOFError, zlib.error) as e:  # a damaged gzip raises all three
-                raise StateError(f"{path}: cannot read snapshot ({e})") from None
+                raise StateError(f"{self.path}: cannot read snapshot ({e})") from None
             try:
-                self.header = Header.from_dict(orjson.loads(first), path)
+                self.header = Header.from_dict(orjson.loads(first), self.path)
             except orjson.JSONDecodeError:
-                raise StateError(f"{path}: not a btsoot snapshot (bad header line)") from None
+                raise StateError(f"{self.path}: not a btsoot snapshot (bad header line)") from None
         except BaseException:
             self._f.close()
             raise
