@@ -54,7 +54,6 @@ from .snapshot import (
     SnapshotWriter,
     entry_from_dict,
     new_id,
-    read_names,
     sort_key,
 )
 from .state import BlockState, Head, Lock
@@ -927,7 +926,7 @@ def _commit(block: Block, remote: Remote, st: BlockState, header: Header, commit
         )
         try:
             if full:
-                meta_bytes = rmt.write_full(remote, hdr, _read(out), read_names(out))
+                meta_bytes = rmt.write_full(remote, hdr, out)
                 rmt.write_guide(remote)
                 head.full_bytes, head.deltas, head.delta_bytes = meta_bytes, 0, 0
             else:

@@ -234,17 +234,18 @@ COPY_SUFFIX = ".full-copy.jsonl.gz"
 
 
 @events.in_phase("snapshot-write")
-def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[Entry]],
-               names: Names = ({}, {})) -> int:
-    """Write a full snapshot, twice: ID.full.jsonl.gz and its copy ID.full-copy.jsonl.gz.
+def write_full(remote: Remote, header: Header, snapshot: str) -> int:
+    """Write a full snapshot of the local snapshot file `snapshot` (its entries as
+    the remote records them: see _strip_obj; its owner names), twice:
+    ID.full.jsonl.gz and its copy ID.full-copy.jsonl.gz.
 
     The remote's record is the one place where what a restore needs is kept
     (encoded names, modes, targets): one damaged file there must not cost the
     backup. Deltas are small and each only one step; a damaged one leaves the
     snapshots before it readable. Returns the bytes of one copy.
-    Both are written in one pass over the entries, each entry read, encoded and
-    compressed once (the same bytes go to both files); both are whole before
-    the first is renamed into place, and the first before the second."""
+    Both are written in one pass over the entries, each line decoded, encoded
+    and compressed once (the same bytes go to both files); both are whole
+    before the first is renamed into place, and the first before the second."""
     rels = [meta_rel("snapshots", name)
             for name in (f"{header.id}.full.jsonl.gz", f"{header.id}{COPY_SUFFIX}")]
     hdr = replace(header, kind="full", base=None)
@@ -252,12 +253,13 @@ def write_full(remote: Remote, header: Header, entries: Callable[[], Iterable[En
         first, second = (os.fsdecode(held.enter_context(remote.path(rel))) for rel in rels)
         w = SnapshotWriter(first, hdr, compress=True, local=False, copy=second)
         try:
-            for e in entries():
-                w.write(_strip(e))
+            with SnapshotReader(snapshot) as r:
+                for _, obj, _ in r.raw():
+                    w.write_record(_strip_obj(obj))
+                w.names = r.names
         except BaseException:
             w.abort()
             raise
-        w.names = names
         w.commit()
     return remote.lstat(rels[1]).st_size
 
