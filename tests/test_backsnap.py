@@ -19,6 +19,7 @@ from btsoot import backsnap
 from btsoot.snapshot import Entry, Header, SnapshotReader, SnapshotWriter, read_names
 from btsoot.state import BlockState
 from conftest import Env, assert_mirror
+from test_record import a_day as change  # an edit, a new file, a deletion, a renamed folder
 
 
 def put(p: Path, data: bytes) -> None:
@@ -36,17 +37,6 @@ def block(env: Env) -> tuple[Env, Path, Path]:
     dst.mkdir()
     env.run("add", "b", src, dst, check=0)
     return env, src, dst
-
-
-def change(src: Path, k: int) -> None:
-    """A day: an edit, a new file, a deletion, a renamed folder."""
-    put(src / "docs" / "edited.txt", b"version %d" % k)
-    put(src / "docs" / f"new-{k}.txt", b"new on day %d" % k)
-    gone = sorted((src / "music").glob("*"))
-    if gone:
-        gone[0].unlink()
-    a, b = ("photos", "pictures") if (src / "photos").exists() else ("pictures", "photos")
-    os.rename(src / a, src / b)
 
 
 def backup(env: Env) -> str:

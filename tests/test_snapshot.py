@@ -293,10 +293,10 @@ def test_reading_only_the_entries_of_wanted_digests(tmp_path) -> None:
     w = SnapshotWriter(path, Header(block="b", source="/s", id="x", created_ns=1, scan_started_ns=1))
     names = [b'a', b'b"digest":"' + b"0" * 32, b'c', b'd\xff', b'e']
     for i, n in enumerate(names):
-        w.write(Entry(n, "file", i, 1, 0o100644, digest=("%032x" % (i % 3)) if i != 2 else None))
+        w.write(Entry(n, "file", i, 1, 0o100644, digest=f"{i % 3:032x}" if i != 2 else None))
     w.commit()
-    want = {"%032x" % 0}  # the second name spells it, its digest is another
+    want = {f"{0:032x}"}  # the second name spells it, its digest is another
     got = [e.path for e in _Read(path).with_digests(want)]
     full = [e.path for e in _Read(path)() if e.digest in want]
     assert got == full == [b'a', b'd\xff']
-    assert [e.path for e in _Read(path).with_digests({"%032x" % 1})] == [names[1], b'e']
+    assert [e.path for e in _Read(path).with_digests({f"{1:032x}"})] == [names[1], b'e']

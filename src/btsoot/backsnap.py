@@ -40,6 +40,7 @@ from .errors import StateError
 from .paths import sort_key
 from .snapshot import (
     Entry,
+    Header,
     Names,
     SnapshotReader,
     SnapshotWriter,
@@ -246,6 +247,20 @@ def _same_body(a: str, b: str) -> Names | None:
     return owner_names(obj.get("names"))
 
 
+def _write_back(out: str, header: Header, changes: Iterator[Change], named: SnapshotReader) -> None:
+    """Write a back-delta: these changes, then the owner names of `named` (known
+    once the changes, which read it, are through)."""
+    w = SnapshotWriter(out, header, compress=True)
+    try:
+        for _, p, line in changes:
+            w.write_raw(p, line if line is not None else _del_line(p))
+        w.names = named.names
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+
+
 def make_back(folder: str, sid: str, base: str, files: dict[str, str]) -> None:
     """Turn plain snapshot sid into a back-delta of base (the next newer one)."""
     plain = files[sid]
@@ -267,18 +282,8 @@ def make_back(folder: str, sid: str, base: str, files: dict[str, str]) -> None:
             new_lines = newer.lines()
         else:
             new_lines = held.enter_context(SnapshotReader(files[base])).lines()
-        # The old file's names are known once it is read through: written last.
-        changes = _diff(old.lines(), new_lines)
-        w = SnapshotWriter(back_path(folder, sid), replace(old.header, kind="delta", base=base),
-                           compress=True)
-        try:
-            for _, p, line in changes:
-                w.write_raw(p, line if line is not None else _del_line(p))
-            w.names = old.names
-        except BaseException:
-            w.abort()
-            raise
-        w.commit()
+        _write_back(back_path(folder, sid), replace(old.header, kind="delta", base=base),
+                    _diff(old.lines(), new_lines), old)
     os.unlink(plain)
     files[sid] = back_path(folder, sid)
 
@@ -376,18 +381,9 @@ def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> None:
             m = held.enter_context(SnapshotReader(mid_path))
             base = m.header.base
             assert isinstance(base, str)
-            merged = _merged([m, d])
             # Written over dep's own file (a temp name, renamed): a kill leaves
             # the old delta or the new one, each whole.
-            w = SnapshotWriter(dep_path, replace(d.header, base=base), compress=True)
-            try:
-                for _, p, change in merged:
-                    w.write_raw(p, change if change is not None else _del_line(p))
-                w.names = d.names
-            except BaseException:
-                w.abort()
-                raise
-            w.commit()
+            _write_back(dep_path, replace(d.header, base=base), _merged([m, d]), d)
             path = dep_path
     if path != dep_path:
         os.unlink(dep_path)
