@@ -77,16 +77,21 @@ class Stream:
 
 
 def chunks(path: str, size: int | None = None) -> Iterator[list[Entry]]:
-    size = size or CHUNK
     with SnapshotReader(path) as r:
-        chunk: list[Entry] = []
-        for e in r:
-            chunk.append(e)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
-        if chunk:
+        yield from _chunked(r, size)
+
+
+def _chunked(r: SnapshotReader, size: int | None = None) -> Iterator[list[Entry]]:
+    """r's entries, size (default CHUNK) at a time."""
+    size = size or CHUNK
+    chunk: list[Entry] = []
+    for e in r:
+        chunk.append(e)
+        if len(chunk) >= size:
             yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def replay(path: str, links: bool) -> Iterator[Op]:
@@ -113,30 +118,18 @@ def send(scan_path: str, executor: Executor, header_writer: SnapshotWriter,
     then holds to header_writer (its owner names too): each entry with the digest
     its copy learnt, an entry whose transfer failed left out (the remote holds
     nothing of it). Returns the executor's stats and the stream's counts."""
-    size = size or CHUNK
     s = Stream(links=links)
     stats = executor.stats
     with SnapshotReader(scan_path) as r:
-        chunk: list[Entry] = []
-        it = iter(r)
-        while True:
-            e = next(it, None)
-            if e is not None:
-                chunk.append(e)
-                if len(chunk) < size:
-                    continue
-            if chunk:
-                executor.run(Plan(ops=s.ops(chunk)))
-                for x in chunk:
-                    held = stats.held(x)
-                    if held is not None:
-                        header_writer.write(held)
-                # Learnt digests are written: only a link group's first name is
-                # looked up again (by the group's names in later chunks).
-                stats.updated = {p: u for p, u in stats.updated.items() if p in s.first_names}
-                chunk = []
-            if e is None:
-                break
-        header_writer.names = r.names
+        for chunk in _chunked(r, size):
+            executor.run(Plan(ops=s.ops(chunk)))
+            for x in chunk:
+                held = stats.held(x)
+                if held is not None:
+                    header_writer.write(held)
+            # Learnt digests are written: only a link group's first name is
+            # looked up again (by the group's names in later chunks).
+            stats.updated = {p: u for p, u in stats.updated.items() if p in s.first_names}
+        header_writer.names = r.names  # (the trailer: read once the last chunk was)
     executor.run(Plan(ops=s.closing()))
     return stats, s
