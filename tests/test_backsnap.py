@@ -110,8 +110,11 @@ def test_removing_a_snapshot_folds_it_into_the_older_one(block) -> None:
     st = state(env)
     ids = st.committed_ids()
     keep = {ids[0], ids[3], ids[-1]}  # the ones between go; ids[0] leaned on ids[1]
+    st.head_path(ids[4])  # one of them kept plain beside its back-delta (a kill's leftover)
+    assert os.path.exists(st.snapshot_path(ids[4]))
     st.keep_only(keep)
     assert st.committed_ids() == sorted(keep)
+    assert not [n for n in os.listdir(st.snapshots) if n.startswith(ids[4])]
     for sid in keep:
         assert [line for _, line in st.resolved(sid).lines()] == seen[sid][0], sid
     with SnapshotReader(backsnap.back_path(st.snapshots, ids[0])) as r:

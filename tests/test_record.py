@@ -580,7 +580,7 @@ def test_restore_from_the_remote_reads_its_full_snapshot_once(tree, tmp_path: Pa
     reads it: from a local copy of its bytes, so the remote's file crosses the
     link once (counted from the restore's own read calls, with strace)."""
     if shutil.which("strace") is None:
-        pytest.skip("needs strace")
+        pytest.skip("strace is not installed (see scripts/test.sh for the Debian packages)")
     env, src, dst = tree
     for i in range(3000):
         put(src / "many" / f"f{i:04}", b"%d" % i)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import orjson
@@ -105,24 +105,27 @@ def _changes(r: SnapshotReader) -> Iterator[Change]:
         yield k, p, out
 
 
-def _chain(folder: str, sid: str, files: dict[str, str]) -> list[str]:
-    """The files from sid's to the plain one it leans on (that one last)."""
+def _chain(folder: str, sid: str, files: dict[str, str]) -> tuple[list[str], Header]:
+    """The files from sid's to the plain one it leans on (that one last), and
+    sid's own header."""
     out: list[str] = []
+    first: Header | None = None
     cur = sid
     while True:
         if cur not in files:
             raise StateError(f"{folder}: snapshot {sid!r} leans on {cur!r}, which is gone")
         path = files[cur]
         out.append(path)
-        if not path.endswith(BACK):
-            return out
         if len(out) > len(files):
             raise StateError(f"{folder}: snapshot {sid!r}: its chain of back-deltas loops")
         with SnapshotReader(path) as r:
-            base = r.header.base
-        if not isinstance(base, str):
+            header = r.header
+        first = first or header
+        if not path.endswith(BACK):
+            return out, first
+        if not isinstance(header.base, str):
             raise StateError(f"{path}: back-delta without base")
-        cur = base
+        cur = header.base
 
 
 def _merged(readers: list[SnapshotReader]) -> Iterator[Change]:
@@ -146,9 +149,8 @@ class Resolved:
     entries(); `names` once read through."""
 
     def __init__(self, folder: str, sid: str, files: dict[str, str] | None = None) -> None:
-        self.files = _chain(folder, sid, files if files is not None else ids(folder))
-        with SnapshotReader(self.files[0]) as r:
-            self.header = replace(r.header, kind="full", base=None)
+        self.files, header = _chain(folder, sid, files if files is not None else ids(folder))
+        self.header = replace(header, kind="full", base=None)
         self.names: Names = ({}, {})
 
     def lines(self) -> Iterator[tuple[bytes, bytes]]:
@@ -181,17 +183,16 @@ class Resolved:
         for _, line in self.lines():
             yield entry_from_dict(orjson.loads(line), where)
 
+    def read_names(self) -> Names:
+        """The owner names (read through to the trailer of the chain's file that holds them)."""
+        for _ in self.lines():
+            pass
+        return self.names
+
 
 def entries(folder: str, sid: str) -> Iterator[Entry]:
     """A committed snapshot's entries, plain or through its back-deltas."""
     yield from Resolved(folder, sid).entries()
-
-
-def names(folder: str, sid: str) -> Names:
-    r = Resolved(folder, sid)
-    for _ in r.lines():
-        pass
-    return r.names
 
 
 def _del_line(path: bytes) -> bytes:
@@ -229,15 +230,15 @@ def _same_body(a: str, b: str) -> Names | None:
         ha, hb = fa.readline(), fb.readline()
         if ha[:2] == b"\x1f\x8b" or hb[:2] == b"\x1f\x8b":
             return None
-        tail = b""
+        before = last_block = b""  # the two blocks read last: the trailer is in them
         while True:
             ca, cb = fa.read(BLOCK), fb.read(BLOCK)
             if ca != cb:
                 return None
             if not ca:
                 break
-            tail = (tail + ca)[-2 * BLOCK:]
-    last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+            before, last_block = last_block, ca
+    last = (before + last_block).rstrip(b"\n").rpartition(b"\n")[2]
     try:
         obj = orjson.loads(last)
     except orjson.JSONDecodeError:
@@ -247,14 +248,15 @@ def _same_body(a: str, b: str) -> Names | None:
     return owner_names(obj.get("names"))
 
 
-def _write_back(out: str, header: Header, changes: Iterator[Change], named: SnapshotReader) -> None:
-    """Write a back-delta: these changes, then the owner names of `named` (known
-    once the changes, which read it, are through)."""
+def _write_back(out: str, header: Header, changes: Iterator[Change],
+                names: Callable[[], Names]) -> None:
+    """Write a back-delta: these changes, then the owner names (asked for once
+    the changes, which read the file that holds them, are through)."""
     w = SnapshotWriter(out, header, compress=True)
     try:
         for _, p, line in changes:
             w.write_raw(p, line if line is not None else _del_line(p))
-        w.names = named.names
+        w.names = names()
     except BaseException:
         w.abort()
         raise
@@ -265,25 +267,16 @@ def make_back(folder: str, sid: str, base: str, files: dict[str, str]) -> None:
     """Turn plain snapshot sid into a back-delta of base (the next newer one)."""
     plain = files[sid]
     same = None if files[base].endswith(BACK) else _same_body(plain, files[base])
-    if same is not None:
-        with SnapshotReader(plain) as r:
-            header = r.header
-        w = SnapshotWriter(back_path(folder, sid), replace(header, kind="delta", base=base),
-                           compress=True)
-        w.names = same
-        w.commit()
-        os.unlink(plain)
-        files[sid] = back_path(folder, sid)
-        return
     with contextlib.ExitStack() as held:
         old = held.enter_context(SnapshotReader(plain))
-        if files[base].endswith(BACK):
-            newer = Resolved(folder, base, files)
-            new_lines = newer.lines()
+        header = replace(old.header, kind="delta", base=base)
+        if same is not None:  # nothing differs: an empty delta, the names as they were
+            _write_back(back_path(folder, sid), header, iter(()), lambda: same)
         else:
-            new_lines = held.enter_context(SnapshotReader(files[base])).lines()
-        _write_back(back_path(folder, sid), replace(old.header, kind="delta", base=base),
-                    _diff(old.lines(), new_lines), old)
+            new_lines = (Resolved(folder, base, files).lines() if files[base].endswith(BACK)
+                         else held.enter_context(SnapshotReader(files[base])).lines())
+            _write_back(back_path(folder, sid), header, _diff(old.lines(), new_lines),
+                        lambda: old.names)
     os.unlink(plain)
     files[sid] = back_path(folder, sid)
 
@@ -293,12 +286,12 @@ def compact(folder: str, head: str | None) -> int:
     the next newer one, oldest first (each then diffs two plain files). Returns
     how many were turned."""
     files = ids(folder)
-    ids_before = dict(files)
     order = sorted(files)
-    done = 0
+    done = unlinked = 0
     for i, sid in enumerate(order[:-1]):
         if sid == head or files[sid].endswith(BACK):
             continue
+        unlinked += 1
         back = back_path(folder, sid)
         if os.path.exists(back):  # written, then killed before the plain one went
             os.unlink(files[sid])
@@ -306,7 +299,7 @@ def compact(folder: str, head: str | None) -> int:
             continue
         make_back(folder, sid, order[i + 1], files)
         done += 1
-    if files != ids_before:
+    if unlinked:
         # The plain files removed, durably: a power cut must not bring back a
         # name whose inode a later file took over.
         fsync_dir(folder)
@@ -318,37 +311,41 @@ def remove(folder: str, doomed: set[str]) -> None:
     into it first: that one's changes over the doomed one's, against the doomed
     one's base (written whole before the doomed file goes)."""
     files = ids(folder)
+    bases = _bases(folder)
     # Oldest first: what leans on a doomed snapshot is older, so kept by now.
     for sid in sorted(doomed):
         if sid not in files:
             continue
-        for dep in _leaning_on(folder, sid):
+        for dep in [d for d, b in bases.items() if b == sid]:
             if files.get(dep) == plain_path(folder, dep):
                 # Kept plain too (the head, or a kill before compact removed it):
                 # the plain file is whole; compact writes its delta again.
                 os.unlink(back_path(folder, dep))
+                del bases[dep]
+            elif (now := _fold(folder, dep, sid, files)) is not None:
+                bases[dep] = now
             else:
-                _fold(folder, dep, sid, files)
+                del bases[dep]  # plain now
         os.unlink(files.pop(sid))
-        if os.path.exists(back_path(folder, sid)):
-            os.unlink(back_path(folder, sid))
+        if sid in bases:  # its back-delta too, where a plain file stood beside it
+            del bases[sid]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(back_path(folder, sid))
     if doomed:
         fsync_dir(folder)
 
 
-def _leaning_on(folder: str, sid: str) -> list[str]:
-    """The snapshots whose back-delta leans on sid (whether or not a plain file
-    stands beside it)."""
-    out = []
+def _bases(folder: str) -> dict[str, str | None]:
+    """Every back-delta's base, by snapshot id (whether or not a plain file
+    stands beside it); one that cannot be read leans on nothing known."""
+    out: dict[str, str | None] = {}
     for n in os.listdir(folder):
-        other = n[: -len(BACK)]
-        if n.endswith(BACK) and other != sid:
+        if n.endswith(BACK):
             try:
                 with SnapshotReader(os.path.join(folder, n)) as r:
-                    if r.header.base == sid:
-                        out.append(other)
+                    out[n[: -len(BACK)]] = r.header.base
             except StateError:
-                continue
+                out[n[: -len(BACK)]] = None
     return out
 
 
@@ -368,12 +365,13 @@ def write_plain(folder: str, sid: str, files: dict[str, str] | None = None) -> s
     return plain_path(folder, sid)
 
 
-def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> None:
+def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> str | None:
     """dep leans on mid: make it lean on what mid leans on (or, where mid is
-    plain, make dep plain)."""
+    plain, make dep plain). Returns what dep leans on now (None: nothing)."""
     mid_path, dep_path = files[mid], files[dep]
     with contextlib.ExitStack() as held:
         d = held.enter_context(SnapshotReader(dep_path))
+        base: str | None = None
         if not mid_path.endswith(BACK):
             # mid is plain (it may be the newest): dep becomes plain itself.
             path = write_plain(folder, dep, files)
@@ -383,8 +381,9 @@ def _fold(folder: str, dep: str, mid: str, files: dict[str, str]) -> None:
             assert isinstance(base, str)
             # Written over dep's own file (a temp name, renamed): a kill leaves
             # the old delta or the new one, each whole.
-            _write_back(dep_path, replace(d.header, base=base), _merged([m, d]), d)
+            _write_back(dep_path, replace(d.header, base=base), _merged([m, d]), lambda: d.names)
             path = dep_path
     if path != dep_path:
         os.unlink(dep_path)
     files[dep] = path
+    return base

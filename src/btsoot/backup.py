@@ -52,7 +52,6 @@ from .snapshot import (
     Header,
     SnapshotReader,
     SnapshotWriter,
-    entry_from_dict,
     new_id,
     sort_key,
 )
@@ -188,22 +187,11 @@ class _Read:
             yield from r
 
     def with_digests(self, digests: set[str]) -> Iterator[Entry]:
-        """The entries whose digest is one of these, in order; the other lines
-        are not decoded (a JSON string cannot hold the unescaped key)."""
+        """The entries whose digest is one of these (SnapshotReader.with_digests)."""
         if self.path is None:
             return
         with SnapshotReader(self.path) as r:
-            for _, line in r.lines():
-                i = line.find(b'"digest":"')
-                if i < 0:
-                    continue
-                j = line.find(b'"', i + 10)
-                if line[i + 10:j].decode("ascii", "replace") in digests:
-                    yield entry_from_dict(r.decode(line), self.path)
-
-
-def _read(path: str | None) -> _Read:
-    return _Read(path)
+            yield from r.with_digests(digests)
 
 
 def check_source(block: Block, previous: Header | None, override: bool,
@@ -501,7 +489,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
     # Files `btsoot verify` found damaged: forget them in the base, so the plan re-sends them.
     damaged = st.load_damaged()
     if damaged and base is not None:
-        base = _write_base(st, (e for e in _read(base)() if not _within(e.path, damaged)), run_id)
+        base = _write_base(st, (e for e in _Read(base)() if not _within(e.path, damaged)), run_id)
     res.repaired, res.damaged = len(damaged), damaged
     res.durations["prepare"] = time.monotonic() - t0
 
@@ -574,7 +562,7 @@ def _run(block: Block, st: BlockState, res: BackupResult, head: Head, committed:
         # Planned as it runs (first.py): nothing to delete or modify, nothing to guard.
         plan = Plan(copy_bytes=sres.stats.bytes)
     else:
-        plan = make_plan(_read(base), _read(st.scan), run_id=run_id, diff=diff,
+        plan = make_plan(_Read(base), _Read(st.scan), run_id=run_id, diff=diff,
                          patch=block.patch_in_place, fold=fold if prof.case_insensitive else None,
                          attic=history,
                          stale_before=sres.header.scan_started_ns - STALE_DAYS * 86_400 * 10**9,
@@ -796,7 +784,7 @@ def _mark_case_twins(st: BlockState, base: str | None, before: set[bytes],
     if not groups and not before:
         return set()
     members = {p for g in groups.values() for p in g}
-    in_base = {e.path for e in _read(base)() if e.path in members} if base else set()
+    in_base = {e.path for e in _Read(base)() if e.path in members} if base else set()
     escaped = set(before)
     for g in groups.values():
         plain = [p for p in g if p not in before]

@@ -82,18 +82,8 @@ def _read_local(path: str) -> tuple[Header, Callable[[], Iterator[Entry]]]:
 def _read_back(state: BlockState, sid: str,
                ) -> tuple[Header, Callable[[], Iterator[Entry]], Callable[[], Names]]:
     """An older local snapshot: its back-deltas read over the head, as often as needed."""
-    header = state.resolved(sid).header
-
-    def entries() -> Iterator[Entry]:
-        return state.resolved(sid).entries()
-
-    def names() -> Names:
-        r = state.resolved(sid)
-        for _ in r.lines():
-            pass
-        return r.names
-
-    return header, entries, names
+    return (state.resolved(sid).header, lambda: state.resolved(sid).entries(),
+            lambda: state.resolved(sid).read_names())
 
 
 def _pick(want: str, ids: Iterable[str], where: str) -> str:

@@ -44,6 +44,7 @@ from .snapshot import (
     entry_to_dict,
     get_bytes,
     id_ns,
+    open_regular,
     put_bytes,
     read_names,
     sort_key,
@@ -548,19 +549,10 @@ def _fetch(path: str, local: str) -> None:
     """Copy a remote record file to local (never through a link, only a regular
     file); StateError when it cannot be read."""
     try:
-        with open(path, "rb", opener=_read_nofollow) as src:
-            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            with open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        with open_regular(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
     except OSError as e:
         raise StateError(f"{path}: cannot read snapshot ({e.strerror})") from None
-
-
-def _read_nofollow(path: str, flags: int) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    os.set_blocking(fd, True)
-    return fd
 
 
 def _check_whole(local: str, shown: str) -> None:

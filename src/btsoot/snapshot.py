@@ -444,18 +444,23 @@ def encode_entry(e: Entry) -> bytes:
     return orjson.dumps(entry_to_dict(e)) + b"\n"
 
 
-def _open_read(path: str) -> IO[bytes]:
-    """A snapshot file for reading, gzip or plain. Never through a link, and only a
+def open_regular(path: str) -> IO[bytes]:
+    """A record file's bytes for reading. Never through a link, and only a
     regular file: a fifo planted in its place must not hang the run."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
         os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_read(path: str) -> IO[bytes]:
+    """A snapshot file for reading, gzip or plain (see open_regular)."""
+    f = open_regular(path)
     if f.read(2) == b"\x1f\x8b":
         f.seek(0)
         gz = gzip.GzipFile(fileobj=f, mode="rb")
@@ -615,6 +620,17 @@ class SnapshotReader:
         """The checked object of an entry line that lines() yielded."""
         return self._entry(line, 0)[1]
 
+    def with_digests(self, digests: set[str]) -> Iterator[Entry]:
+        """The entries whose digest is one of these, in order; the other lines are
+        not decoded (the key, unescaped, cannot occur inside a JSON string)."""
+        for _, line in self.lines():
+            i = line.find(b'"digest":"')
+            if i < 0:
+                continue
+            j = line.find(b'"', i + 10)
+            if line[i + 10:j].decode("ascii", "replace") in digests:
+                yield entry_from_dict(self.decode(line), self.path)
+
     def __iter__(self) -> Iterator[Entry]:
         prev: bytes | None = None
         for lineno, _, line in self._lines():
@@ -734,8 +750,8 @@ class SnapshotWriter:
                     raw.close()
             # The first is whole before its copy takes its place.
             os.replace(self.tmp, self.path)
-            if self.copy is not None and self.copy_tmp is not None:
-                os.replace(self.copy_tmp, self.copy)
+            if self.copy is not None:
+                os.replace(f"{self.copy}.tmp.{os.getpid()}", self.copy)
             if sync:
                 fsync_dir(os.path.dirname(self.path) or ".")
         except OSError as e:
